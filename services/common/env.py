@@ -1,0 +1,72 @@
+"""Typed reads of environment variables, used only by each service's Settings.from_env()."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the service cannot use."""
+
+
+def env_str(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def env_int(name: str, default: int, minimum: int | None = None) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}={raw!r} is not an integer") from exc
+    if minimum is not None and value < minimum:
+        raise SettingsError(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
+def env_float(name: str, default: float) -> float:
+    # Durations and intervals only, never money.
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}={raw!r} is not a number") from exc
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(f"{name}={raw!r} is not a boolean")
+
+
+def env_path(name: str, default: str) -> Path:
+    path = Path(os.environ.get(name) or default)
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def redis_url() -> str:
+    return env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def redis_key_prefix() -> str:
+    prefix = env_str("REDIS_KEY_PREFIX", "")
+    if "{" in prefix or "}" in prefix:
+        raise SettingsError(f"REDIS_KEY_PREFIX={prefix!r} must not contain braces (they pick the cluster slot)")
+    return prefix
+
+
+def instruments_file() -> Path:
+    return env_path("INSTRUMENTS_FILE", "instruments.toml")

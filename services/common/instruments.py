@@ -1,0 +1,124 @@
+"""Instrument configuration (instruments.toml) and the per-instrument tick/lot arithmetic."""
+
+from __future__ import annotations
+
+import tomllib
+from decimal import ROUND_HALF_EVEN, Decimal
+from pathlib import Path
+
+import msgspec
+
+from services.common.money import EXACT, decimal_places, fixed, parse_decimal, plain, to_units
+
+# Lua numbers are doubles: every integer the matcher forms must stay below 2**53.
+LUA_EXACT_LIMIT = 2**53
+# The matcher keeps a fill's notional in two limbs split at this many lots (see match.lua).
+NOTIONAL_LIMB = 10**6
+
+
+class InstrumentError(ValueError):
+    """instruments.toml is malformed or describes an instrument the engine cannot trade exactly."""
+
+
+class InstrumentSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    symbol: str
+    base: str
+    quote: str
+    tick: str
+    lot: str
+    min_quantity: str
+    max_quantity: str
+    max_price: str
+
+
+class Instrument:
+    """One tradable instrument with exact decimal <-> integer conversions."""
+
+    __slots__ = (
+        "base", "lot", "lot_places", "max_lots", "max_price", "max_quantity", "max_ticks",
+        "min_lots", "min_quantity", "price_mult", "price_places", "qty_mult", "quote",
+        "symbol", "tick", "tick_places",
+    )
+
+    def __init__(self, spec: InstrumentSpec) -> None:
+        self.symbol = spec.symbol
+        self.base = spec.base
+        self.quote = spec.quote
+        if not all(c.isalnum() or c in "-_." for c in spec.symbol) or not spec.symbol:
+            raise InstrumentError(f"instrument symbol {spec.symbol!r}: use letters, digits, '-', '_', '.'")
+        try:
+            self.tick = parse_decimal(spec.tick)
+            self.lot = parse_decimal(spec.lot)
+            self.min_quantity = parse_decimal(spec.min_quantity)
+            self.max_quantity = parse_decimal(spec.max_quantity)
+            self.max_price = parse_decimal(spec.max_price)
+            if self.tick <= 0 or self.lot <= 0:
+                raise InstrumentError(f"{spec.symbol}: tick and lot must be positive")
+            self.max_ticks = to_units(self.max_price, self.tick)
+            self.min_lots = max(1, to_units(self.min_quantity, self.lot))
+            self.max_lots = to_units(self.max_quantity, self.lot)
+        except ValueError as exc:
+            raise InstrumentError(f"{spec.symbol}: {exc}") from exc
+        self.tick_places = decimal_places(self.tick)
+        self.lot_places = decimal_places(self.lot)
+        # Lua formats a price as the integer ticks*price_mult with price_places decimals.
+        self.price_mult = int(self.tick.scaleb(self.tick_places))
+        self.qty_mult = int(self.lot.scaleb(self.lot_places))
+        self.price_places = self.tick_places
+        if self.max_ticks * self.price_mult >= LUA_EXACT_LIMIT or self.max_ticks * NOTIONAL_LIMB >= LUA_EXACT_LIMIT:
+            raise InstrumentError(f"{spec.symbol}: max_price / tick too large for exact matching")
+        if self.max_lots * self.qty_mult >= LUA_EXACT_LIMIT:
+            raise InstrumentError(f"{spec.symbol}: max_quantity / lot too large for exact matching")
+
+    def price_ticks(self, price: Decimal) -> int:
+        return to_units(price, self.tick)
+
+    def quantity_lots(self, quantity: Decimal) -> int:
+        return to_units(quantity, self.lot)
+
+    def price_text(self, ticks: int) -> str:
+        """Price with exactly the tick's decimals ("50000.00")."""
+        return fixed(EXACT.multiply(Decimal(ticks), self.tick), self.tick_places)
+
+    def quantity_text(self, lots: int) -> str:
+        """Quantity exact, without trailing zeros ("0.5")."""
+        return plain(EXACT.multiply(Decimal(lots), self.lot))
+
+    def average_price_text(self, notional_tick_lots: int, lots: int) -> str | None:
+        """Average price of fills worth notional_tick_lots (ticks x lots), rounded half-even to the tick."""
+        if lots == 0:
+            return None
+        ticks = EXACT.divide(Decimal(notional_tick_lots), Decimal(lots))
+        return self.price_text(int(ticks.to_integral_value(rounding=ROUND_HALF_EVEN)))
+
+    def quote_text(self, notional_tick_lots: int) -> str:
+        """Quote amount (price x quantity) of notional_tick_lots, exact."""
+        return plain(EXACT.multiply(EXACT.multiply(Decimal(notional_tick_lots), self.tick), self.lot))
+
+    def lua_args(self) -> list[str]:
+        """The formatting parameters match.lua takes after its own arguments."""
+        return [self.symbol, str(self.price_mult), str(self.price_places), str(self.qty_mult), str(self.lot_places)]
+
+
+class Instruments(dict[str, Instrument]):
+    """All configured instruments by symbol."""
+
+
+def load_instruments(path: str | Path) -> Instruments:
+    """Read instruments.toml; raise InstrumentError when it is malformed."""
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise InstrumentError(f"cannot read instruments file {str(path)!r}: {exc}") from exc
+    try:
+        specs = msgspec.convert(raw.get("instrument", []), list[InstrumentSpec])
+    except msgspec.ValidationError as exc:
+        raise InstrumentError(f"{path}: {exc}") from exc
+    if not specs:
+        raise InstrumentError(f"{path}: no [[instrument]] configured")
+    instruments = Instruments()
+    for spec in specs:
+        if spec.symbol in instruments:
+            raise InstrumentError(f"{path}: instrument {spec.symbol!r} configured twice")
+        instruments[spec.symbol] = Instrument(spec)
+    return instruments

@@ -1,0 +1,60 @@
+"""Redis key names. Every key of an instrument carries the hash tag {SYMBOL}: one instrument, one cluster slot."""
+
+from __future__ import annotations
+
+import msgspec
+
+MATCHER_GROUP = "matcher"
+PERSISTER_GROUP = "persister"
+
+
+class InstrumentKeys(msgspec.Struct, frozen=True):
+    """The keys of one instrument, with the engine's REDIS_KEY_PREFIX applied."""
+
+    symbol: str
+    orders: str  # stream: inbound commands (new order, cancel), group `matcher`
+    trades: str  # stream: one entry per trade
+    events: str  # stream: order lifecycle events
+    book: str  # stream: aggregated level changes with a gapless book seq
+    bid_orders: str  # zset: resting bids, score -price ticks, member "<arrival seq>:<order id>"
+    ask_orders: str  # zset: resting asks, score price ticks
+    bid_levels: str  # zset: bid price levels (score -ticks, member ticks)
+    ask_levels: str  # zset: ask price levels
+    bid_depth: str  # hash: bid level ticks -> resting lots
+    ask_depth: str  # hash: ask level ticks -> resting lots
+    order_state: str  # hash: order id -> msgpack order record
+    meta: str  # hash: sequences and the matcher's position
+    prefix: str
+
+    def idempotency(self, client_id: str, key: str) -> str:
+        return f"{self.prefix}idem:{{{self.symbol}}}:{client_id}:{key}"
+
+    def rate_bucket(self, client_id: str) -> str:
+        return f"{self.prefix}rate:{{{self.symbol}}}:{client_id}"
+
+    def matcher_keys(self) -> list[str]:
+        """KEYS of match.lua, in its order."""
+        return [
+            self.orders, self.trades, self.events, self.book, self.bid_orders, self.ask_orders,
+            self.bid_levels, self.ask_levels, self.bid_depth, self.ask_depth, self.order_state, self.meta,
+        ]
+
+
+def instrument_keys(prefix: str, symbol: str) -> InstrumentKeys:
+    tag = f"{{{symbol}}}"
+    return InstrumentKeys(
+        symbol=symbol,
+        orders=f"{prefix}orders:{tag}",
+        trades=f"{prefix}trades:{tag}",
+        events=f"{prefix}events:{tag}",
+        book=f"{prefix}book:{tag}",
+        bid_orders=f"{prefix}ob:{tag}:bids",
+        ask_orders=f"{prefix}ob:{tag}:asks",
+        bid_levels=f"{prefix}lv:{tag}:bids",
+        ask_levels=f"{prefix}lv:{tag}:asks",
+        bid_depth=f"{prefix}dp:{tag}:bids",
+        ask_depth=f"{prefix}dp:{tag}:asks",
+        order_state=f"{prefix}os:{tag}",
+        meta=f"{prefix}meta:{tag}",
+        prefix=prefix,
+    )

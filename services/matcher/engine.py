@@ -1,0 +1,59 @@
+"""One instrument's matcher: a call of match.lua applies the next batch of commands atomically."""
+
+from __future__ import annotations
+
+import msgspec
+from redis.asyncio import Redis
+
+from services.common.groups import ensure_group
+from services.common.instruments import Instrument
+from services.common.keys import MATCHER_GROUP, InstrumentKeys
+from services.common.lua import LuaScript
+
+MATCH_SCRIPT = LuaScript("services.matcher", "match.lua")
+
+
+class BatchResult(msgspec.Struct, frozen=True):
+    """What one match.lua call did."""
+
+    applied: int
+    last_id: str
+    trades: int
+    new_orders: int
+    rejected: int
+    cancels: int
+    invalid: int
+    matched: int
+
+
+class InstrumentMatcher:
+    """Drives match.lua for one instrument."""
+
+    def __init__(self, redis: Redis, instrument: Instrument, keys: InstrumentKeys, consumer: str,
+                 batch_size: int) -> None:
+        self.redis = redis
+        self.instrument = instrument
+        self.keys = keys
+        self._script_keys = keys.matcher_keys()
+        self._script_args = [MATCHER_GROUP, consumer, str(batch_size), *instrument.lua_args()]
+
+    async def prepare(self) -> None:
+        await ensure_group(self.redis, self.keys.orders, MATCHER_GROUP)
+        await MATCH_SCRIPT.load(self.redis)
+
+    async def step(self) -> BatchResult:
+        """Apply up to batch_size waiting commands; applied == 0 when none were waiting."""
+        reply = await MATCH_SCRIPT(self.redis, self._script_keys, self._script_args)
+        last_id = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+        return BatchResult(int(reply[0]), last_id, *(int(n) for n in reply[2:8]))
+
+    async def drain(self) -> int:
+        """Apply every waiting command; returns how many (tests and recovery use this)."""
+        total = 0
+        while (result := await self.step()).applied:
+            total += result.applied
+        return total
+
+    async def wait_for_commands(self, after_id: str, block_ms: int) -> None:
+        """Block until the orders stream has an entry after `after_id`, or block_ms passes."""
+        await self.redis.xread({self.keys.orders: after_id}, count=1, block=block_ms)

@@ -1,0 +1,71 @@
+"""Shared fixtures: real Redis (REDIS_URL, else localhost, else a testcontainer), a key prefix per test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis as sync_redis
+from redis.asyncio import Redis
+
+from services.common.instruments import Instruments, load_instruments
+from services.common.redis_conn import connect
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TWO_INSTRUMENTS = REPO_ROOT / "tests" / "data" / "two_instruments.toml"
+
+
+def _answers(url: str) -> bool:
+    try:
+        return bool(sync_redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except sync_redis.RedisError:
+        return False
+
+
+def _docker_engine() -> bool:
+    docker = shutil.which("docker")
+    return bool(docker) and subprocess.run([docker, "info"], capture_output=True).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    if _answers(url):
+        yield url
+        return
+    if "REDIS_URL" not in os.environ and _docker_engine():
+        from testcontainers.redis import RedisContainer
+
+        with RedisContainer("redis:7.0") as container:
+            host, port = container.get_container_host_ip(), container.get_exposed_port(6379)
+            yield f"redis://{host}:{port}/0"
+        return
+    pytest.fail(f"Redis does not answer at {url} and no Docker engine can start one: start Redis first")
+
+
+@pytest.fixture(scope="session")
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = connect(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def key_prefix(redis: Redis) -> AsyncIterator[str]:
+    """A REDIS_KEY_PREFIX of this test's own; its keys are deleted afterwards."""
+    prefix = f"test-{uuid.uuid4().hex[:10]}:"
+    yield prefix
+    keys = [key async for key in redis.scan_iter(match=f"{prefix}*", count=1000)]
+    for start in range(0, len(keys), 500):
+        await redis.delete(*keys[start : start + 500])
+
+
+@pytest.fixture(scope="session")
+def instruments() -> Instruments:
+    """BTC-USD (tick 0.01, lot 1e-8) and ETH-USD (tick 0.05, lot 0.001)."""
+    return load_instruments(TWO_INSTRUMENTS)
