@@ -69,3 +69,48 @@ async def key_prefix(redis: Redis) -> AsyncIterator[str]:
 def instruments() -> Instruments:
     """BTC-USD (tick 0.01, lot 1e-8) and ETH-USD (tick 0.05, lot 0.001)."""
     return load_instruments(TWO_INSTRUMENTS)
+
+
+# PostgreSQL ------------------------------------------------------------------------------------
+
+DEFAULT_PG_SERVER = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+
+
+def _pg_answers(url: str) -> bool:
+    import socket
+
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    try:
+        with socket.create_connection((parsed.host or "127.0.0.1", parsed.port or 5432), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """A PostgreSQL server: DATABASE_URL's, else localhost, else a testcontainer (only if Docker runs)."""
+    url = os.environ.get("DATABASE_URL", DEFAULT_PG_SERVER)
+    if _pg_answers(url):
+        yield url
+        return
+    if "DATABASE_URL" not in os.environ and _docker_engine():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:15", driver="asyncpg") as container:
+            yield container.get_connection_url()
+        return
+    pytest.fail(f"PostgreSQL does not answer at {url} and no Docker engine can start one: start it first")
+
+
+@pytest.fixture(scope="session")
+async def database_url(postgres_server_url: str) -> AsyncIterator[str]:
+    """A fresh database `test_<random>` for this session, migrated with Alembic, dropped at the end."""
+    from services.common.db import drop_database, migrate, with_database
+
+    url = with_database(postgres_server_url, f"test_{uuid.uuid4().hex[:12]}")
+    await migrate(url)
+    yield url
+    await drop_database(url)

@@ -76,6 +76,14 @@ class Instrument:
     def quantity_lots(self, quantity: Decimal) -> int:
         return to_units(quantity, self.lot)
 
+    def price_ticks_of(self, text: str) -> int:
+        """Ticks of a decimal price string (as found on the streams)."""
+        return to_units(parse_decimal(text), self.tick)
+
+    def quantity_lots_of(self, text: str) -> int:
+        """Lots of a decimal quantity string (as found on the streams)."""
+        return to_units(parse_decimal(text), self.lot)
+
     def price_text(self, ticks: int) -> str:
         """Price with exactly the tick's decimals ("50000.00")."""
         return fixed(EXACT.multiply(Decimal(ticks), self.tick), self.tick_places)

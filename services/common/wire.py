@@ -105,6 +105,7 @@ class EventEntry(msgspec.Struct, frozen=True):
     status: Status
     filled_quantity: str
     remaining_quantity: str
+    filled_quote: str  # sum of price x quantity over the order's fills, exact, in the quote currency
     reason: str
     ts: str
     client_order_id: str | None = None

@@ -82,6 +82,24 @@ local function qty_text(lots)
   return place_point(lots, QTY_MULT, QTY_PLACES, true)
 end
 
+-- Quote amount of a notional hi * LIMB + lo (ticks x lots): exact digits, decimal point placed,
+-- trailing zeros dropped. Scaling each limb by the multipliers keeps every product below 2^53.
+local QUOTE_MULT, QUOTE_PLACES = PRICE_MULT * QTY_MULT, PRICE_PLACES + QTY_PLACES
+local function quote_text(hi, lo)
+  lo = lo * QUOTE_MULT
+  local carry = math.floor(lo / LIMB)
+  lo = lo - carry * LIMB
+  hi = hi * QUOTE_MULT + carry
+  local digits
+  if hi > 0 then digits = int_text(hi) .. string.format('%06d', lo) else digits = int_text(lo) end
+  if QUOTE_PLACES == 0 then return digits end
+  if #digits <= QUOTE_PLACES then digits = string.rep('0', QUOTE_PLACES - #digits + 1) .. digits end
+  local whole, frac = digits:sub(1, #digits - QUOTE_PLACES), digits:sub(#digits - QUOTE_PLACES + 1)
+  frac = frac:gsub('0+$', '')
+  if frac == '' then return whole end
+  return whole .. '.' .. frac
+end
+
 -- Order records: cached for the call, written back once at the end ----------------------------
 -- Field order is services/common/wire.py OrderRecord.
 
@@ -215,7 +233,8 @@ local function emit_event(kind, o, with_order)
   local fields = {
     'event', kind, 'seq', int_text(event_seq), 'instrument', SYMBOL, 'order_id', o.id,
     'client_id', o.client_id, 'status', o.status, 'filled_quantity', qty_text(o.filled),
-    'remaining_quantity', qty_text(o.qty - o.filled), 'reason', o.reason, 'ts', now_text,
+    'remaining_quantity', qty_text(o.qty - o.filled), 'filled_quote', quote_text(o.nh, o.nl),
+    'reason', o.reason, 'ts', now_text,
   }
   if with_order then
     local price = ''
@@ -376,7 +395,7 @@ local function apply_cancel(f)
     redis.call('XADD', K_EVENTS, '*', 'event', 'cancel_rejected', 'seq', int_text(event_seq),
       'instrument', SYMBOL, 'order_id', f.order_id or '', 'client_id', f.client_id or '',
       'status', 'rejected', 'filled_quantity', '0', 'remaining_quantity', '0',
-      'reason', 'unknown_order', 'ts', now_text)
+      'filled_quote', '0', 'reason', 'unknown_order', 'ts', now_text)
     return
   end
   if o.status ~= 'open' and o.status ~= 'partially_filled' then

@@ -1,0 +1,25 @@
+-- Reads the best N levels of both sides of one instrument's book, and its book seq, atomically:
+-- the levels and the seq always belong to the same state (a snapshot plus the deltas after seq
+-- rebuild the book exactly).
+--
+-- KEYS: 1 bid levels zset, 2 ask levels zset, 3 bid depth hash, 4 ask depth hash, 5 meta hash
+-- ARGV: 1 number of levels per side
+-- Returns {book seq, {bid ticks, bid lots, ...}, {ask ticks, ask lots, ...}}, best first, as strings.
+
+local n = tonumber(ARGV[1])
+if n == nil or n < 1 then return redis.error_reply('levels must be a positive integer') end
+
+local function side(levels_key, depth_key)
+  local out = {}
+  local levels = redis.call('ZRANGE', levels_key, 0, n - 1)
+  if #levels == 0 then return out end
+  local depths = redis.call('HMGET', depth_key, unpack(levels))
+  for i = 1, #levels do
+    out[#out + 1] = levels[i]
+    out[#out + 1] = depths[i] or '0'
+  end
+  return out
+end
+
+local seq = redis.call('HGET', KEYS[5], 'book_seq') or '0'
+return {seq, side(KEYS[1], KEYS[3]), side(KEYS[2], KEYS[4])}

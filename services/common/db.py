@@ -1,0 +1,200 @@
+"""PostgreSQL: the table definitions every service queries, engines, and creating + migrating a database.
+
+The schema itself is owned by Alembic (migrations/); these Table objects mirror it for queries and are
+checked against it by tests/persister/test_schema.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    DateTime,
+    Index,
+    MetaData,
+    Numeric,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from services.common.env import REPO_ROOT, env_str
+
+DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/trading"
+ALEMBIC_INI = REPO_ROOT / "alembic.ini"
+
+metadata = MetaData()
+
+# Decimals are NUMERIC without a scale: exact, whatever the instrument's tick and lot.
+orders = Table(
+    "orders", metadata,
+    Column("order_id", Text, primary_key=True),
+    Column("client_order_id", Text),  # NULL when the client gave none
+    Column("client_id", Text, nullable=False),
+    Column("instrument", Text, nullable=False),
+    # NULL only while a later event has landed before the order's accepted/rejected event.
+    Column("side", Text),
+    Column("type", Text),
+    Column("time_in_force", Text),
+    Column("post_only", Boolean),
+    Column("price", Numeric),  # NULL for market orders
+    Column("quantity", Numeric, nullable=False),
+    Column("filled_quantity", Numeric, nullable=False),
+    Column("remaining_quantity", Numeric, nullable=False),
+    Column("filled_quote", Numeric, nullable=False),
+    Column("average_price", Numeric),  # NULL until the first fill
+    Column("status", Text, nullable=False),
+    Column("reason", Text),
+    Column("created_at", DateTime(timezone=True)),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("last_event_seq", BigInteger, nullable=False),
+    Index("ix_orders_client_created", "client_id", "created_at"),
+    Index("ix_orders_instrument_status", "instrument", "status"),
+)
+
+order_events = Table(
+    "order_events", metadata,
+    Column("instrument", Text, primary_key=True),
+    Column("seq", BigInteger, primary_key=True),
+    Column("event", Text, nullable=False),
+    Column("order_id", Text),  # NULL for a cancel of an unknown order
+    Column("client_id", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("filled_quantity", Numeric, nullable=False),
+    Column("remaining_quantity", Numeric, nullable=False),
+    Column("filled_quote", Numeric, nullable=False),
+    Column("reason", Text),
+    Column("ts", DateTime(timezone=True), nullable=False),
+    Index("ix_order_events_order_id", "order_id"),
+)
+
+trades = Table(
+    "trades", metadata,
+    Column("trade_id", Text, primary_key=True),
+    Column("instrument", Text, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("price", Numeric, nullable=False),
+    Column("quantity", Numeric, nullable=False),
+    Column("taker_side", Text, nullable=False),
+    Column("taker_order_id", Text, nullable=False),
+    Column("maker_order_id", Text, nullable=False),
+    Column("buy_order_id", Text, nullable=False),
+    Column("sell_order_id", Text, nullable=False),
+    Column("buyer_client_id", Text, nullable=False),
+    Column("seller_client_id", Text, nullable=False),
+    Column("executed_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("instrument", "seq", name="uq_trades_instrument_seq"),
+    Index("ix_trades_instrument_executed", "instrument", text("executed_at DESC")),
+    Index("ix_trades_executed", text("executed_at DESC")),
+    Index("ix_trades_buyer", "buyer_client_id"),
+    Index("ix_trades_seller", "seller_client_id"),
+)
+
+orderbook_snapshots = Table(
+    "orderbook_snapshots", metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("instrument", Text, nullable=False),
+    Column("book_seq", BigInteger, nullable=False),
+    Column("taken_at", DateTime(timezone=True), nullable=False),
+    Column("bids", JSONB, nullable=False),
+    Column("asks", JSONB, nullable=False),
+    Index("ix_orderbook_snapshots_instrument_taken", "instrument", text("taken_at DESC")),
+)
+
+_DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class DatabaseNameError(ValueError):
+    """A database name that cannot be created safely (it would need quoting)."""
+
+
+def database_url() -> str:
+    return env_str("DATABASE_URL", DEFAULT_DATABASE_URL)
+
+
+def make_engine(url: str, *, pool_size: int = 4) -> AsyncEngine:
+    """An asyncpg engine; pre-ping so connections that died with the server are replaced, not reused."""
+    return create_async_engine(url, pool_size=pool_size, max_overflow=2, pool_pre_ping=True,
+                               pool_recycle=1800)
+
+
+def with_database(url: str, name: str) -> str:
+    """`url` pointing at database `name` on the same server."""
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+def _name(url: str) -> str:
+    name = make_url(url).database
+    if not name or not _DB_NAME.match(name):
+        raise DatabaseNameError(f"database name {name!r} must match {_DB_NAME.pattern}")
+    return name
+
+
+async def create_database(url: str, *, template: str | None = None) -> bool:
+    """Create the database `url` names when it is missing (a copy of `template`'s if given); True if created."""
+    name = _name(url)
+    copy = f' TEMPLATE "{_name(template)}"' if template else ""
+    admin = create_async_engine(with_database(url, "postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as conn:
+            found = await conn.exec_driver_sql("SELECT 1 FROM pg_database WHERE datname = $1", (name,))
+            if found.first() is not None:
+                return False
+            await conn.exec_driver_sql(f'CREATE DATABASE "{name}"{copy}')
+            return True
+    finally:
+        await admin.dispose()
+
+
+async def drop_database(url: str) -> None:
+    """Drop the database `url` names, closing other sessions on it (tests only)."""
+    name = _name(url)
+    admin = create_async_engine(with_database(url, "postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as conn:
+            await conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.dispose()
+
+
+def _upgrade(connection: Connection, ini: Path, revision: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config(str(ini))
+    config.set_main_option("script_location", str(ini.parent / "migrations"))
+    # migrations/env.py runs on this connection instead of opening its own.
+    config.attributes["connection"] = connection
+    command.upgrade(config, revision)
+
+
+async def migrate(url: str, *, revision: str = "head", ini: Path = ALEMBIC_INI) -> None:
+    """Create the database if missing, then `alembic upgrade` it to `revision`."""
+    await create_database(url)
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_upgrade, ini, revision)
+    finally:
+        await engine.dispose()
+
+
+def main() -> None:
+    """`python -m services.common.db`: create and migrate DATABASE_URL's database."""
+    url = database_url()
+    asyncio.run(migrate(url))
+    print(f"migrated {make_url(url).render_as_string(hide_password=True)} to head")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""`python -m services.matcher`: run the matcher until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+import uvloop
+
+from services.common.logs import setup_logging
+from services.common.ops_http import OpsServer, ops_app
+from services.common.redis_conn import connect
+from services.matcher.metrics import MatcherMetrics
+from services.matcher.settings import MatcherSettings
+from services.matcher.worker import Matcher
+
+logger = logging.getLogger("services.matcher")
+
+
+async def main(settings: MatcherSettings) -> None:
+    redis = connect(settings.redis_url)
+    metrics = MatcherMetrics()
+    matcher = Matcher(settings, redis, metrics)
+    ops = OpsServer(ops_app(metrics.registry, matcher.is_alive), settings.metrics_host, settings.metrics_port)
+    await matcher.prepare()
+    await ops.start()
+    logger.info("matcher started", extra={"consumer": settings.consumer,
+                                          "instruments": list(settings.instruments),
+                                          "metrics": f"http://{settings.metrics_host}:{settings.metrics_port}"})
+    run = asyncio.create_task(matcher.run())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        # Cancelling mid-call is safe: a match.lua call already sent completes atomically in Redis.
+        loop.add_signal_handler(sig, run.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await run
+    await ops.stop()
+    await redis.aclose()
+    logger.info("matcher stopped", extra={"consumer": settings.consumer})
+
+
+def run() -> None:
+    settings = MatcherSettings.from_env()
+    setup_logging("matcher", settings.log_level)
+    uvloop.run(main(settings))
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,36 @@
+"""Matcher configuration, read once from the environment."""
+
+from __future__ import annotations
+
+import msgspec
+
+from services.common import env
+from services.common.instruments import Instruments, load_instruments
+
+
+class MatcherSettings(msgspec.Struct, frozen=True):
+    redis_url: str
+    key_prefix: str
+    instruments: Instruments
+    consumer: str  # stable name: a restarted matcher continues as the same consumer
+    batch_size: int  # commands per match.lua call when a backlog waits
+    block_ms: int  # how long one idle wait for new commands lasts
+    metrics_host: str
+    metrics_port: int
+    monitor_interval_s: float
+    log_level: str
+
+    @classmethod
+    def from_env(cls) -> MatcherSettings:
+        return cls(
+            redis_url=env.redis_url(),
+            key_prefix=env.redis_key_prefix(),
+            instruments=load_instruments(env.instruments_file()),
+            consumer=env.env_str("MATCHER_CONSUMER", "matcher-1"),
+            batch_size=env.env_int("MATCHER_BATCH", 256, minimum=1),
+            block_ms=env.env_int("MATCHER_BLOCK_MS", 1000, minimum=1),
+            metrics_host=env.env_str("MATCHER_METRICS_HOST", "127.0.0.1"),
+            metrics_port=env.env_int("MATCHER_METRICS_PORT", 9101, minimum=0),
+            monitor_interval_s=env.env_float("MATCHER_MONITOR_INTERVAL_S", 1.0),
+            log_level=env.env_str("LOG_LEVEL", "INFO"),
+        )

@@ -1,0 +1,101 @@
+"""The matcher process: one loop per instrument calling match.lua, plus a monitor for gauges."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from services.common.groups import group_lag
+from services.common.keys import MATCHER_GROUP, instrument_keys
+from services.matcher.engine import InstrumentMatcher
+from services.matcher.metrics import MatcherMetrics
+from services.matcher.settings import MatcherSettings
+
+logger = logging.getLogger(__name__)
+
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+MAX_BACKOFF_S = 2.0
+
+
+class Matcher:
+    """Every configured instrument's matching loop in one process."""
+
+    def __init__(self, settings: MatcherSettings, redis: Redis, metrics: MatcherMetrics) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.metrics = metrics
+        self.engines = [
+            InstrumentMatcher(redis, instrument, instrument_keys(settings.key_prefix, symbol),
+                              settings.consumer, settings.batch_size)
+            for symbol, instrument in settings.instruments.items()
+        ]
+        self._heartbeat: dict[str, float] = {}
+
+    def is_alive(self) -> bool:
+        """Every instrument loop came round recently (an idle loop still wakes every block_ms)."""
+        horizon = time.monotonic() - max(5.0, 3 * self.settings.block_ms / 1000)
+        return all(self._heartbeat.get(e.instrument.symbol, 0.0) > horizon for e in self.engines)
+
+    async def prepare(self) -> None:
+        for engine in self.engines:
+            await engine.prepare()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            for engine in self.engines:
+                tasks.create_task(self._loop(engine))
+            tasks.create_task(self._monitor())
+
+    async def _loop(self, engine: InstrumentMatcher) -> None:
+        symbol = engine.instrument.symbol
+        backoff = 0.05
+        down = False
+        while True:
+            self._heartbeat[symbol] = time.monotonic()
+            try:
+                started = time.perf_counter()
+                result = await engine.step()
+                self.metrics.record(symbol, result, time.perf_counter() - started)
+                if result.applied < self.settings.batch_size:
+                    await engine.wait_for_commands(result.last_id, self.settings.block_ms)
+            except REDIS_DOWN as exc:
+                if not down:
+                    logger.error("redis connection lost", extra={"instrument": symbol, "error": repr(exc)})
+                    down = True
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                continue
+            if down:
+                logger.info("redis connection regained", extra={"instrument": symbol})
+                down = False
+                backoff = 0.05
+                # Redis may have restarted empty: the group must exist before the next read.
+                await engine.prepare()
+
+    async def _monitor(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.monitor_interval_s)
+            try:
+                await self._sample()
+            except REDIS_DOWN:
+                continue
+
+    async def _sample(self) -> None:
+        for engine in self.engines:
+            keys, symbol = engine.keys, engine.instrument.symbol
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zcard(keys.bid_orders).zcard(keys.ask_orders).zcard(keys.bid_levels).zcard(keys.ask_levels)
+                bids, asks, bid_levels, ask_levels = await pipe.execute()
+            self.metrics.depth.labels(symbol, "buy").set(bids)
+            self.metrics.depth.labels(symbol, "sell").set(asks)
+            self.metrics.levels.labels(symbol, "buy").set(bid_levels)
+            self.metrics.levels.labels(symbol, "sell").set(ask_levels)
+            lag = await group_lag(self.redis, keys.orders, MATCHER_GROUP)
+            if lag is not None:
+                self.metrics.lag.labels(keys.orders, MATCHER_GROUP).set(lag[0])
+                self.metrics.pending.labels(keys.orders, MATCHER_GROUP).set(lag[1])
