@@ -36,7 +36,7 @@ class OpsServer:
                                 lifespan="off", loop="none")
         self._server = uvicorn.Server(config)
         # The worker owns SIGTERM/SIGINT; uvicorn would otherwise capture them for itself.
-        self._server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+        self._server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

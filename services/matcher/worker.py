@@ -89,7 +89,8 @@ class Matcher:
         for engine in self.engines:
             keys, symbol = engine.keys, engine.instrument.symbol
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.zcard(keys.bid_orders).zcard(keys.ask_orders).zcard(keys.bid_levels).zcard(keys.ask_levels)
+                for key in (keys.bid_orders, keys.ask_orders, keys.bid_levels, keys.ask_levels):
+                    pipe.zcard(key)
                 bids, asks, bid_levels, ask_levels = await pipe.execute()
             self.metrics.depth.labels(symbol, "buy").set(bids)
             self.metrics.depth.labels(symbol, "sell").set(asks)

@@ -210,7 +210,8 @@ async def test_cancel_of_final_order_reports_why(harness: Harness) -> None:
     await harness.cancel("b1")
     await harness.run()
     last = (await harness.events())[-1]
-    assert (last.event, last.order_id, last.status, last.reason) == ("cancel_rejected", "b1", "filled", "already_filled")
+    assert (last.event, last.order_id, last.status, last.reason) == (
+        "cancel_rejected", "b1", "filled", "already_filled")
 
 
 async def test_events_describe_the_order_and_its_fills(harness: Harness) -> None:
