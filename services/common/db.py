@@ -167,7 +167,7 @@ async def drop_database(url: str) -> None:
         await admin.dispose()
 
 
-def _upgrade(connection: Connection, ini: Path, revision: str) -> None:
+def _alembic(connection: Connection, ini: Path, revision: str, up: bool) -> None:
     from alembic import command
     from alembic.config import Config
 
@@ -175,16 +175,25 @@ def _upgrade(connection: Connection, ini: Path, revision: str) -> None:
     config.set_main_option("script_location", str(ini.parent / "migrations"))
     # migrations/env.py runs on this connection instead of opening its own.
     config.attributes["connection"] = connection
-    command.upgrade(config, revision)
+    (command.upgrade if up else command.downgrade)(config, revision)
 
 
 async def migrate(url: str, *, revision: str = "head", ini: Path = ALEMBIC_INI) -> None:
     """Create the database if missing, then `alembic upgrade` it to `revision`."""
     await create_database(url)
+    await _run_alembic(url, ini, revision, up=True)
+
+
+async def downgrade(url: str, *, revision: str = "base", ini: Path = ALEMBIC_INI) -> None:
+    """`alembic downgrade` the database to `revision`."""
+    await _run_alembic(url, ini, revision, up=False)
+
+
+async def _run_alembic(url: str, ini: Path, revision: str, *, up: bool) -> None:
     engine = create_async_engine(url)
     try:
         async with engine.begin() as conn:
-            await conn.run_sync(_upgrade, ini, revision)
+            await conn.run_sync(_alembic, ini, revision, up)
     finally:
         await engine.dispose()
 

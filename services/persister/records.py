@@ -1,0 +1,185 @@
+"""Stream entries -> rows: decoding the trades and events streams, folding events into order rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Literal
+
+import msgspec
+
+from services.common.instruments import Instrument
+from services.common.money import EXACT, parse_decimal, to_units
+from services.common.wire import EventEntry, TradeEntry
+
+StreamKind = Literal["trades", "events"]
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Events that change an order's state; cancel_rejected only reports on it.
+ORDER_CHANGING = frozenset({"accepted", "rejected", "partially_filled", "filled", "cancelled"})
+CARRIES_ORDER = frozenset({"accepted", "rejected"})
+STATIC_FIELDS = ("client_order_id", "side", "type", "time_in_force", "post_only", "price", "created_at")
+
+
+class MalformedEntry(ValueError):
+    """A stream entry that cannot become a row, whatever the database does."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRef:
+    """One stream the persister reads, with what it needs to decode and dead-letter its entries."""
+
+    key: str
+    kind: StreamKind
+    instrument: Instrument
+    deadletter: str
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One delivered stream entry."""
+
+    stream: StreamRef
+    id: str
+    fields: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """The rows one entry contributes: a trade, or an order event plus (maybe) an order state."""
+
+    entry: Entry
+    trade: dict[str, Any] | None = None
+    event: dict[str, Any] | None = None
+    order: dict[str, Any] | None = None
+
+
+def _decimal(name: str, text: str) -> Decimal:
+    try:
+        return parse_decimal(text)
+    except ValueError as exc:
+        raise MalformedEntry(f"{name}={text!r} is not a decimal") from exc
+
+
+def _ms(name: str, text: str) -> datetime:
+    try:
+        return EPOCH + timedelta(milliseconds=int(text))
+    except (ValueError, OverflowError) as exc:
+        raise MalformedEntry(f"{name}={text!r} is not a time in ms") from exc
+
+
+def _seq(text: str) -> int:
+    try:
+        seq = int(text)
+    except ValueError as exc:
+        raise MalformedEntry(f"seq={text!r} is not an integer") from exc
+    if not 0 < seq < 2**63:
+        raise MalformedEntry(f"seq={text!r} is out of range")
+    return seq
+
+
+def average_price(instrument: Instrument, filled_quote: Decimal, filled_quantity: Decimal) -> Decimal | None:
+    """filled_quote / filled_quantity rounded half-even to the tick, exactly as the API shows it."""
+    if filled_quantity == 0:
+        return None
+    try:
+        lots = instrument.quantity_lots(filled_quantity)
+        notional = to_units(filled_quote, EXACT.multiply(instrument.tick, instrument.lot))
+    except ValueError as exc:
+        raise MalformedEntry(f"filled {filled_quantity} for {filled_quote}: {exc}") from exc
+    text = instrument.average_price_text(notional, lots)
+    return None if text is None else Decimal(text)
+
+
+def decode_trade(entry: Entry) -> Decoded:
+    try:
+        t = msgspec.convert(entry.fields, TradeEntry)
+    except msgspec.ValidationError as exc:
+        raise MalformedEntry(str(exc)) from exc
+    if t.instrument != entry.stream.instrument.symbol:
+        raise MalformedEntry(f"instrument={t.instrument!r} on {entry.stream.key!r}")
+    return Decoded(entry, trade={
+        "trade_id": t.trade_id, "instrument": t.instrument, "seq": _seq(t.seq),
+        "price": _decimal("price", t.price), "quantity": _decimal("quantity", t.quantity),
+        "taker_side": t.taker_side, "taker_order_id": t.taker_order_id, "maker_order_id": t.maker_order_id,
+        "buy_order_id": t.buy_order_id, "sell_order_id": t.sell_order_id,
+        "buyer_client_id": t.buyer_client_id, "seller_client_id": t.seller_client_id,
+        "executed_at": _ms("ts", t.ts),
+    })
+
+
+def decode_event(entry: Entry) -> Decoded:
+    try:
+        e = msgspec.convert(entry.fields, EventEntry)
+    except msgspec.ValidationError as exc:
+        raise MalformedEntry(str(exc)) from exc
+    instrument = entry.stream.instrument
+    if e.instrument != instrument.symbol:
+        raise MalformedEntry(f"instrument={e.instrument!r} on {entry.stream.key!r}")
+    seq, ts = _seq(e.seq), _ms("ts", e.ts)
+    filled = _decimal("filled_quantity", e.filled_quantity)
+    remaining = _decimal("remaining_quantity", e.remaining_quantity)
+    quote = _decimal("filled_quote", e.filled_quote)
+    event = {
+        "instrument": e.instrument, "seq": seq, "event": e.event, "order_id": e.order_id or None,
+        "client_id": e.client_id, "status": e.status, "filled_quantity": filled,
+        "remaining_quantity": remaining, "filled_quote": quote, "reason": e.reason or None, "ts": ts,
+    }
+    if e.event not in ORDER_CHANGING or not e.order_id:
+        return Decoded(entry, event=event)
+    order: dict[str, Any] = {
+        "order_id": e.order_id, "client_id": e.client_id, "instrument": e.instrument,
+        "quantity": EXACT.add(filled, remaining), "filled_quantity": filled, "remaining_quantity": remaining,
+        "filled_quote": quote, "average_price": average_price(instrument, quote, filled),
+        "status": e.status, "reason": e.reason or None, "updated_at": ts, "last_event_seq": seq,
+        **dict.fromkeys(STATIC_FIELDS),
+    }
+    if e.event in CARRIES_ORDER:
+        if e.side is None or e.type is None or e.time_in_force is None or e.quantity is None \
+                or e.created_at is None or e.post_only not in ("0", "1"):
+            raise MalformedEntry(f"{e.event} event of {e.order_id!r} lacks the order's fields")
+        order.update(
+            client_order_id=e.client_order_id or None, side=e.side, type=e.type,
+            time_in_force=e.time_in_force, post_only=e.post_only == "1",
+            price=_decimal("price", e.price) if e.price else None,
+            quantity=_decimal("quantity", e.quantity), created_at=_ms("created_at", e.created_at),
+        )
+    return Decoded(entry, event=event, order=order)
+
+
+def decode(entry: Entry) -> Decoded:
+    """The rows of one entry; MalformedEntry when it cannot be read."""
+    return decode_trade(entry) if entry.stream.kind == "trades" else decode_event(entry)
+
+
+def _merge_orders(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """One row standing for two events of an order: the newer state, the order's fields from either."""
+    newer, older = (a, b) if a["last_event_seq"] >= b["last_event_seq"] else (b, a)
+    if newer["side"] is not None or older["side"] is None:
+        return newer
+    merged = dict(newer)
+    for name in STATIC_FIELDS:
+        merged[name] = older[name]
+    merged["quantity"] = older["quantity"]
+    return merged
+
+
+@dataclass(frozen=True, slots=True)
+class WriteSet:
+    """The rows of a batch, each table's rows sorted by key so concurrent workers lock in one order."""
+
+    trades: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+    orders: list[dict[str, Any]]
+
+    @classmethod
+    def of(cls, decoded: list[Decoded]) -> WriteSet:
+        trades = sorted((d.trade for d in decoded if d.trade is not None), key=lambda r: r["trade_id"])
+        events = sorted((d.event for d in decoded if d.event is not None),
+                        key=lambda r: (r["instrument"], r["seq"]))
+        orders: dict[str, dict[str, Any]] = {}
+        for d in decoded:
+            if d.order is not None:
+                known = orders.get(d.order["order_id"])
+                orders[d.order["order_id"]] = d.order if known is None else _merge_orders(known, d.order)
+        return cls(trades, events, [orders[k] for k in sorted(orders)])

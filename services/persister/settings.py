@@ -1,0 +1,92 @@
+"""The persister's settings, read once from the environment at start."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.common.db import database_url
+from services.common.env import (
+    SettingsError,
+    env_float,
+    env_int,
+    env_str,
+    instruments_file,
+    redis_key_prefix,
+    redis_url,
+)
+from services.persister.writer import WRITE_MODES, WriteMode
+
+
+@dataclass(frozen=True, slots=True)
+class PersisterSettings:
+    """Everything a persister worker needs; one per process."""
+
+    redis_url: str
+    key_prefix: str
+    database_url: str
+    instruments_file: Path
+    consumer: str
+    metrics_host: str
+    metrics_port: int  # 0 turns the metrics/health server off
+    batch: int  # entries per batch, across all streams
+    block_ms: int
+    claim_idle_ms: int
+    claim_every_ms: int
+    max_deliveries: int
+    backoff_initial_s: float
+    backoff_max_s: float
+    lag_every_s: float
+    db_pool_size: int
+    write_mode: WriteMode = "copy"
+
+    @classmethod
+    def from_env(cls) -> PersisterSettings:
+        """Read PERSISTER_* and the engine-wide variables; SettingsError when one is unusable."""
+        # Worker N of a group (circus: $(circus.wid)) gets a stable name and the N-th metrics port.
+        index = env_int("PERSISTER_WORKER_INDEX", 1, minimum=1)
+        consumer = env_str("PERSISTER_CONSUMER", f"persister-{index}")
+        if not consumer or any(c.isspace() for c in consumer):
+            raise SettingsError(f"PERSISTER_CONSUMER={consumer!r} must be a non-empty name without spaces")
+        block_ms = env_int("PERSISTER_BLOCK_MS", 1000, minimum=1)
+        # redis_conn.connect() uses a 10 s socket timeout: a longer BLOCK would time the socket out.
+        if block_ms >= 9000:
+            raise SettingsError(f"PERSISTER_BLOCK_MS={block_ms} must stay below the 10 s socket timeout")
+        claim_idle_ms = env_int("PERSISTER_CLAIM_IDLE_MS", 30000, minimum=1)
+        backoff_initial = env_float("PERSISTER_BACKOFF_INITIAL_S", 0.1)
+        backoff_max = env_float("PERSISTER_BACKOFF_MAX_S", 5.0)
+        if backoff_initial <= 0 or backoff_max < backoff_initial:
+            raise SettingsError(f"PERSISTER_BACKOFF_INITIAL_S={backoff_initial} must be positive and at most "
+                                f"PERSISTER_BACKOFF_MAX_S={backoff_max}")
+        return cls(
+            redis_url=redis_url(),
+            key_prefix=redis_key_prefix(),
+            database_url=database_url(),
+            instruments_file=instruments_file(),
+            consumer=consumer,
+            metrics_host=env_str("PERSISTER_METRICS_HOST", "127.0.0.1"),
+            metrics_port=_metrics_port(index),
+            batch=env_int("PERSISTER_BATCH", 500, minimum=1),
+            block_ms=block_ms,
+            claim_idle_ms=claim_idle_ms,
+            claim_every_ms=env_int("PERSISTER_CLAIM_EVERY_MS", max(1, claim_idle_ms // 2), minimum=1),
+            max_deliveries=env_int("PERSISTER_MAX_DELIVERIES", 5, minimum=1),
+            backoff_initial_s=backoff_initial,
+            backoff_max_s=backoff_max,
+            lag_every_s=env_float("PERSISTER_LAG_EVERY_S", 1.0),
+            db_pool_size=env_int("PERSISTER_DB_POOL", 2, minimum=1),
+            write_mode=_write_mode(),
+        )
+
+
+def _write_mode() -> WriteMode:
+    mode = env_str("PERSISTER_WRITE_MODE", "copy")
+    for known in WRITE_MODES:
+        if mode == known:
+            return known
+    raise SettingsError(f"PERSISTER_WRITE_MODE={mode!r} must be one of {', '.join(WRITE_MODES)}")
+
+
+def _metrics_port(index: int) -> int:
+    base = env_int("PERSISTER_METRICS_PORT", 9102, minimum=0)
+    return 0 if base == 0 else base + index - 1
