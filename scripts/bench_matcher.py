@@ -20,7 +20,7 @@ from services.common.env import redis_url
 from services.common.instruments import Instrument, load_instruments
 from services.common.keys import instrument_keys
 from services.common.redis_conn import connect
-from services.common.wire import CancelCommand, NewOrderCommand
+from services.common.wire import CancelCommand, NewOrderCommand, Side
 from services.matcher.engine import InstrumentMatcher
 
 
@@ -32,7 +32,7 @@ def order_flow(instrument: Instrument, count: int, seed: int) -> list[dict[str, 
         if n % 20 == 19:
             commands.append(msgspec.to_builtins(CancelCommand(f"o{rng.randrange(n)}", "bench", "0")))
             continue
-        side = rng.choice(["buy", "sell"])
+        side: Side = rng.choice(["buy", "sell"])
         market = rng.random() < 0.03
         # A third of limit orders land across the spread and trade.
         offset = rng.randint(1, 50) * (1 if rng.random() < 0.67 else -1)
