@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
+from decimal import ROUND_HALF_EVEN, Context, Decimal, Inexact, InvalidOperation, Rounded
 
 # Enough digits for any price x quantity product we ever form (1e9 ticks x 1e11 lots and then some).
 EXACT = Context(prec=60)
+# The same precision, but any rounding raises: for questions that need an exact answer.
+STRICT = Context(prec=60, traps=[Inexact, Rounded, InvalidOperation])
 
 
 class NotAMultiple(ValueError):
@@ -25,7 +27,11 @@ def parse_decimal(text: str) -> Decimal:
 
 def to_units(value: Decimal, increment: Decimal) -> int:
     """Number of whole increments in value; NotAMultiple if value is not an exact multiple."""
-    units = EXACT.divide(value, increment)
+    try:
+        units = STRICT.divide(value, increment)
+    except (Inexact, Rounded, InvalidOperation) as exc:
+        # More digits than the context holds: certainly not a whole number of increments we can trade.
+        raise NotAMultiple(f"{value} is not a multiple of {increment}") from exc
     if units != units.to_integral_value():
         raise NotAMultiple(f"{value} is not a multiple of {increment}")
     return int(units)

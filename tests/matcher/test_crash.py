@@ -59,7 +59,7 @@ async def test_killed_matcher_loses_and_doubles_nothing(redis: Redis, key_prefix
     await _enqueue_program(crashed, seed=7)
     port = free_port()
     env = {"REDIS_KEY_PREFIX": key_prefix + "crash:", "INSTRUMENTS_FILE": str(TWO_INSTRUMENTS),
-           "MATCHER_METRICS_PORT": str(port), "MATCHER_BATCH": "16"}
+           "MATCHER_METRICS_PORT": str(port), "MATCHER_BATCH": "2"}
     kills = 0
     while True:
         lag = await group_lag(redis, crashed.keys.orders, MATCHER_GROUP)
@@ -67,7 +67,7 @@ async def test_killed_matcher_loses_and_doubles_nothing(redis: Redis, key_prefix
         if lag[0] == 0:
             break
         service = Service("matcher", env, f"http://127.0.0.1:{port}/healthz", tmp_path / "matcher.log").start()
-        await asyncio.sleep(random.uniform(0.05, 0.3))
+        await asyncio.sleep(random.uniform(0.02, 0.15))
         service.kill()
         kills += 1
     assert kills >= 2, "the matcher finished before it could be killed twice; enqueue more"

@@ -1,0 +1,118 @@
+"""Enqueueing a validated order: one atomic accept.lua call through the command batcher."""
+
+from __future__ import annotations
+
+import msgspec
+
+from services.common.keys import InstrumentKeys
+from services.common.lua import LuaScript
+from services.common.redis_batch import CommandBatcher
+from services.common.wire import NewOrderCommand, OrderRecord
+from services.ingest.validation import ValidOrder
+from services.ingest.views import OrderView, encode_record, iso_ms
+
+ACCEPT_SCRIPT = LuaScript("services.ingest", "accept.lua")
+
+
+class Accepted(msgspec.Struct, frozen=True):
+    stream_id: str
+
+
+class Replayed(msgspec.Struct, frozen=True):
+    answer: bytes
+
+
+class Conflict(msgspec.Struct, frozen=True):
+    pass
+
+
+class RateLimited(msgspec.Struct, frozen=True):
+    retry_after_ms: int
+
+
+class Overloaded(msgspec.Struct, frozen=True):
+    pass
+
+
+Outcome = Accepted | Replayed | Conflict | RateLimited | Overloaded
+
+
+def new_order_view(order: ValidOrder, order_id: str, created_ms: int) -> OrderView:
+    """The 201 answer: the order as it stands once on the stream."""
+    instrument = order.instrument
+    created = iso_ms(created_ms)
+    return OrderView(
+        order_id=order_id,
+        client_order_id=order.client_order_id or None,
+        client_id=order.client_id,
+        instrument=instrument.symbol,
+        side=order.side,
+        type=order.type,
+        time_in_force=order.time_in_force,
+        post_only=order.post_only,
+        price=instrument.price_text(order.price_ticks) if order.type == "limit" else None,
+        quantity=instrument.quantity_text(order.quantity_lots),
+        filled_quantity="0",
+        remaining_quantity=instrument.quantity_text(order.quantity_lots),
+        average_price=None,
+        status="accepted",
+        reason=None,
+        created_at=created,
+        updated_at=created,
+    )
+
+
+def _command_fields(order: ValidOrder, order_id: str, created_ms: int) -> list[str]:
+    command = NewOrderCommand(
+        order_id=order_id,
+        client_id=order.client_id,
+        client_order_id=order.client_order_id,
+        side=order.side,
+        type=order.type,
+        time_in_force=order.time_in_force,
+        post_only="1" if order.post_only else "0",
+        price_ticks=str(order.price_ticks),
+        quantity_lots=str(order.quantity_lots),
+        created_at=str(created_ms),
+    )
+    fields = ["cmd", "new"]
+    for name in command.__struct_fields__:
+        fields.append(name)
+        fields.append(getattr(command, name))
+    return fields
+
+
+def _record(order: ValidOrder, order_id: str, created_ms: int) -> bytes:
+    return encode_record(OrderRecord(
+        order_id=order_id, client_id=order.client_id, client_order_id=order.client_order_id,
+        side=order.side, type=order.type, time_in_force=order.time_in_force,
+        post_only=1 if order.post_only else 0, price_ticks=order.price_ticks,
+        quantity_lots=order.quantity_lots, filled_lots=0, status="accepted", reason="",
+        created_at=created_ms, updated_at=created_ms, arrival_seq=0, notional_hi=0, notional_lo=0,
+    ))
+
+
+async def accept_order(batcher: CommandBatcher, keys: InstrumentKeys, order: ValidOrder, *, order_id: str,
+                       created_ms: int, answer: bytes, rate_per_sec: int, burst: int, overloaded: bool,
+                       idempotency_ttl_s: int) -> Outcome:
+    """Rate-limit, deduplicate and enqueue `order` atomically; `answer` is the 201 body to remember."""
+    script_keys = [keys.orders, keys.order_state, keys.rate_bucket(order.client_id)]
+    if order.idempotency_key is not None:
+        script_keys.append(keys.idempotency(order.client_id, order.idempotency_key))
+    args: list[str | bytes | int] = [
+        rate_per_sec, burst, "1" if overloaded else "0", order.fingerprint(), answer, idempotency_ttl_s,
+        order_id, _record(order, order_id, created_ms), *_command_fields(order, order_id, created_ms),
+    ]
+    reply = await batcher.evalsha(ACCEPT_SCRIPT, script_keys, args)
+    kind = reply[0]
+    if kind == b"ok":
+        return Accepted(reply[1].decode())
+    if kind == b"replay":
+        return Replayed(bytes(reply[1]))
+    if kind == b"conflict":
+        return Conflict()
+    if kind == b"rate_limited":
+        return RateLimited(int(reply[1]))
+    if kind == b"overloaded":
+        return Overloaded()
+    raise RuntimeError(f"accept.lua answered {reply!r}")

@@ -1,0 +1,62 @@
+"""The ingest HTTP app: routes wired to the handlers, with the shared context's lifespan."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from services.ingest import health
+from services.ingest.context import IngestContext
+from services.ingest.errors import ErrorBody, json_response
+from services.ingest.handling import Handler, guarded
+from services.ingest.order_reads import cancel_order, get_order
+from services.ingest.orderbook import get_orderbook
+from services.ingest.place_order import place_order
+from services.ingest.settings import IngestSettings
+
+ContextHandler = Callable[[IngestContext, Request], Awaitable[Response]]
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    return json_response(ErrorBody(code, str(exc.detail)), exc.status_code, exc.headers)
+
+
+def create_app(settings: IngestSettings) -> Starlette:
+    """Build the app; Redis is reached only once the lifespan starts."""
+    ctx = IngestContext(settings)
+
+    def bind(handler: ContextHandler) -> Handler:
+        return guarded(functools.partial(handler, ctx))
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await ctx.start()
+        try:
+            yield
+        finally:
+            await ctx.stop()
+
+    routes = [
+        Route("/orders", bind(place_order), methods=["POST"]),
+        Route("/orders/{order_id}", bind(get_order), methods=["GET"]),
+        Route("/orders/{order_id}", bind(cancel_order), methods=["DELETE"]),
+        Route("/orders/{order_id}/cancel", bind(cancel_order), methods=["POST"]),
+        Route("/orderbook", bind(get_orderbook), methods=["GET"]),
+        Route("/healthz", health.healthz, methods=["GET"]),
+        Route("/readyz", bind(health.readyz), methods=["GET"]),
+        Route("/metrics", bind(health.metrics), methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})
+    app.state.ctx = ctx
+    return app

@@ -1,0 +1,86 @@
+"""Everything the request handlers share, built once per app: Redis, the batcher, keys, auth, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from starlette.requests import Request
+
+from services.common.book import BOOK_SCRIPT
+from services.common.keys import InstrumentKeys, instrument_keys
+from services.common.lua import LuaScript
+from services.common.redis_batch import CommandBatcher
+from services.common.redis_conn import connect
+from services.ingest.accept import ACCEPT_SCRIPT
+from services.ingest.auth import ADMIN, KeyTable, Principal, load_key_table
+from services.ingest.backpressure import LagMonitor
+from services.ingest.errors import unauthorized
+from services.ingest.metrics import IngestMetrics
+from services.ingest.orders_store import CANCEL_SCRIPT, OrderStore
+from services.ingest.settings import IngestSettings
+
+logger = logging.getLogger(__name__)
+
+SCRIPTS: tuple[LuaScript, ...] = (ACCEPT_SCRIPT, CANCEL_SCRIPT, BOOK_SCRIPT)
+
+
+class IngestContext:
+    """The ingest service's shared state; start() and stop() run in the app's lifespan."""
+
+    def __init__(self, settings: IngestSettings) -> None:
+        self.settings = settings
+        self.instruments = settings.instruments
+        self.keys: dict[str, InstrumentKeys] = {
+            symbol: instrument_keys(settings.key_prefix, symbol) for symbol in settings.instruments
+        }
+        self.key_table: KeyTable | None = (
+            load_key_table(settings.api_keys_file) if settings.auth_mode == "on" else None
+        )
+        # connect() never resends a command after a connection error (accept.lua without an idempotency
+        # key would place the order twice): the client gets a 503 instead.
+        self.redis: Redis = connect(settings.redis_url)
+        self.batcher = CommandBatcher(self.redis)
+        self.store = OrderStore(self.batcher, self.instruments, self.keys)
+        self.lag = LagMonitor(self.redis, self.keys, settings.max_matcher_lag, settings.lag_poll_interval_s)
+        self.metrics = IngestMetrics()
+        self._lag_task: asyncio.Task[None] | None = None
+
+    def authenticate(self, request: Request) -> Principal:
+        """The request's principal; ApiError 401 for a missing or unknown key."""
+        if self.key_table is None:
+            return ADMIN
+        principal = self.key_table.authenticate(request.headers.get("authorization"))
+        if principal is None:
+            raise unauthorized()
+        return principal
+
+    async def start(self) -> None:
+        if self.key_table is None:
+            logger.warning(
+                "AUTH_MODE=off: API KEYS ARE NOT CHECKED, every request acts as admin. "
+                "For local experiments only, never expose this service.")
+        else:
+            logger.info("loaded %d API keys from %s", len(self.key_table), self.settings.api_keys_file)
+        try:
+            await self.load_scripts()
+        except (RedisError, OSError) as exc:
+            # Not fatal: /readyz reports it and the batcher loads scripts on NOSCRIPT.
+            logger.warning("cannot load Lua scripts at start (Redis %s): %r", self.settings.redis_url, exc)
+        self._lag_task = asyncio.create_task(self.lag.run(), name="ingest-lag-monitor")
+
+    async def stop(self) -> None:
+        if self._lag_task is not None:
+            self.lag.stop()
+            self._lag_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lag_task
+        await self.batcher.close()
+        await self.redis.aclose()
+
+    async def load_scripts(self) -> None:
+        for script in SCRIPTS:
+            await script.load(self.redis)

@@ -1,0 +1,80 @@
+"""The JSON error shape every ingest answer uses: {"error", "message", "details"}."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import msgspec
+from starlette.responses import Response
+
+
+class ErrorDetail(msgspec.Struct, frozen=True):
+    field: str
+    message: str
+
+
+class ErrorBody(msgspec.Struct, frozen=True):
+    error: str
+    message: str
+    details: Sequence[ErrorDetail] = ()
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+class ApiError(Exception):
+    """An answer other than success; `reason` labels orders_rejected_total."""
+
+    def __init__(self, status: int, code: str, message: str, *, details: Sequence[ErrorDetail] = (),
+                 headers: Mapping[str, str] | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+        self.headers = headers
+        self.reason = reason or code
+
+    def response(self) -> Response:
+        return json_response(ErrorBody(self.code, self.message, self.details), self.status, self.headers)
+
+
+def json_response(body: object, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    """Encode `body` with msgspec (Structs, dicts, lists) into a JSON response."""
+    return raw_json_response(_encode(body), status, headers)
+
+
+def raw_json_response(content: bytes, status: int = 200,
+                      headers: Mapping[str, str] | None = None) -> Response:
+    return Response(content, status_code=status, headers=headers, media_type="application/json")
+
+
+def too_large(limit: int) -> ApiError:
+    return ApiError(413, "payload_too_large", f"the body is over {limit} bytes", reason="too_large")
+
+
+def unauthorized() -> ApiError:
+    return ApiError(401, "unauthorized", "a valid API key is needed: Authorization: Bearer <key>",
+                    headers={"WWW-Authenticate": "Bearer"}, reason="auth")
+
+
+def forbidden(message: str) -> ApiError:
+    return ApiError(403, "forbidden", message, reason="forbidden")
+
+
+def not_found(message: str) -> ApiError:
+    return ApiError(404, "not_found", message)
+
+
+def bad_request(message: str) -> ApiError:
+    return ApiError(400, "bad_request", message, reason="bad_request")
+
+
+def invalid(details: Sequence[ErrorDetail]) -> ApiError:
+    first = details[0]
+    return ApiError(422, "validation_error", f"{first.field}: {first.message}", details=details,
+                    reason="validation")
+
+
+def unavailable(message: str, retry_after_s: int = 1, reason: str = "unavailable") -> ApiError:
+    return ApiError(503, "unavailable", message, headers={"Retry-After": str(retry_after_s)}, reason=reason)

@@ -1,0 +1,79 @@
+"""What every handler shares: bounded body reads, path id checks, the guard turning failures into JSON."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from collections.abc import Awaitable, Callable
+
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from services.common.redis_batch import BatcherClosed
+from services.ingest.errors import (
+    ApiError,
+    ErrorBody,
+    bad_request,
+    json_response,
+    not_found,
+    too_large,
+    unavailable,
+)
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[Request], Awaitable[Response]]
+_ORDER_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing (413) anything over `limit` bytes without reading further."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise bad_request("Content-Length is not a number") from None
+        if size > limit:
+            raise too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def order_id_of(request: Request) -> str:
+    """The {order_id} path parameter; 404 for anything that cannot be an order id."""
+    order_id = str(request.path_params.get("order_id", ""))
+    if not _ORDER_ID.match(order_id):
+        raise not_found(f"no order {order_id[:80]!r}")
+    return order_id
+
+
+def redis_unavailable(exc: Exception) -> ApiError:
+    logger.warning("Redis unavailable: %r", exc)
+    return unavailable("the order store (Redis) is unavailable, retry shortly")
+
+
+def guarded(handler: Handler) -> Handler:
+    """Answer ApiError with its JSON error, Redis failures with 503, and anything else with a JSON 500."""
+
+    @functools.wraps(handler)
+    async def run(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except ApiError as err:
+            return err.response()
+        except (RedisError, OSError, BatcherClosed) as exc:
+            return redis_unavailable(exc).response()
+        except Exception:
+            logger.exception("unexpected error in %s %s", request.method, request.url.path)
+            return json_response(ErrorBody("internal", "unexpected error"), 500)
+
+    return run

@@ -1,0 +1,32 @@
+"""The ingest service's Prometheus metrics, in a registry of its own (one per app)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+# Fine-grained below 10 ms, where the order path should answer.
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0065, 0.008, 0.01,
+    0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)
+
+
+class IngestMetrics:
+    """Counters and histograms of POST /orders."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.orders_received = Counter(
+            "orders_received_total", "Orders accepted onto their instrument's orders stream",
+            ["instrument"], registry=self.registry)
+        self.orders_rejected = Counter(
+            "orders_rejected_total", "POST /orders answered without accepting an order, by reason",
+            ["reason"], registry=self.registry)
+        self.order_latency = Histogram(
+            "order_latency_seconds", "Time from a POST /orders request's start to its answer",
+            buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.idempotent_replays = Counter(
+            "idempotent_replays_total", "POST /orders answered with a stored first answer",
+            registry=self.registry)
+        self.rate_limited = Counter(
+            "rate_limited_total", "POST /orders refused by the per-client rate limit", registry=self.registry)

@@ -1,0 +1,52 @@
+"""GET /orders/{order_id} and its cancel (POST /orders/{order_id}/cancel, DELETE /orders/{order_id})."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from services.ingest.auth import Principal
+from services.ingest.context import IngestContext
+from services.ingest.errors import forbidden, json_response, not_found
+from services.ingest.handling import order_id_of
+from services.ingest.orders_store import Found
+from services.ingest.views import CancelRequested, render
+
+logger = logging.getLogger(__name__)
+
+
+async def _find(ctx: IngestContext, request: Request, principal: Principal) -> Found:
+    order_id = order_id_of(request)
+    found = await ctx.store.find(order_id)
+    if found is None:
+        raise not_found(f"no order {order_id!r}")
+    if not principal.may_act_for(found.record.client_id):
+        raise forbidden(f"order {order_id!r} belongs to another client")
+    return found
+
+
+async def get_order(ctx: IngestContext, request: Request) -> Response:
+    found = await _find(ctx, request, ctx.authenticate(request))
+    return json_response(render(found.record, found.instrument))
+
+
+async def cancel_order(ctx: IngestContext, request: Request) -> Response:
+    """Enqueue the cancel, then wait up to CANCEL_WAIT_MS for the matcher's outcome."""
+    principal = ctx.authenticate(request)
+    found = await _find(ctx, request, principal)
+    order_id = found.record.order_id
+    outcome = await ctx.store.request_cancel(found.keys, order_id, principal)
+    if outcome.kind == "unknown":
+        raise not_found(f"no order {order_id!r}")
+    if outcome.kind == "forbidden":
+        raise forbidden(f"order {order_id!r} belongs to another client")
+    assert outcome.record is not None
+    if outcome.kind == "final":
+        return json_response(render(outcome.record, found.instrument), 409)
+    logger.info("cancel requested for order %s by %s", order_id, principal.label)
+    record = await ctx.store.wait_final(found.keys, order_id, ctx.settings.cancel_wait_ms / 1000)
+    if record is None or record.status not in ("cancelled", "filled", "rejected"):
+        return json_response(CancelRequested(order_id), 202)
+    return json_response(render(record, found.instrument), 200 if record.status == "cancelled" else 409)

@@ -1,0 +1,82 @@
+"""Reading and cancelling stored orders: each instrument's order state hash, through the batcher."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import msgspec
+
+from services.common.instruments import Instrument
+from services.common.keys import InstrumentKeys
+from services.common.lua import LuaScript
+from services.common.redis_batch import CommandBatcher
+from services.common.wire import FINAL_STATUSES, OrderRecord
+from services.ingest.auth import Principal
+from services.ingest.views import decode_record
+
+CANCEL_SCRIPT = LuaScript("services.ingest", "cancel.lua")
+_MAX_POLL_S = 0.01
+
+
+class Found(msgspec.Struct, frozen=True):
+    record: OrderRecord
+    instrument: Instrument
+    keys: InstrumentKeys
+
+
+class CancelOutcome(msgspec.Struct, frozen=True):
+    """kind: unknown, forbidden, final (already final), requested (the command is on the stream)."""
+
+    kind: str
+    record: OrderRecord | None = None
+
+
+class OrderStore:
+    """Order records of every configured instrument."""
+
+    def __init__(self, batcher: CommandBatcher, instruments: dict[str, Instrument],
+                 keys: dict[str, InstrumentKeys]) -> None:
+        self._batcher = batcher
+        self._instruments = instruments
+        self._keys = keys
+
+    async def find(self, order_id: str) -> Found | None:
+        """The order's record, looked up in every instrument at once (one pipeline)."""
+        symbols = list(self._keys)
+        replies = await asyncio.gather(*(
+            self._batcher.submit("HGET", self._keys[s].order_state, order_id) for s in symbols
+        ))
+        for symbol, packed in zip(symbols, replies, strict=True):
+            if packed is not None:
+                return Found(decode_record(packed), self._instruments[symbol], self._keys[symbol])
+        return None
+
+    async def get(self, keys: InstrumentKeys, order_id: str) -> OrderRecord | None:
+        packed = await self._batcher.execute("HGET", keys.order_state, order_id)
+        return None if packed is None else decode_record(packed)
+
+    async def request_cancel(self, keys: InstrumentKeys, order_id: str,
+                             principal: Principal) -> CancelOutcome:
+        """Enqueue a cancel unless the order is unknown, someone else's or already final."""
+        only_client = (principal.client_id or "") if principal.role == "trader" else ""
+        reply = await self._batcher.evalsha(
+            CANCEL_SCRIPT, [keys.orders, keys.order_state],
+            [order_id, only_client, principal.label, str(time.time_ns() // 1_000_000)],
+        )
+        kind = reply[0].decode()
+        return CancelOutcome(kind, decode_record(reply[1]) if len(reply) > 1 else None)
+
+    async def wait_final(self, keys: InstrumentKeys, order_id: str, timeout_s: float) -> OrderRecord | None:
+        """Poll the record until its status is final; the last record seen, final or not."""
+        deadline = time.monotonic() + timeout_s
+        delay = 0.001
+        record = await self.get(keys, order_id)
+        while record is not None and record.status not in FINAL_STATUSES:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            await asyncio.sleep(min(delay, left))
+            delay = min(delay * 2, _MAX_POLL_S)
+            record = await self.get(keys, order_id)
+        return record

@@ -1,0 +1,118 @@
+"""POST /orders: the checks in the contract's order (413, 401, 400, 422, 403, 429, idempotency, 503)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import msgspec
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from services.common.ids import new_order_id
+from services.common.redis_batch import BatcherClosed
+from services.ingest.accept import (
+    Accepted,
+    Conflict,
+    Overloaded,
+    RateLimited,
+    Replayed,
+    accept_order,
+    new_order_view,
+)
+from services.ingest.context import IngestContext
+from services.ingest.errors import ApiError, forbidden, raw_json_response, unavailable
+from services.ingest.handling import read_body, redis_unavailable
+from services.ingest.validation import (
+    IDEMPOTENCY_HEADER,
+    ValidOrder,
+    decode_order,
+    resolve_idempotency_key,
+    validate_order,
+)
+from services.ingest.views import encode_view
+
+logger = logging.getLogger(__name__)
+
+
+class _AnswerId(msgspec.Struct):
+    order_id: str
+
+
+_decode_answer_id = msgspec.json.Decoder(_AnswerId).decode
+
+
+def _log(event: str, client_id: str | None, order_id: str | None = None, instrument: str | None = None,
+         reason: str | None = None) -> None:
+    # One JSON line per order (services/common/logs.py puts `extra` fields on the line).
+    if logger.isEnabledFor(logging.INFO):
+        logger.info("order %s", event, extra={
+            "event": event, "order_id": order_id, "client_id": client_id, "instrument": instrument,
+            "reason": reason,
+        })
+
+
+async def place_order(ctx: IngestContext, request: Request) -> Response:
+    """Answer one POST /orders and record its latency and outcome."""
+    started = time.perf_counter()
+    client_id: str | None = None
+    try:
+        order = await _checked_order(ctx, request)
+        client_id = order.client_id
+        response = await _enqueue(ctx, order)
+    except ApiError as err:
+        ctx.metrics.orders_rejected.labels(err.reason).inc()
+        _log("rejected", client_id, reason=err.reason)
+        response = err.response()
+    except (RedisError, OSError, BatcherClosed) as exc:
+        ctx.metrics.orders_rejected.labels("unavailable").inc()
+        _log("rejected", client_id, reason="unavailable")
+        response = redis_unavailable(exc).response()
+    ctx.metrics.order_latency.observe(time.perf_counter() - started)
+    return response
+
+
+async def _checked_order(ctx: IngestContext, request: Request) -> ValidOrder:
+    body = await read_body(request, ctx.settings.max_body_bytes)
+    principal = ctx.authenticate(request)
+    decoded = decode_order(body)
+    key = resolve_idempotency_key(decoded, request.headers.get(IDEMPOTENCY_HEADER))
+    order = validate_order(decoded, ctx.instruments, key)
+    if not principal.may_act_for(order.client_id):
+        raise forbidden(f"this key acts for {principal.client_id!r} only, not {order.client_id!r}")
+    return order
+
+
+async def _enqueue(ctx: IngestContext, order: ValidOrder) -> Response:
+    settings = ctx.settings
+    symbol = order.instrument.symbol
+    order_id = new_order_id()
+    created_ms = time.time_ns() // 1_000_000
+    answer = encode_view(new_order_view(order, order_id, created_ms))
+    outcome = await accept_order(
+        ctx.batcher, ctx.keys[symbol], order, order_id=order_id, created_ms=created_ms, answer=answer,
+        rate_per_sec=settings.rate_limit_per_sec, burst=settings.rate_limit_burst,
+        overloaded=ctx.lag.overloaded(symbol), idempotency_ttl_s=settings.idempotency_ttl_s,
+    )
+    if isinstance(outcome, Accepted):
+        ctx.metrics.orders_received.labels(symbol).inc()
+        _log("accepted", order.client_id, order_id, symbol)
+        return raw_json_response(answer, 201, {"Location": f"/orders/{order_id}"})
+    if isinstance(outcome, Replayed):
+        ctx.metrics.idempotent_replays.inc()
+        first_id = _decode_answer_id(outcome.answer).order_id
+        _log("replayed", order.client_id, first_id, symbol)
+        return raw_json_response(outcome.answer, 200,
+                                 {"Idempotent-Replayed": "true", "Location": f"/orders/{first_id}"})
+    if isinstance(outcome, Conflict):
+        raise ApiError(409, "idempotency_conflict",
+                       f"idempotency key {order.idempotency_key!r} was used with a different body",
+                       reason="conflict")
+    if isinstance(outcome, RateLimited):
+        ctx.metrics.rate_limited.inc()
+        retry_s = max(1, -(-outcome.retry_after_ms // 1000))
+        raise ApiError(429, "rate_limited", f"client {order.client_id!r} is over its rate limit",
+                       headers={"Retry-After": str(retry_s)}, reason="rate_limited")
+    assert isinstance(outcome, Overloaded)
+    raise unavailable(f"the {symbol} matcher is behind, retry shortly", reason="overloaded")

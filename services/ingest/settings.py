@@ -1,0 +1,66 @@
+"""The ingest service's settings, read once from the environment at start."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from services.common.env import (
+    SettingsError,
+    env_float,
+    env_int,
+    env_path,
+    env_str,
+    instruments_file,
+    redis_key_prefix,
+    redis_url,
+)
+from services.common.instruments import Instruments, load_instruments
+
+AuthMode = Literal["on", "off"]
+
+
+@dataclass(frozen=True, slots=True)
+class IngestSettings:
+    """Everything the ingest service needs; every field has an environment variable."""
+
+    redis_url: str
+    key_prefix: str
+    instruments: Instruments
+    api_keys_file: Path
+    auth_mode: AuthMode = "on"
+    rate_limit_per_sec: int = 1000
+    rate_limit_burst: int = 1000
+    max_matcher_lag: int = 50_000
+    lag_poll_interval_s: float = 0.2
+    idempotency_ttl_s: int = 86_400
+    cancel_wait_ms: int = 1000
+    max_body_bytes: int = 16_384
+    host: str = "127.0.0.1"
+    port: int = 3000
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls) -> IngestSettings:
+        """Build the settings from the environment (see CONTRACT.md for the variables)."""
+        auth_mode = env_str("AUTH_MODE", "on").strip().lower()
+        if auth_mode not in ("on", "off"):
+            raise SettingsError(f"AUTH_MODE={auth_mode!r} must be 'on' or 'off'")
+        return cls(
+            redis_url=redis_url(),
+            key_prefix=redis_key_prefix(),
+            instruments=load_instruments(instruments_file()),
+            api_keys_file=env_path("API_KEYS_FILE", "config/demo_api_keys.toml"),
+            auth_mode="on" if auth_mode == "on" else "off",
+            rate_limit_per_sec=env_int("RATE_LIMIT_PER_SEC", 1000, minimum=0),
+            rate_limit_burst=env_int("RATE_LIMIT_BURST", 1000, minimum=1),
+            max_matcher_lag=env_int("MAX_MATCHER_LAG", 50_000, minimum=0),
+            lag_poll_interval_s=env_float("LAG_POLL_INTERVAL_S", 0.2),
+            idempotency_ttl_s=env_int("IDEMPOTENCY_TTL_S", 86_400, minimum=1),
+            cancel_wait_ms=env_int("CANCEL_WAIT_MS", 1000, minimum=0),
+            max_body_bytes=env_int("MAX_BODY_BYTES", 16_384, minimum=1),
+            host=env_str("INGEST_HOST", "127.0.0.1"),
+            port=env_int("INGEST_PORT", 3000, minimum=1),
+            log_level=env_str("LOG_LEVEL", "INFO").upper(),
+        )

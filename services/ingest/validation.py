@@ -1,0 +1,169 @@
+"""POST /orders bodies: decoded once with a typed msgspec decoder, then checked against the instrument."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from decimal import Decimal
+from typing import Annotated
+
+import msgspec
+
+from services.common.instruments import Instrument, Instruments
+from services.common.money import NotAMultiple, plain, to_units
+from services.common.wire import OrderType, Side, TimeInForce
+from services.ingest.errors import ErrorDetail, bad_request, invalid
+
+ID_PATTERN = "^[A-Za-z0-9._:-]{1,64}$"
+KEY_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+IDEMPOTENCY_HEADER = "idempotency-key"
+
+ClientId = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
+IdempotencyKey = Annotated[str, msgspec.Meta(pattern="^[A-Za-z0-9._:-]{1,128}$")]
+Symbol = Annotated[str, msgspec.Meta(max_length=64)]
+
+
+class OrderRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The POST /orders body as sent; price and quantity are read exactly (JSON numbers or strings)."""
+
+    client_id: ClientId
+    instrument: Symbol
+    side: Side
+    type: OrderType
+    quantity: Decimal
+    price: Decimal | None = None
+    time_in_force: TimeInForce | None = None
+    post_only: bool = False
+    client_order_id: ClientId | None = None
+    idempotency_key: IdempotencyKey | None = None
+
+
+class ValidOrder(msgspec.Struct, frozen=True):
+    """An order that passed every check, in integer ticks and lots."""
+
+    instrument: Instrument
+    client_id: str
+    client_order_id: str  # "" when none
+    side: Side
+    type: OrderType
+    time_in_force: TimeInForce
+    post_only: bool
+    price_ticks: int  # 0 for market orders
+    quantity_lots: int
+    idempotency_key: str | None
+
+    def fingerprint(self) -> str:
+        """What "the same body" means for idempotency: the validated values, without the key."""
+        text = "|".join((
+            self.client_id, self.instrument.symbol, self.side, self.type, self.time_in_force,
+            "1" if self.post_only else "0", str(self.price_ticks), str(self.quantity_lots),
+            self.client_order_id,
+        ))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+_decoder = msgspec.json.Decoder(OrderRequest)
+_FIELD_AT = re.compile(r"- at `\$\.([A-Za-z0-9_]+)")
+_FIELD_NAMED = re.compile(r"field `([^`]*)`")
+
+
+def decode_order(body: bytes) -> OrderRequest:
+    """Decode a body: ApiError 400 when it is not a JSON object, 422 when a field is bad."""
+    try:
+        return _decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        if message.startswith("Expected `object`") and " - at " not in message:
+            raise bad_request("the body must be a JSON object") from None
+        # msgspec validates while it parses: make sure the rest is JSON before blaming a field.
+        try:
+            msgspec.json.decode(body)
+        except msgspec.DecodeError:
+            raise bad_request("the body is not valid JSON") from None
+        raise invalid([ErrorDetail(_field_of(message), message)]) from None
+    except msgspec.DecodeError:
+        raise bad_request("the body is not valid JSON") from None
+
+
+def _field_of(message: str) -> str:
+    at = _FIELD_AT.search(message)
+    if at:
+        return at.group(1)
+    named = _FIELD_NAMED.search(message)
+    return named.group(1) if named else "body"
+
+
+def resolve_idempotency_key(request: OrderRequest, header: str | None) -> str | None:
+    """The body's idempotency_key or the Idempotency-Key header (422 when bad, or both differ)."""
+    if header is not None and not KEY_PATTERN.match(header):
+        raise invalid([ErrorDetail("Idempotency-Key", "must be 1-128 characters of [A-Za-z0-9._:-]")])
+    if header is not None and request.idempotency_key is not None and header != request.idempotency_key:
+        raise invalid([ErrorDetail("idempotency_key", "differs from the Idempotency-Key header")])
+    return request.idempotency_key if request.idempotency_key is not None else header
+
+
+def validate_order(request: OrderRequest, instruments: Instruments,
+                   idempotency_key: str | None) -> ValidOrder:
+    """Check a decoded body against its instrument; ApiError 422 listing every bad field."""
+    instrument = instruments.get(request.instrument)
+    if instrument is None:
+        raise invalid([ErrorDetail("instrument", f"unknown instrument {request.instrument!r}")])
+    details: list[ErrorDetail] = []
+    try:
+        tif, price_ticks = _check_type(request, instrument, details)
+        lots = _check_quantity(request.quantity, instrument, details)
+    except ArithmeticError as exc:  # decimal corner cases must never become a 500
+        raise invalid([ErrorDetail("body", f"not a usable number: {exc}")]) from None
+    if details:
+        raise invalid(details)
+    return ValidOrder(
+        instrument=instrument, client_id=request.client_id, client_order_id=request.client_order_id or "",
+        side=request.side, type=request.type, time_in_force=tif, post_only=request.post_only,
+        price_ticks=price_ticks, quantity_lots=lots, idempotency_key=idempotency_key,
+    )
+
+
+def _check_type(request: OrderRequest, instrument: Instrument,
+                details: list[ErrorDetail]) -> tuple[TimeInForce, int]:
+    if request.type == "market":
+        if request.price is not None:
+            details.append(ErrorDetail("price", "a market order takes no price"))
+        if request.time_in_force not in (None, "IOC"):
+            details.append(ErrorDetail("time_in_force", "a market order is always IOC"))
+        if request.post_only:
+            details.append(ErrorDetail("post_only", "post_only is for limit orders only"))
+        return "IOC", 0
+    tif: TimeInForce = request.time_in_force or "GTC"
+    if request.price is None:
+        details.append(ErrorDetail("price", "a limit order needs a price"))
+        return tif, 0
+    return tif, _units("price", request.price, instrument.tick, instrument.max_price, details)
+
+
+def _check_quantity(quantity: Decimal, instrument: Instrument, details: list[ErrorDetail]) -> int:
+    lots = _units("quantity", quantity, instrument.lot, instrument.max_quantity, details)
+    if lots and quantity < instrument.min_quantity:
+        details.append(ErrorDetail("quantity", f"must be at least {plain(instrument.min_quantity)}"))
+        return 0
+    return lots
+
+
+def _units(field: str, value: Decimal, increment: Decimal, maximum: Decimal,
+           details: list[ErrorDetail]) -> int:
+    """Whole increments in value, or 0 after adding the reason it is unusable to details."""
+    if not value.is_finite():
+        details.append(ErrorDetail(field, "must be a finite number"))
+        return 0
+    if value <= 0:
+        details.append(ErrorDetail(field, "must be positive"))
+        return 0
+    # Before any division: 1e999999999 must not turn into a billion-digit integer.
+    if value > maximum:
+        details.append(ErrorDetail(field, f"must be at most {plain(maximum)}"))
+        return 0
+    try:
+        whole = to_units(value, increment)
+    except NotAMultiple:
+        details.append(ErrorDetail(field, f"must be a multiple of {plain(increment)}"))
+        return 0
+    return whole

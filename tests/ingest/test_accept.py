@@ -1,0 +1,65 @@
+"""Idempotent acceptance (accept.lua): replays, conflicts, "same body" after validation, concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.ingest.conftest import BROKER, KEY_A, KEY_B, Engine, limit_order
+
+
+async def test_same_key_same_body_replays_the_first_answer(engine: Engine) -> None:
+    first = await engine.post(limit_order(idempotency_key="order-1"))
+    again = await engine.post(limit_order(idempotency_key="order-1"))
+    assert first.status_code == 201 and "idempotent-replayed" not in first.headers
+    assert again.status_code == 200
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.content == first.content
+    assert again.headers["location"] == first.headers["location"]
+    assert await engine.redis.xlen(engine.keys["BTC-USD"].orders) == 1
+    assert "idempotent_replays_total 1.0" in (await engine.client.get("/metrics")).text
+
+
+async def test_same_values_in_another_spelling_are_the_same_body(engine: Engine) -> None:
+    first = await engine.post(limit_order(idempotency_key="k", price=50000.1, quantity=0.5))
+    spelled = limit_order(price="50000.10", quantity="5e-1", time_in_force="GTC", post_only=False)
+    again = await engine.client.post("/orders", json=spelled, headers={**KEY_A, "Idempotency-Key": "k"})
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.content == first.content
+
+
+async def test_same_key_different_body_is_409(engine: Engine) -> None:
+    assert (await engine.post(limit_order(idempotency_key="k"))).status_code == 201
+    response = await engine.post(limit_order(idempotency_key="k", quantity="0.6"))
+    assert response.status_code == 409
+    assert response.json()["error"] == "idempotency_conflict"
+    assert await engine.redis.xlen(engine.keys["BTC-USD"].orders) == 1
+
+
+async def test_keys_are_scoped_per_client_and_instrument(engine: Engine) -> None:
+    assert (await engine.post(limit_order(idempotency_key="k"))).status_code == 201
+    other_client = limit_order(idempotency_key="k", client_id="client-B")
+    assert (await engine.post(other_client, KEY_B)).status_code == 201
+    eth = limit_order(idempotency_key="k", instrument="ETH-USD", price="3000", quantity="1")
+    assert (await engine.post(eth)).status_code == 201
+    # Scoped by the body's client, whichever API key sends it.
+    assert (await engine.post(limit_order(idempotency_key="k"), BROKER)).status_code == 200
+
+
+async def test_concurrent_duplicates_make_exactly_one_order(engine: Engine) -> None:
+    responses = await asyncio.gather(*(
+        engine.client.post("/orders", json=limit_order(), headers={**KEY_A, "Idempotency-Key": "dup-1"})
+        for _ in range(20)
+    ))
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200] * 19 + [201]
+    assert len({r.content for r in responses}) == 1
+    assert await engine.redis.xlen(engine.keys["BTC-USD"].orders) == 1
+    assert await engine.drain() == 1
+    order_id = responses[0].json()["order_id"]
+    assert (await engine.get(order_id)).json()["status"] == "open"
+
+
+async def test_records_expire_after_the_ttl(engine: Engine) -> None:
+    assert (await engine.post(limit_order(idempotency_key="ttl"))).status_code == 201
+    ttl = await engine.redis.ttl(engine.keys["BTC-USD"].idempotency("client-A", "ttl"))
+    assert 86_390 < ttl <= 86_400
