@@ -17,7 +17,16 @@ CIRCUSCTL=("$ROOT/$VENV/bin/circusctl" --endpoint "$CIRCUS_ENDPOINT" --timeout 1
 
 case "${1:-foreground}" in
   stop)
-    if "${CIRCUSCTL[@]}" quit --waiting >/dev/null 2>&1; then echo "engine stopped"; else echo "no engine running at $CIRCUS_ENDPOINT"; fi
+    if ! "${CIRCUSCTL[@]}" status >/dev/null 2>&1; then echo "no engine running at $CIRCUS_ENDPOINT"; exit 0; fi
+    # Stop the workers gracefully first (each finishes its batch), then the manager.
+    "${CIRCUSCTL[@]}" stop --waiting >/dev/null
+    "${CIRCUSCTL[@]}" quit --waiting >/dev/null 2>&1 || true
+    if [[ -f run/circusd.pid ]]; then
+      pid=$(cat run/circusd.pid)
+      for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      rm -f run/circusd.pid
+    fi
+    echo "engine stopped"
     exit 0 ;;
   scale)
     n=${2:?usage: run.sh scale N}
@@ -37,8 +46,10 @@ case "${1:-foreground}" in
   foreground)
     exec "$ROOT/$VENV/bin/circusd" deploy/circus.ini ;;
   background)
-    "$ROOT/$VENV/bin/circusd" --daemon --pidfile run/circusd.pid --log-output run/engine.log deploy/circus.ini
-    echo "started in the background; logs in run/engine.log; \`make stop\` stops it" ;;
+    # circusd in the foreground of a detached shell, so the services' own log lines reach the file too.
+    nohup "$ROOT/$VENV/bin/circusd" deploy/circus.ini >>run/engine.log 2>&1 </dev/null &
+    echo $! >run/circusd.pid
+    echo "started in the background (pid $(cat run/circusd.pid)); logs in run/engine.log; \`make stop\` stops it" ;;
   *)
     echo "usage: run.sh foreground|background|stop|scale N" >&2; exit 2 ;;
 esac
