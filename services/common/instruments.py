@@ -99,6 +99,10 @@ class Instrument:
         ticks = EXACT.divide(Decimal(notional_tick_lots), Decimal(lots))
         return self.price_text(int(ticks.to_integral_value(rounding=ROUND_HALF_EVEN)))
 
+    def notional_of(self, quote: Decimal) -> int:
+        """Ticks x lots of an exact quote amount (the inverse of quote_text)."""
+        return to_units(quote, EXACT.multiply(self.tick, self.lot))
+
     def quote_text(self, notional_tick_lots: int) -> str:
         """Quote amount (price x quantity) of notional_tick_lots, exact."""
         return plain(EXACT.multiply(EXACT.multiply(Decimal(notional_tick_lots), self.tick), self.lot))

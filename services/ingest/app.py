@@ -20,6 +20,7 @@ from services.ingest.order_reads import cancel_order, get_order
 from services.ingest.orderbook import get_orderbook
 from services.ingest.place_order import place_order
 from services.ingest.settings import IngestSettings
+from services.ingest.trades import get_trades
 
 ContextHandler = Callable[[IngestContext, Request], Awaitable[Response]]
 
@@ -53,6 +54,7 @@ def create_app(settings: IngestSettings) -> Starlette:
         Route("/orders/{order_id}", bind(cancel_order), methods=["DELETE"]),
         Route("/orders/{order_id}/cancel", bind(cancel_order), methods=["POST"]),
         Route("/orderbook", bind(get_orderbook), methods=["GET"]),
+        Route("/trades", bind(get_trades), methods=["GET"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", bind(health.readyz), methods=["GET"]),
         Route("/metrics", bind(health.metrics), methods=["GET"]),

@@ -8,9 +8,11 @@ import logging
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 
 from services.common.book import BOOK_SCRIPT
+from services.common.db import make_engine
 from services.common.keys import InstrumentKeys, instrument_keys
 from services.common.lua import LuaScript
 from services.common.redis_batch import CommandBatcher
@@ -44,6 +46,8 @@ class IngestContext:
         # key would place the order twice): the client gets a 503 instead.
         self.redis: Redis = connect(settings.redis_url)
         self.batcher = CommandBatcher(self.redis)
+        # Connects lazily: ingest starts, places and cancels orders while PostgreSQL is down.
+        self.db: AsyncEngine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
         self.store = OrderStore(self.batcher, self.instruments, self.keys)
         self.lag = LagMonitor(self.redis, self.keys, settings.max_matcher_lag, settings.lag_poll_interval_s)
         self.metrics = IngestMetrics()
@@ -80,6 +84,7 @@ class IngestContext:
                 await self._lag_task
         await self.batcher.close()
         await self.redis.aclose()
+        await self.db.dispose()
 
     async def load_scripts(self) -> None:
         for script in SCRIPTS:

@@ -9,10 +9,11 @@ from starlette.responses import Response
 
 from services.ingest.auth import Principal
 from services.ingest.context import IngestContext
-from services.ingest.errors import forbidden, json_response, not_found
+from services.ingest.errors import ApiError, forbidden, json_response, not_found
 from services.ingest.handling import order_id_of
 from services.ingest.orders_store import Found
-from services.ingest.views import CancelRequested, render
+from services.ingest.records import stored_order
+from services.ingest.views import CancelRequested, OrderView, render
 
 logger = logging.getLogger(__name__)
 
@@ -27,15 +28,38 @@ async def _find(ctx: IngestContext, request: Request, principal: Principal) -> F
     return found
 
 
+async def _stored(ctx: IngestContext, request: Request, principal: Principal) -> OrderView:
+    """An order Redis no longer holds, from PostgreSQL; 404 if neither knows it."""
+    order_id = order_id_of(request)
+    view = await stored_order(ctx.db, ctx.instruments, order_id)
+    if view is None:
+        raise not_found(f"no order {order_id!r}")
+    if not principal.may_act_for(view.client_id):
+        raise forbidden(f"order {order_id!r} belongs to another client")
+    return view
+
+
 async def get_order(ctx: IngestContext, request: Request) -> Response:
-    found = await _find(ctx, request, ctx.authenticate(request))
+    principal = ctx.authenticate(request)
+    try:
+        found = await _find(ctx, request, principal)
+    except ApiError as err:
+        if err.status != 404:
+            raise
+        return json_response(await _stored(ctx, request, principal))
     return json_response(render(found.record, found.instrument))
 
 
 async def cancel_order(ctx: IngestContext, request: Request) -> Response:
     """Enqueue the cancel, then wait up to CANCEL_WAIT_MS for the matcher's outcome."""
     principal = ctx.authenticate(request)
-    found = await _find(ctx, request, principal)
+    try:
+        found = await _find(ctx, request, principal)
+    except ApiError as err:
+        if err.status != 404:
+            raise
+        # Redis keeps only live and recent orders: one found in PostgreSQL alone is final.
+        return json_response(await _stored(ctx, request, principal), 409)
     order_id = found.record.order_id
     outcome = await ctx.store.request_cancel(found.keys, order_id, principal)
     if outcome.kind == "unknown":

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from services.common.db import DEFAULT_DATABASE_URL, database_url
 from services.common.env import (
     SettingsError,
     env_float,
@@ -40,6 +41,8 @@ class IngestSettings:
     host: str = "127.0.0.1"
     port: int = 3000
     log_level: str = "INFO"
+    database_url: str = DEFAULT_DATABASE_URL
+    db_pool_size: int = 4
 
     @classmethod
     def from_env(cls) -> IngestSettings:
@@ -63,4 +66,6 @@ class IngestSettings:
             host=env_str("INGEST_HOST", "127.0.0.1"),
             port=env_int("INGEST_PORT", 3000, minimum=1),
             log_level=env_str("LOG_LEVEL", "INFO").upper(),
+            database_url=database_url(),
+            db_pool_size=env_int("INGEST_DB_POOL", 4, minimum=1),
         )
