@@ -13,6 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from services.ingest import health
+from services.ingest.admin import get_latest_snapshot, post_snapshots
 from services.ingest.context import IngestContext
 from services.ingest.errors import ErrorBody, json_response
 from services.ingest.handling import Handler, guarded
@@ -55,6 +56,8 @@ def create_app(settings: IngestSettings) -> Starlette:
         Route("/orders/{order_id}/cancel", bind(cancel_order), methods=["POST"]),
         Route("/orderbook", bind(get_orderbook), methods=["GET"]),
         Route("/trades", bind(get_trades), methods=["GET"]),
+        Route("/admin/snapshots", bind(post_snapshots), methods=["POST"]),
+        Route("/admin/snapshots/latest", bind(get_latest_snapshot), methods=["GET"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", bind(health.readyz), methods=["GET"]),
         Route("/metrics", bind(health.metrics), methods=["GET"]),

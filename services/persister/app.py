@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.db import make_engine
 from services.common.instruments import Instruments
 from services.common.keys import instrument_keys
 from services.common.ops_http import OpsServer, ops_app
 from services.common.redis_conn import connect
+from services.common.snapshots import take_snapshot
 from services.persister.consumer import Persister
 from services.persister.metrics import HealthState, PersisterMetrics
 from services.persister.records import StreamRef
@@ -37,6 +44,27 @@ def stream_refs(prefix: str, instruments: Instruments) -> list[StreamRef]:
     return refs
 
 
+async def snapshot_loop(redis: Redis, engine: AsyncEngine, prefix: str, instruments: Instruments,
+                        interval_s: float, stop: asyncio.Event) -> None:
+    """Store every instrument's order book every interval_s until `stop`; failures wait for the next turn."""
+    failing = False
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)
+        if stop.is_set():
+            return
+        try:
+            for symbol, instrument in instruments.items():
+                taken = await take_snapshot(redis, engine, instrument, instrument_keys(prefix, symbol))
+                logger.info("order book snapshot stored", extra={"event": "snapshot", "instrument": symbol,
+                                                                 "snapshot_id": taken.id, "book_seq": taken.seq})
+            failing = False
+        except (RedisError, SQLAlchemyError, OSError) as exc:
+            if not failing:
+                logger.warning("order book snapshot failed: %r", exc, extra={"event": "snapshot_failed"})
+            failing = True
+
+
 async def run(settings: PersisterSettings, instruments: Instruments,
               stop: asyncio.Event | None = None) -> None:
     """Run one persister worker until SIGTERM/SIGINT, or until `stop` is set when the caller gives one."""
@@ -54,10 +82,18 @@ async def run(settings: PersisterSettings, instruments: Instruments,
         server = OpsServer(ops_app(metrics.registry, lambda: health.running), settings.metrics_host,
                            settings.metrics_port)
         await server.start()
+    snapshots = None
+    if settings.snapshot_interval_s > 0:
+        snapshots = asyncio.create_task(snapshot_loop(redis, engine, settings.key_prefix, instruments,
+                                                      settings.snapshot_interval_s, stop))
     try:
         streams = GroupStreams(redis, stream_refs(settings.key_prefix, instruments), settings.consumer)
         await Persister(settings, streams, Writer(engine, settings.write_mode), metrics, health).run(stop)
     finally:
+        if snapshots is not None:
+            snapshots.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await snapshots
         for sig in signals:
             loop.remove_signal_handler(sig)
         if server is not None:

@@ -1,0 +1,62 @@
+"""Order-book snapshots: the whole book of an instrument, read atomically in Redis, stored in PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import msgspec
+from redis.asyncio import Redis
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.common.book import BOOK_SCRIPT, book_script_keys, parse_book
+from services.common.db import orderbook_snapshots
+from services.common.instruments import Instrument
+from services.common.keys import InstrumentKeys
+
+# book.lua reads this many levels per side: in effect the whole book.
+WHOLE_BOOK = 1_000_000
+
+
+class SnapshotInfo(msgspec.Struct, frozen=True):
+    """A stored snapshot; `bids`/`asks` are [[price, quantity], ...] best first (empty in summaries)."""
+
+    id: int
+    instrument: str
+    seq: int
+    taken_at: str
+    bids: list[tuple[str, str]] = []
+    asks: list[tuple[str, str]] = []
+
+
+def _iso(moment: dt.datetime) -> str:
+    utc = moment.astimezone(dt.UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+async def take_snapshot(redis: Redis, db: AsyncEngine, instrument: Instrument,
+                        keys: InstrumentKeys) -> SnapshotInfo:
+    """Read the instrument's whole book with its seq in one atomic call and store it; the stored row."""
+    reply = await BOOK_SCRIPT(redis, book_script_keys(keys), [str(WHOLE_BOOK)])
+    book = parse_book(instrument, reply)
+    bids = [[level.price, level.quantity] for level in book.bids]
+    asks = [[level.price, level.quantity] for level in book.asks]
+    taken_at = dt.datetime.now(dt.UTC)
+    async with db.begin() as conn:
+        snapshot_id = (await conn.execute(
+            insert(orderbook_snapshots).values(instrument=instrument.symbol, book_seq=book.seq,
+                                               taken_at=taken_at, bids=bids, asks=asks)
+            .returning(orderbook_snapshots.c.id))).scalar_one()
+    return SnapshotInfo(snapshot_id, instrument.symbol, book.seq, _iso(taken_at))
+
+
+async def latest_snapshot(db: AsyncEngine, symbol: str) -> SnapshotInfo | None:
+    """The newest stored snapshot of an instrument, with its levels."""
+    query = (select(orderbook_snapshots).where(orderbook_snapshots.c.instrument == symbol)
+             .order_by(orderbook_snapshots.c.id.desc()).limit(1))
+    async with db.connect() as conn:
+        row = (await conn.execute(query)).mappings().first()
+    if row is None:
+        return None
+    return SnapshotInfo(row["id"], row["instrument"], row["book_seq"], _iso(row["taken_at"]),
+                        [tuple(level) for level in row["bids"]], [tuple(level) for level in row["asks"]])
