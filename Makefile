@@ -30,7 +30,7 @@ migrate: install  ## create the database if missing and migrate it to the newest
 	$(PY) -m services.common.db
 
 lint: install
-	$(VENV)/bin/ruff check services tests scripts fixtures
+	$(VENV)/bin/ruff check services tests scripts
 	$(VENV)/bin/mypy
 
 test: lint  ## lint, then every test against real Redis and PostgreSQL

@@ -4,7 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 VENV=${VENV:-.venv}
-mkdir -p run
+# Where the background pid file and log go (tests point it elsewhere to run beside a live engine).
+RUN_DIR=${ENGINE_RUN_DIR:-run}
+mkdir -p "$RUN_DIR"
 
 export ENGINE_ROOT=$ROOT
 export ENGINE_PYTHON=$ROOT/$VENV/bin/python
@@ -21,16 +23,21 @@ case "${1:-foreground}" in
     # Stop the workers gracefully first (each finishes its batch), then the manager.
     "${CIRCUSCTL[@]}" stop --waiting >/dev/null
     "${CIRCUSCTL[@]}" quit --waiting >/dev/null 2>&1 || true
-    if [[ -f run/circusd.pid ]]; then
-      pid=$(cat run/circusd.pid)
+    if [[ -f "$RUN_DIR/circusd.pid" ]]; then
+      pid=$(cat "$RUN_DIR/circusd.pid")
       for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      rm -f run/circusd.pid
+      rm -f "$RUN_DIR/circusd.pid"
     fi
     echo "engine stopped"
     exit 0 ;;
   scale)
     n=${2:?usage: run.sh scale N}
-    "${CIRCUSCTL[@]}" set persister numprocesses "$n"
+    "${CIRCUSCTL[@]}" set persister numprocesses "$n" >/dev/null
+    # Workers that go away first finish and acknowledge their batch: wait until they are gone.
+    for _ in $(seq 1 300); do
+      [[ $("${CIRCUSCTL[@]}" numprocesses persister) == "$n" ]] && break
+      sleep 0.1
+    done
     echo "persister workers: $("${CIRCUSCTL[@]}" numprocesses persister)"
     exit 0 ;;
 esac
@@ -40,6 +47,7 @@ esac
 echo "engine:"
 echo "  ingest       http://${INGEST_HOST:-127.0.0.1}:${INGEST_PORT:-3000}   (orders API, /metrics, /healthz, /readyz)"
 echo "  matcher      http://127.0.0.1:${MATCHER_METRICS_PORT:-9101}/metrics"
+echo "  persister    http://127.0.0.1:${PERSISTER_METRICS_PORT:-9102}/metrics   (worker N: port +N-1; make scale-workers N=4)"
 echo "  process manager: circusctl --endpoint $CIRCUS_ENDPOINT status"
 
 case "${1:-foreground}" in
@@ -47,9 +55,9 @@ case "${1:-foreground}" in
     exec "$ROOT/$VENV/bin/circusd" deploy/circus.ini ;;
   background)
     # circusd in the foreground of a detached shell, so the services' own log lines reach the file too.
-    nohup "$ROOT/$VENV/bin/circusd" deploy/circus.ini >>run/engine.log 2>&1 </dev/null &
-    echo $! >run/circusd.pid
-    echo "started in the background (pid $(cat run/circusd.pid)); logs in run/engine.log; \`make stop\` stops it" ;;
+    nohup "$ROOT/$VENV/bin/circusd" deploy/circus.ini >>"$RUN_DIR/engine.log" 2>&1 </dev/null &
+    echo $! >"$RUN_DIR/circusd.pid"
+    echo "started in the background (pid $(cat "$RUN_DIR/circusd.pid")); logs in $RUN_DIR/engine.log; \`make stop\` stops it" ;;
   *)
     echo "usage: run.sh foreground|background|stop|scale N" >&2; exit 2 ;;
 esac

@@ -13,10 +13,14 @@ local function side(levels_key, depth_key)
   local out = {}
   local levels = redis.call('ZRANGE', levels_key, 0, n - 1)
   if #levels == 0 then return out end
-  local depths = redis.call('HMGET', depth_key, unpack(levels))
-  for i = 1, #levels do
-    out[#out + 1] = levels[i]
-    out[#out + 1] = depths[i] or '0'
+  -- HMGET in chunks: Lua's unpack() fails beyond a few thousand values.
+  for first = 1, #levels, 1000 do
+    local last = math.min(first + 999, #levels)
+    local depths = redis.call('HMGET', depth_key, unpack(levels, first, last))
+    for i = first, last do
+      out[#out + 1] = levels[i]
+      out[#out + 1] = depths[i - first + 1] or '0'
+    end
   end
   return out
 end

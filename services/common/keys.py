@@ -24,6 +24,7 @@ class InstrumentKeys(msgspec.Struct, frozen=True):
     ask_depth: str  # hash: ask level ticks -> resting lots
     order_state: str  # hash: order id -> msgpack order record
     meta: str  # hash: sequences and the matcher's position
+    snapshot_lock: str  # string: the persister worker taking this interval's book snapshot
     prefix: str
 
     def idempotency(self, client_id: str, key: str) -> str:
@@ -56,5 +57,6 @@ def instrument_keys(prefix: str, symbol: str) -> InstrumentKeys:
         ask_depth=f"{prefix}dp:{tag}:asks",
         order_state=f"{prefix}os:{tag}",
         meta=f"{prefix}meta:{tag}",
+        snapshot_lock=f"{prefix}snapshot-lock:{tag}",
         prefix=prefix,
     )

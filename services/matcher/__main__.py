@@ -24,15 +24,21 @@ async def main(settings: MatcherSettings) -> None:
     metrics = MatcherMetrics()
     matcher = Matcher(settings, redis, metrics)
     ops = OpsServer(ops_app(metrics.registry, matcher.is_alive), settings.metrics_host, settings.metrics_port)
-    await matcher.prepare()
+    # /healthz answers "stalled" until every instrument's loop runs, e.g. while a book is rebuilt.
     await ops.start()
-    logger.info("matcher started", extra={"consumer": settings.consumer,
-                                          "instruments": list(settings.instruments),
-                                          "metrics": f"http://{settings.metrics_host}:{settings.metrics_port}"})
-    run = asyncio.create_task(matcher.run())
+
+    async def serve() -> None:
+        await matcher.prepare()
+        logger.info("matcher started", extra={"consumer": settings.consumer,
+                                              "instruments": list(settings.instruments),
+                                              "metrics": f"http://{settings.metrics_host}:{settings.metrics_port}"})
+        await matcher.run()
+
+    run = asyncio.create_task(serve())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        # Cancelling mid-call is safe: a match.lua call already sent completes atomically in Redis.
+        # Cancelling mid-call is safe: a match.lua call already sent completes atomically in Redis,
+        # and a rebuild cut short is redone at the next start (its meta hash is written last).
         loop.add_signal_handler(sig, run.cancel)
     with contextlib.suppress(asyncio.CancelledError):
         await run

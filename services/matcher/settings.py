@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from services.common import env
+from services.common.db import database_url
 from services.common.instruments import Instruments, load_instruments
 
 
@@ -19,6 +20,8 @@ class MatcherSettings(msgspec.Struct, frozen=True):
     metrics_port: int
     monitor_interval_s: float
     log_level: str
+    database_url: str  # read only to rebuild the book when Redis lost the instrument's state
+    recovery_backoff_max_s: float  # longest wait between attempts while PostgreSQL is unavailable
 
     @classmethod
     def from_env(cls) -> MatcherSettings:
@@ -33,4 +36,6 @@ class MatcherSettings(msgspec.Struct, frozen=True):
             metrics_port=env.env_int("MATCHER_METRICS_PORT", 9101, minimum=0),
             monitor_interval_s=env.env_float("MATCHER_MONITOR_INTERVAL_S", 1.0),
             log_level=env.env_str("LOG_LEVEL", "INFO"),
+            database_url=database_url(),
+            recovery_backoff_max_s=env.env_float("MATCHER_RECOVERY_BACKOFF_MAX_S", 5.0),
         )

@@ -8,12 +8,14 @@ import time
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.common.groups import group_lag
 from services.common.keys import MATCHER_GROUP, instrument_keys
 from services.matcher.engine import InstrumentMatcher
 from services.matcher.metrics import MatcherMetrics
+from services.matcher.recovery import recover_instrument
 from services.matcher.settings import MatcherSettings
 
 logger = logging.getLogger(__name__)
@@ -42,8 +44,17 @@ class Matcher:
         return all(self._heartbeat.get(e.instrument.symbol, 0.0) > horizon for e in self.engines)
 
     async def prepare(self) -> None:
-        for engine in self.engines:
-            await engine.prepare()
+        """Rebuild every instrument's book from PostgreSQL if Redis lost it, then ensure the groups."""
+        async with asyncio.TaskGroup() as tasks:
+            for engine in self.engines:
+                tasks.create_task(self._prepare_engine(engine))
+
+    async def _prepare_engine(self, engine: InstrumentMatcher) -> None:
+        # Recovery comes first: match.lua cannot read before ensure_group re-creates the group, so no
+        # command of a wiped Redis is matched against an empty book.
+        await recover_instrument(self.redis, engine.instrument, engine.keys, self.settings.database_url,
+                                 backoff_max_s=self.settings.recovery_backoff_max_s)
+        await engine.prepare()
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tasks:
@@ -58,6 +69,12 @@ class Matcher:
         while True:
             self._heartbeat[symbol] = time.monotonic()
             try:
+                if down:
+                    # Redis may have restarted empty: rebuild the book if so, and re-create the group.
+                    await self._prepare_engine(engine)
+                    logger.info("redis usable again: matching resumes", extra={"instrument": symbol})
+                    down = False
+                    backoff = 0.05
                 started = time.perf_counter()
                 result = await engine.step()
                 self.metrics.record(symbol, result, time.perf_counter() - started)
@@ -69,13 +86,12 @@ class Matcher:
                     down = True
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
-                continue
-            if down:
-                logger.info("redis connection regained", extra={"instrument": symbol})
-                down = False
-                backoff = 0.05
-                # Redis may have restarted empty: the group must exist before the next read.
-                await engine.prepare()
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                # The group vanished with Redis's state in a restart the client's retries hid.
+                logger.error("matcher group missing: redis lost its state", extra={"instrument": symbol})
+                down = True
 
     async def _monitor(self) -> None:
         while True:

@@ -45,8 +45,13 @@ def stream_refs(prefix: str, instruments: Instruments) -> list[StreamRef]:
 
 
 async def snapshot_loop(redis: Redis, engine: AsyncEngine, prefix: str, instruments: Instruments,
-                        interval_s: float, stop: asyncio.Event) -> None:
-    """Store every instrument's order book every interval_s until `stop`; failures wait for the next turn."""
+                        interval_s: float, consumer: str, stop: asyncio.Event) -> None:
+    """Store every instrument's order book every interval_s until `stop`; failures wait for the next turn.
+
+    Every worker runs this loop, whichever workers scaling leaves; a lock per instrument and interval
+    lets one of them take each snapshot.
+    """
+    lock_ms = max(1, int(interval_s * 800))
     failing = False
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
@@ -55,7 +60,10 @@ async def snapshot_loop(redis: Redis, engine: AsyncEngine, prefix: str, instrume
             return
         try:
             for symbol, instrument in instruments.items():
-                taken = await take_snapshot(redis, engine, instrument, instrument_keys(prefix, symbol))
+                keys = instrument_keys(prefix, symbol)
+                if not await redis.set(keys.snapshot_lock, consumer, nx=True, px=lock_ms):
+                    continue
+                taken = await take_snapshot(redis, engine, instrument, keys)
                 logger.info("order book snapshot stored", extra={"event": "snapshot", "instrument": symbol,
                                                                  "snapshot_id": taken.id, "book_seq": taken.seq})
             failing = False
@@ -85,7 +93,7 @@ async def run(settings: PersisterSettings, instruments: Instruments,
     snapshots = None
     if settings.snapshot_interval_s > 0:
         snapshots = asyncio.create_task(snapshot_loop(redis, engine, settings.key_prefix, instruments,
-                                                      settings.snapshot_interval_s, stop))
+                                                      settings.snapshot_interval_s, settings.consumer, stop))
     try:
         streams = GroupStreams(redis, stream_refs(settings.key_prefix, instruments), settings.consumer)
         await Persister(settings, streams, Writer(engine, settings.write_mode), metrics, health).run(stop)

@@ -39,7 +39,7 @@ class PersisterSettings:
     lag_every_s: float
     db_pool_size: int
     write_mode: WriteMode = "copy"
-    # Seconds between order-book snapshots; only worker 1 takes them by default (0: none).
+    # Seconds between order-book snapshots (0: none); of several workers, one takes each (a Redis lock).
     snapshot_interval_s: float = 0.0
 
     @classmethod
@@ -78,7 +78,7 @@ class PersisterSettings:
             lag_every_s=env_float("PERSISTER_LAG_EVERY_S", 1.0),
             db_pool_size=env_int("PERSISTER_DB_POOL", 2, minimum=1),
             write_mode=_write_mode(),
-            snapshot_interval_s=env_float("PERSISTER_SNAPSHOT_INTERVAL_S", 60.0 if index == 1 else 0.0),
+            snapshot_interval_s=env_float("PERSISTER_SNAPSHOT_INTERVAL_S", 60.0),
         )
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 from pathlib import Path
 
 import msgspec
 from redis.asyncio import Redis
 
+from services.common.db import with_database
 from services.common.groups import group_lag
 from services.common.instruments import Instruments
 from services.common.keys import MATCHER_GROUP
@@ -47,7 +49,7 @@ async def _outcome(harness: Harness) -> tuple[object, ...]:
 
 
 async def test_killed_matcher_loses_and_doubles_nothing(redis: Redis, key_prefix: str, instruments: Instruments,
-                                                        tmp_path: Path) -> None:
+                                                        tmp_path: Path, postgres_server_url: str) -> None:
     instrument = instruments["BTC-USD"]
     reference = Harness(redis, instrument, key_prefix + "ref:")
     await reference.prepare()
@@ -58,8 +60,11 @@ async def test_killed_matcher_loses_and_doubles_nothing(redis: Redis, key_prefix
     await crashed.prepare()
     await _enqueue_program(crashed, seed=7)
     port = free_port()
+    # Its first start finds no meta and asks PostgreSQL for a book to rebuild: a database that does not
+    # exist holds none (never the default one, which a live engine may be using).
+    absent = with_database(postgres_server_url, f"absent_{uuid.uuid4().hex[:12]}")
     env = {"REDIS_KEY_PREFIX": key_prefix + "crash:", "INSTRUMENTS_FILE": str(TWO_INSTRUMENTS),
-           "MATCHER_METRICS_PORT": str(port), "MATCHER_BATCH": "2"}
+           "MATCHER_METRICS_PORT": str(port), "MATCHER_BATCH": "2", "DATABASE_URL": absent}
     kills = 0
     while True:
         lag = await group_lag(redis, crashed.keys.orders, MATCHER_GROUP)

@@ -1,0 +1,112 @@
+"""The process's one Redis reader: plain XREAD over every instrument's trades, events and book streams.
+
+No consumer group: each broadcaster process reads the streams for itself (several can run side by
+side), starting from the streams' ends at start and following the last id of each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from services.broadcaster.entries import MalformedEntry, delta_message, order_message, trade_message
+from services.broadcaster.hub import Hub
+from services.broadcaster.metrics import BroadcasterMetrics
+from services.broadcaster.protocol import encode
+from services.common.keys import InstrumentKeys
+
+logger = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 2.0
+Dispatch = Callable[[str, dict[Any, Any]], None]
+Entries = list[tuple[bytes, dict[Any, Any]]]
+StreamReply = list[tuple[bytes, Entries]] | None
+
+
+class StreamReader:
+    """Follows the streams and hands each entry to the hub, encoded once, only if someone listens."""
+
+    def __init__(self, redis: Redis, keys: dict[str, InstrumentKeys], hub: Hub, metrics: BroadcasterMetrics,
+                 count: int, block_ms: int) -> None:
+        self.redis = redis
+        self.hub = hub
+        self.metrics = metrics
+        self.count = count
+        self.block_ms = block_ms
+        self._routes: dict[bytes, tuple[str, Dispatch, Any]] = {}
+        for symbol, k in keys.items():
+            for stream, dispatch in ((k.trades, self._trade), (k.events, self._event), (k.book, self._delta)):
+                self._routes[stream.encode()] = (symbol, dispatch, metrics.events_read.labels(stream))
+        self.ids: dict[str, str] = {}
+        self.last_read = 0.0  # monotonic time of the last XREAD that answered
+        self.connected = False
+
+    def is_ready(self) -> bool:
+        return self.connected and time.monotonic() - self.last_read < 3 * self.block_ms / 1000 + 2
+
+    async def start_ids(self) -> None:
+        """Where each stream ends now: like `$`, but fixed per stream so no later read skips an entry."""
+        streams = [s.decode() for s in self._routes]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream in streams:
+                pipe.xrevrange(stream, count=1)
+            replies = await pipe.execute()
+        self.ids = {s: (r[0][0].decode() if r else "0-0") for s, r in zip(streams, replies, strict=True)}
+        self.last_read = time.monotonic()
+        self.connected = True
+
+    async def run(self) -> None:
+        """Read until cancelled; survive Redis outages by retrying from the same ids."""
+        backoff = 0.05
+        while True:
+            try:
+                if not self.ids:
+                    await self.start_ids()
+                reply = cast(StreamReply, await self.redis.xread(
+                    self.ids, count=self.count, block=self.block_ms))  # type: ignore[arg-type]
+            except (RedisError, OSError) as exc:
+                self.metrics.read_errors.inc()
+                if self.connected:
+                    logger.error("stream read failed, retrying: %r", exc)
+                    self.connected = False
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                continue
+            if not self.connected:
+                logger.info("stream reads resumed")
+                self.connected = True
+            backoff = 0.05
+            self.last_read = time.monotonic()
+            for stream, entries in reply or ():
+                self._dispatch(stream, entries)
+
+    def _dispatch(self, stream: bytes, entries: Entries) -> None:
+        symbol, dispatch, counter = self._routes[stream]
+        for entry_id, fields in entries:
+            try:
+                dispatch(symbol, fields)
+            except MalformedEntry as exc:
+                logger.error("skipping malformed entry %s of %s: %s", entry_id.decode(), stream.decode(), exc)
+        counter.inc(len(entries))
+        self.ids[stream.decode()] = entries[-1][0].decode()
+
+    def _trade(self, symbol: str, fields: dict[Any, Any]) -> None:
+        if self.hub.wants_trades(symbol):
+            message = trade_message(fields)
+            self.hub.publish_trade(symbol, message.seq, encode(message))
+
+    def _event(self, symbol: str, fields: dict[Any, Any]) -> None:
+        client_id = fields.get(b"client_id", b"").decode()
+        if self.hub.wants_orders(symbol, client_id):
+            self.hub.publish_order(symbol, client_id, encode(order_message(fields)))
+
+    def _delta(self, symbol: str, fields: dict[Any, Any]) -> None:
+        if self.hub.wants_book(symbol):
+            message = delta_message(fields)
+            self.hub.publish_delta(symbol, message.seq, encode(message))

@@ -1,0 +1,95 @@
+"""The broadcaster's settings, read once from the environment at start."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from services.common.env import (
+    SettingsError,
+    env_float,
+    env_int,
+    env_path,
+    env_str,
+    instruments_file,
+    redis_key_prefix,
+    redis_url,
+)
+from services.common.instruments import Instruments, load_instruments
+
+AuthMode = Literal["on", "off"]
+# services.common.redis_conn.connect's socket timeout: a blocking XREAD must return well before it.
+REDIS_SOCKET_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class BroadcasterSettings:
+    """Everything the broadcaster needs; every field has an environment variable."""
+
+    redis_url: str
+    key_prefix: str
+    instruments: Instruments
+    api_keys_file: Path
+    auth_mode: AuthMode = "on"
+    host: str = "127.0.0.1"
+    port: int = 3001
+    # Messages waiting per client. Payloads are shared between clients, so a slot costs a pointer;
+    # it must hold at least one reader batch (read_count per stream) or a healthy client is dropped.
+    queue_bound: int = 10_000
+    max_batch: int = 50  # messages per frame when several are waiting (FACTS.md: 50 per frame ~7x throughput)
+    max_subscriptions: int = 100  # (channel, instrument) pairs per connection
+    max_message_bytes: int = 4096  # a client message above this gets an `error`
+    max_replay: int = 10_000  # trades replayed for one since_seq, per instrument
+    snapshot_levels: int = 1_000_000  # levels per side read for a snapshot: the whole book
+    send_buffer_bytes: int = 0  # kernel send buffer per connection; 0 leaves it to autotuning
+    ping_interval_s: float = 20.0
+    ping_timeout_s: float = 20.0
+    read_count: int = 500  # entries per stream per XREAD
+    read_block_ms: int = 1000
+    close_timeout_s: float = 5.0  # how long a dropped client gets to take its 1013 close frame
+    shutdown_timeout_s: int = 5
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if self.read_block_ms >= REDIS_SOCKET_TIMEOUT_S * 1000 / 2:
+            raise SettingsError(f"BROADCASTER_READ_BLOCK_MS={self.read_block_ms} must stay well below the "
+                                f"{REDIS_SOCKET_TIMEOUT_S:g} s Redis socket timeout")
+        if self.queue_bound < 2 * self.read_count:
+            raise SettingsError(f"BROADCASTER_QUEUE_BOUND={self.queue_bound} must be at least twice "
+                                f"BROADCASTER_READ_COUNT={self.read_count}: one read may queue that many at once")
+
+    @property
+    def ws_max_size(self) -> int:
+        """uvicorn's hard frame limit (closes with 1009); below it, big messages get an `error` instead."""
+        return max(65_536, 16 * self.max_message_bytes)
+
+    @classmethod
+    def from_env(cls) -> BroadcasterSettings:
+        """Build the settings from the environment (see CONTRACT.md and the README for the variables)."""
+        auth_mode = env_str("AUTH_MODE", "on").strip().lower()
+        if auth_mode not in ("on", "off"):
+            raise SettingsError(f"AUTH_MODE={auth_mode!r} must be 'on' or 'off'")
+        return cls(
+            redis_url=redis_url(),
+            key_prefix=redis_key_prefix(),
+            instruments=load_instruments(instruments_file()),
+            api_keys_file=env_path("API_KEYS_FILE", "config/demo_api_keys.toml"),
+            auth_mode="on" if auth_mode == "on" else "off",
+            host=env_str("BROADCASTER_HOST", "127.0.0.1"),
+            port=env_int("BROADCASTER_PORT", 3001, minimum=0),
+            queue_bound=env_int("BROADCASTER_QUEUE_BOUND", 10_000, minimum=2),
+            max_batch=env_int("BROADCASTER_MAX_BATCH", 50, minimum=1),
+            max_subscriptions=env_int("BROADCASTER_MAX_SUBSCRIPTIONS", 100, minimum=1),
+            max_message_bytes=env_int("BROADCASTER_MAX_MESSAGE_BYTES", 4096, minimum=64),
+            max_replay=env_int("BROADCASTER_MAX_REPLAY", 10_000, minimum=1),
+            snapshot_levels=env_int("BROADCASTER_SNAPSHOT_LEVELS", 1_000_000, minimum=1),
+            send_buffer_bytes=env_int("BROADCASTER_SEND_BUFFER_BYTES", 0, minimum=0),
+            ping_interval_s=env_float("BROADCASTER_PING_INTERVAL_S", 20.0),
+            ping_timeout_s=env_float("BROADCASTER_PING_TIMEOUT_S", 20.0),
+            read_count=env_int("BROADCASTER_READ_COUNT", 500, minimum=1),
+            read_block_ms=env_int("BROADCASTER_READ_BLOCK_MS", 1000, minimum=1),
+            close_timeout_s=env_float("BROADCASTER_CLOSE_TIMEOUT_S", 5.0),
+            shutdown_timeout_s=env_int("BROADCASTER_SHUTDOWN_TIMEOUT_S", 5, minimum=1),
+            log_level=env_str("LOG_LEVEL", "INFO").upper(),
+        )

@@ -1,0 +1,296 @@
+"""Rebuilding an instrument's order book from PostgreSQL when Redis lost its state.
+
+Redis holds the live book; PostgreSQL holds what the persister wrote from the streams. When the
+instrument's meta hash is gone (Redis restarted without persistence, or a fresh install), the open
+orders stored in PostgreSQL are put back into the book in their original time priority and every
+sequence resumes after the highest one persisted, before match.lua runs for the instrument again.
+
+The rebuild is idempotent: it clears the book keys, writes the orders, levels and depths, and writes
+the meta hash last. Meta is the completion marker: a rebuild cut short leaves meta missing, so the
+next start rebuilds again from scratch. The order state hash and the orders stream are left alone:
+ingest may already have accepted new orders into them, and they are applied after the rebuild.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import msgspec
+from redis.asyncio import Redis
+from sqlalchemy import and_, func, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from services.common.db import order_events, orderbook_snapshots, orders, trades
+from services.common.instruments import NOTIONAL_LIMB, Instrument
+from services.common.keys import InstrumentKeys
+from services.common.money import EXACT, to_units
+from services.common.wire import OrderRecord
+
+logger = logging.getLogger(__name__)
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+RESTING = ("open", "partially_filled")
+# SQLSTATEs meaning nothing was ever written at this URL: no database, or no schema in it.
+NOTHING_PERSISTED = frozenset({"3D000", "42P01"})
+DB_ERRORS = (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+CHUNK = 500  # orders (or levels) per pipeline while writing the book
+_PACK = msgspec.msgpack.Encoder()
+
+
+class UnusableRow(ValueError):
+    """A stored open order that cannot be put back into the book."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sequences:
+    """The highest sequences PostgreSQL holds for an instrument (0 when none)."""
+
+    trade_seq: int
+    event_seq: int
+    book_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class PersistedBook:
+    """An instrument's open orders as stored, in time priority, with the sequences to resume after."""
+
+    sequences: Sequences
+    records: list[OrderRecord]  # arrival_seq renumbered 1..n in the original order
+    skipped: list[str] = field(default_factory=list)  # ids of open orders that could not be rebuilt
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """What a rebuild wrote."""
+
+    instrument: str
+    orders: int
+    bids: int
+    asks: int
+    bid_levels: int
+    ask_levels: int
+    skipped: int
+    trade_seq: int
+    event_seq: int
+    book_seq: int
+    arrival_seq: int
+    seconds: float
+
+
+async def state_lost(redis: Redis, keys: InstrumentKeys) -> bool:
+    """True when the instrument's meta hash is missing: Redis lost its state, or nothing was ever matched."""
+    trade_seq, last_id = await redis.hmget(keys.meta, ["trade_seq", "last_id"])
+    return trade_seq is None and last_id is None
+
+
+# Reading PostgreSQL --------------------------------------------------------------------------------
+
+def _ms(value: datetime) -> int:
+    return (value - EPOCH) // timedelta(milliseconds=1)
+
+
+def _sequences_query(symbol: str) -> Any:
+    return select(
+        select(func.max(trades.c.seq)).where(trades.c.instrument == symbol).scalar_subquery(),
+        select(func.max(order_events.c.seq)).where(order_events.c.instrument == symbol).scalar_subquery(),
+        select(func.max(orderbook_snapshots.c.book_seq))
+        .where(orderbook_snapshots.c.instrument == symbol).scalar_subquery(),
+        select(orders.c.order_id).where(orders.c.instrument == symbol).limit(1).exists(),
+    )
+
+
+def _open_orders_query(symbol: str) -> Any:
+    # The accepted event's seq is the matcher's own arrival order: an order rests (and takes its
+    # arrival number) in the very command that emitted its accepted event, and commands apply in order.
+    accepted = order_events.alias("accepted")
+    joined = orders.outerjoin(accepted, and_(
+        accepted.c.instrument == orders.c.instrument,
+        accepted.c.order_id == orders.c.order_id,
+        accepted.c.event == "accepted",
+    ))
+    return (
+        select(orders.c.order_id, orders.c.client_id, orders.c.client_order_id, orders.c.side, orders.c.type,
+               orders.c.time_in_force, orders.c.post_only, orders.c.price, orders.c.quantity,
+               orders.c.filled_quantity, orders.c.filled_quote, orders.c.status, orders.c.reason,
+               orders.c.created_at, orders.c.updated_at, accepted.c.seq.label("accepted_seq"))
+        .select_from(joined)
+        .where(orders.c.instrument == symbol, orders.c.status.in_(RESTING))
+        .order_by(accepted.c.seq.nulls_last(), orders.c.last_event_seq, orders.c.order_id)
+    )
+
+
+def order_record(instrument: Instrument, row: Any, arrival: int) -> OrderRecord:
+    """The Redis order record of a stored open order; UnusableRow when it cannot rest in the book."""
+    if row.accepted_seq is None or row.side not in ("buy", "sell") or row.created_at is None:
+        raise UnusableRow(f"order {row.order_id!r}: its accepted event is not stored")
+    if row.type != "limit" or row.time_in_force != "GTC" or row.price is None:
+        raise UnusableRow(f"order {row.order_id!r}: a {row.type} {row.time_in_force} order cannot rest")
+    try:
+        price = instrument.price_ticks(row.price)
+        quantity = instrument.quantity_lots(row.quantity)
+        filled = instrument.quantity_lots(row.filled_quantity)
+        # filled_quote is the exact sum of price x quantity over the fills: ticks x lots times tick x lot.
+        notional = to_units(Decimal(row.filled_quote), EXACT.multiply(instrument.tick, instrument.lot))
+    except ValueError as exc:
+        raise UnusableRow(f"order {row.order_id!r}: {exc}") from exc
+    if not 0 <= filled < quantity or price < 1 or notional < 0:
+        raise UnusableRow(f"order {row.order_id!r}: filled {filled} of {quantity} lots at {price} ticks")
+    return OrderRecord(
+        order_id=row.order_id, client_id=row.client_id, client_order_id=row.client_order_id or "",
+        side=row.side, type="limit", time_in_force="GTC", post_only=1 if row.post_only else 0,
+        price_ticks=price, quantity_lots=quantity, filled_lots=filled, status=row.status,
+        reason=row.reason or "", created_at=_ms(row.created_at), updated_at=_ms(row.updated_at),
+        arrival_seq=arrival, notional_hi=notional // NOTIONAL_LIMB, notional_lo=notional % NOTIONAL_LIMB,
+    )
+
+
+async def load_persisted(engine: AsyncEngine, instrument: Instrument) -> PersistedBook | None:
+    """The instrument's open orders and sequences as PostgreSQL holds them; None when it holds nothing."""
+    symbol = instrument.symbol
+    try:
+        async with engine.connect() as conn:
+            # One snapshot for the sequences and the orders, whatever a persister commits meanwhile.
+            await conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+            async with conn.begin():
+                max_trade, max_event, max_book, any_order = (await conn.execute(_sequences_query(symbol))).one()
+                if max_trade is None and max_event is None and max_book is None and not any_order:
+                    return None
+                rows = (await conn.execute(_open_orders_query(symbol))).all()
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) in NOTHING_PERSISTED:
+            logger.warning("no schema at the database: nothing persisted", extra={
+                "instrument": symbol, "database": _safe(engine), "error": str(exc.orig)})
+            return None
+        raise
+    event_seq = int(max_event or 0)
+    # match.lua never issues a book seq above the event seq, so this resumes after every book seq
+    # of persisted state, and after any snapshot's.
+    sequences = Sequences(int(max_trade or 0), event_seq, max(event_seq, int(max_book or 0)))
+    records: list[OrderRecord] = []
+    skipped: list[str] = []
+    for row in rows:
+        try:
+            records.append(order_record(instrument, row, len(records) + 1))
+        except UnusableRow as exc:
+            logger.error("open order left out of the rebuilt book: %s", exc,
+                         extra={"instrument": symbol, "order_id": row.order_id})
+            skipped.append(row.order_id)
+    return PersistedBook(sequences, records, skipped)
+
+
+def _safe(engine: AsyncEngine) -> str:
+    return engine.url.render_as_string(hide_password=True)
+
+
+# Writing Redis -----------------------------------------------------------------------------------
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _member(record: OrderRecord) -> str:
+    return f"{record.arrival_seq:016d}:{record.order_id}"
+
+
+async def write_book(redis: Redis, keys: InstrumentKeys, book: PersistedBook, chunk: int | None = None) -> None:
+    """Replace the instrument's book with `book`, meta last (the completion marker)."""
+    chunk = chunk or CHUNK
+    await redis.delete(keys.bid_orders, keys.ask_orders, keys.bid_levels, keys.ask_levels,
+                       keys.bid_depth, keys.ask_depth)
+    depth: dict[str, dict[int, int]] = {"buy": {}, "sell": {}}
+    for part in _chunks(book.records, chunk):
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.hset(keys.order_state, mapping={r.order_id: _PACK.encode(r) for r in part})
+            for side, key, sign in (("buy", keys.bid_orders, -1), ("sell", keys.ask_orders, 1)):
+                members = {_member(r): sign * r.price_ticks for r in part if r.side == side}
+                if members:
+                    pipe.zadd(key, members)
+            await pipe.execute()
+        for r in part:
+            levels = depth[r.side]
+            levels[r.price_ticks] = levels.get(r.price_ticks, 0) + r.quantity_lots - r.filled_lots
+    for side, levels_key, depth_key, sign in (("buy", keys.bid_levels, keys.bid_depth, -1),
+                                              ("sell", keys.ask_levels, keys.ask_depth, 1)):
+        for part in _chunks(sorted(depth[side].items()), chunk):
+            async with redis.pipeline(transaction=False) as pipe:
+                pipe.zadd(levels_key, {str(ticks): sign * ticks for ticks, _ in part})
+                pipe.hset(depth_key, mapping={str(ticks): str(lots) for ticks, lots in part})
+                await pipe.execute()
+    seq = book.sequences
+    await redis.hset(keys.meta, mapping={
+        "trade_seq": str(seq.trade_seq), "event_seq": str(seq.event_seq), "book_seq": str(seq.book_seq),
+        "arrival_seq": str(len(book.records)), "last_id": "0-0",
+        "recovered_at": str(time.time_ns() // 1_000_000),
+    })
+
+
+# The whole recovery ------------------------------------------------------------------------------
+
+def recovery_engine(database_url: str, connect_timeout_s: float = 5.0) -> AsyncEngine:
+    """A pool-less engine for the one-off reads of a rebuild."""
+    return create_async_engine(database_url, poolclass=NullPool, connect_args={"timeout": connect_timeout_s})
+
+
+async def _load_with_retry(database_url: str, instrument: Instrument, backoff_initial_s: float,
+                           backoff_max_s: float) -> PersistedBook | None:
+    engine = recovery_engine(database_url)
+    backoff, attempt = backoff_initial_s, 0
+    try:
+        while True:
+            attempt += 1
+            try:
+                return await load_persisted(engine, instrument)
+            except DB_ERRORS as exc:
+                # Starting with an empty book over persisted open orders would lose them and reuse
+                # sequences: wait for PostgreSQL instead, matching nothing for this instrument.
+                log = logger.error if attempt == 1 else logger.warning
+                log("postgresql unavailable: the book cannot be rebuilt, matching waits", extra={
+                    "instrument": instrument.symbol, "database": _safe(engine), "attempt": attempt,
+                    "retry_in_s": backoff, "error": f"{type(exc).__name__}: {exc}"})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, backoff_max_s)
+    finally:
+        await engine.dispose()
+
+
+async def recover_instrument(redis: Redis, instrument: Instrument, keys: InstrumentKeys, database_url: str, *,
+                             backoff_initial_s: float = 0.1, backoff_max_s: float = 5.0) -> Recovered | None:
+    """Rebuild the book from PostgreSQL if Redis lost it; None when there was nothing to do.
+
+    PostgreSQL is consulted only when the meta hash is missing; it is retried until it answers.
+    """
+    if not await state_lost(redis, keys):
+        return None
+    symbol = instrument.symbol
+    started = time.perf_counter()
+    logger.info("recovery started: no matcher state in redis, reading postgresql", extra={
+        "instrument": symbol, "database": make_url(database_url).render_as_string(hide_password=True)})
+    book = await _load_with_retry(database_url, instrument, backoff_initial_s, backoff_max_s)
+    if book is None:
+        logger.info("recovery skipped: postgresql holds nothing for the instrument (fresh install)",
+                    extra={"instrument": symbol})
+        return None
+    await write_book(redis, keys, book)
+    bids = [r for r in book.records if r.side == "buy"]
+    asks = [r for r in book.records if r.side == "sell"]
+    seq = book.sequences
+    done = Recovered(
+        instrument=symbol, orders=len(book.records), bids=len(bids), asks=len(asks),
+        bid_levels=len({r.price_ticks for r in bids}), ask_levels=len({r.price_ticks for r in asks}),
+        skipped=len(book.skipped), trade_seq=seq.trade_seq, event_seq=seq.event_seq, book_seq=seq.book_seq,
+        arrival_seq=len(book.records), seconds=round(time.perf_counter() - started, 3),
+    )
+    logger.info("recovery finished: book rebuilt from postgresql", extra=asdict(done))
+    return done

@@ -1,0 +1,125 @@
+"""The whole engine as `make run` starts it, on ports, a key prefix and a database of the test's own."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.processes import REPO_ROOT, free_port
+
+
+def free_port_block(count: int) -> int:
+    """The first of `count` consecutive free ports (persister worker N listens on base + N - 1)."""
+    for _ in range(200):
+        base = free_port()
+        ports = range(base, base + count)
+        try:
+            for port in ports:
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no block of free ports")
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            return bool(answer.status == 200)
+    except OSError:
+        return False
+
+
+class RunningEngine:
+    """`make run` in its own process group; stop() sends SIGINT to the group as Ctrl-C would."""
+
+    def __init__(self, env: dict[str, str], run_dir: Path) -> None:
+        self.env = env
+        self.run_dir = run_dir
+        self.ingest = f"http://127.0.0.1:{env['INGEST_PORT']}"
+        self.matcher_metrics = f"http://127.0.0.1:{env['MATCHER_METRICS_PORT']}"
+        self.persister_base = int(env["PERSISTER_METRICS_PORT"])
+        self.log = run_dir / "make-run.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def persister_metrics(self, worker: int = 1) -> str:
+        return f"http://127.0.0.1:{self.persister_base + worker - 1}"
+
+    def start(self, timeout: float = 60) -> None:
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(["make", "-s", "run"], cwd=REPO_ROOT, env=self.env, stdout=out,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+        self.wait_until(lambda: http_ok(f"{self.ingest}/readyz") and http_ok(f"{self.matcher_metrics}/healthz")
+                        and http_ok(f"{self.persister_metrics()}/healthz"), timeout, "engine ready")
+
+    def wait_until(self, condition: object, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"make run exited {self.process.returncode}: {self.log.read_text()}")
+            if condition():  # type: ignore[operator]
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"not {what} after {timeout}s: {self.log.read_text()[-4000:]}")
+
+    def circusctl(self, *args: str) -> str:
+        result = subprocess.run([str(REPO_ROOT / ".venv/bin/circusctl"), "--endpoint", self.env["CIRCUS_ENDPOINT"],
+                                 "--timeout", "15", *args], capture_output=True, text=True, check=True)
+        return result.stdout.strip()
+
+    def pids(self, watcher: str) -> list[int]:
+        listed = self.circusctl("list", watcher)
+        return [int(p) for p in listed.replace(",", " ").split() if p.isdigit()]
+
+    def make(self, *target: str) -> str:
+        result = subprocess.run(["make", "-s", *target], cwd=REPO_ROOT, env=self.env, capture_output=True,
+                                text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    def interrupt(self, timeout: float = 30) -> int:
+        """Ctrl-C: SIGINT to the whole process group; the exit code of make."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGINT)
+        return self.process.wait(timeout)
+
+    def wait_gone(self, pids: list[int], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while any(alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    def kill_group(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def engine_env(prefix: str, database_url: str, run_dir: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "REDIS_KEY_PREFIX": prefix,
+        "DATABASE_URL": database_url,
+        "ENGINE_RUN_DIR": str(run_dir),
+        "INGEST_PORT": str(free_port()),
+        "BROADCASTER_PORT": str(free_port()),
+        "MATCHER_METRICS_PORT": str(free_port()),
+        "PERSISTER_METRICS_PORT": str(free_port_block(4)),
+        "CIRCUS_ENDPOINT": f"tcp://127.0.0.1:{free_port()}",
+        "CIRCUS_PUBSUB_ENDPOINT": f"tcp://127.0.0.1:{free_port()}",
+        "PERSISTER_SNAPSHOT_INTERVAL_S": "1",
+    }

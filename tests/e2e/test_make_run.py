@@ -1,0 +1,157 @@
+"""`make run` starts the whole engine, answers the README's examples, scales, heals and stops cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from services.common.db import drop_database, with_database
+from services.common.keys import PERSISTER_GROUP, instrument_keys
+from tests.e2e.engine import RunningEngine, alive, engine_env, http_ok
+
+pytestmark = pytest.mark.timeout(240)
+
+A = {"Authorization": "Bearer demo-key-A"}
+B = {"Authorization": "Bearer demo-key-B"}
+
+
+@pytest.fixture
+async def engine_db(postgres_server_url: str) -> AsyncIterator[str]:
+    """A database that does not exist yet: `make run` must create and migrate it."""
+    url = with_database(postgres_server_url, f"test_run_{uuid.uuid4().hex[:10]}")
+    yield url
+    await drop_database(url)
+
+
+@pytest.fixture
+def running(key_prefix: str, engine_db: str, tmp_path: Path) -> Iterator[RunningEngine]:
+    engine = RunningEngine(engine_env(key_prefix, engine_db, tmp_path), tmp_path)
+    engine.start()
+    try:
+        yield engine
+    finally:
+        engine.kill_group()
+
+
+async def active_consumers(redis: Redis, stream: str, idle_ms: int = 3000) -> int:
+    consumers = await redis.xinfo_consumers(stream, PERSISTER_GROUP)
+    return sum(1 for c in consumers if int(c["idle"]) < idle_ms)
+
+
+async def test_make_run_serves_the_readme_examples_and_stops_cleanly(
+        running: RunningEngine, redis: Redis, key_prefix: str, engine_db: str) -> None:
+    keys = instrument_keys(key_prefix, "BTC-USD")
+    async with httpx.AsyncClient(base_url=running.ingest, timeout=10) as http:
+        sell = await http.post("/orders", headers=B, json={
+            "client_id": "client-B", "instrument": "BTC-USD", "side": "sell", "type": "limit",
+            "price": "50000.00", "quantity": "0.2"})
+        assert sell.status_code == 201
+        buy = await http.post("/orders", headers=A, json={
+            "idempotency_key": "a-unique-uuid-12345", "client_id": "client-A", "instrument": "BTC-USD",
+            "side": "buy", "type": "limit", "price": 50000.0, "quantity": 0.5})
+        assert buy.status_code == 201 and buy.json()["status"] == "accepted"
+        again = await http.post("/orders", headers=A, json={
+            "idempotency_key": "a-unique-uuid-12345", "client_id": "client-A", "instrument": "BTC-USD",
+            "side": "buy", "type": "limit", "price": 50000.0, "quantity": 0.5})
+        assert again.status_code == 200 and again.headers["idempotent-replayed"] == "true"
+
+        for _ in range(100):
+            trades = await redis.xrevrange(keys.trades, count=5)
+            if trades:
+                break
+            await asyncio.sleep(0.05)
+        [(_, trade)] = trades
+        assert (trade[b"price"], trade[b"quantity"], trade[b"buyer_client_id"]) == (b"50000.00", b"0.2", b"client-A")
+
+        book = (await http.get("/orderbook", params={"instrument": "BTC-USD", "levels": "20"})).json()
+        assert book["bids"] == [{"price": "50000.00", "quantity": "0.3", "cumulative": "0.3"}]
+        order = (await http.get(f"/orders/{buy.json()['order_id']}", headers=A)).json()
+        assert (order["status"], order["filled_quantity"], order["average_price"]) == (
+            "partially_filled", "0.2", "50000.00")
+        cancel = await http.post(f"/orders/{buy.json()['order_id']}/cancel", headers=A)
+        assert cancel.status_code == 200 and cancel.json()["status"] == "cancelled"
+
+        # The persister has written the trade to the database `make run` created.
+        for _ in range(100):
+            stored = (await http.get("/trades", params={"instrument": "BTC-USD"})).json()
+            if stored:
+                break
+            await asyncio.sleep(0.1)
+        assert [(t["price"], t["quantity"]) for t in stored] == [("50000.00", "0.2")]
+
+        metrics = (await http.get("/metrics")).text
+        for name in ("orders_received_total", "orders_rejected_total", "order_latency_seconds_bucket",
+                     "idempotent_replays_total", "rate_limited_total"):
+            assert name in metrics, name
+    async with httpx.AsyncClient() as http:
+        matcher_metrics = (await http.get(f"{running.matcher_metrics}/metrics")).text
+        persister_metrics = (await http.get(f"{running.persister_metrics()}/metrics")).text
+    for name in ("orders_matched_total", "current_orderbook_depth", "stream_group_lag"):
+        assert name in matcher_metrics, name
+    for name in ("persister_batch_size", "persister_batch_seconds", "stream_group_lag"):
+        assert name in persister_metrics, name
+
+    pids = [pid for watcher in ("ingest", "matcher", "persister") for pid in running.pids(watcher)]
+    assert len(pids) == 3
+    started = time.monotonic()
+    assert running.interrupt() in (0, 2, 130, -signal.SIGINT)  # make itself dies of the SIGINT
+    assert time.monotonic() - started < 20
+    running.wait_gone(pids, 10)
+    assert not [p for p in pids if alive(p)], "processes left behind after Ctrl-C"
+    assert not http_ok(f"{running.ingest}/healthz")
+
+
+async def test_scale_workers_and_automatic_restart(running: RunningEngine, redis: Redis, key_prefix: str) -> None:
+    keys = instrument_keys(key_prefix, "BTC-USD")
+    assert "persister workers: 3" in running.make("scale-workers", "N=3")
+    running.wait_until(lambda: all(http_ok(f"{running.persister_metrics(w)}/healthz") for w in (1, 2, 3)),
+                       30, "three persister workers healthy")
+    for _ in range(100):
+        if await active_consumers(redis, keys.trades) == 3:
+            break
+        await asyncio.sleep(0.1)
+    names = sorted(c["name"].decode() for c in await redis.xinfo_consumers(keys.trades, PERSISTER_GROUP))
+    assert names == ["persister-1", "persister-2", "persister-3"]
+
+    assert "persister workers: 1" in running.make("scale-workers", "N=1")
+    # circus chooses which workers go; the one left keeps its name and port.
+    running.wait_until(lambda: sum(http_ok(f"{running.persister_metrics(w)}/healthz") for w in (1, 2, 3)) == 1,
+                       30, "two workers stopped")
+    await asyncio.sleep(3.5)  # longer than active_consumers' idle bound
+    # Redis 7.0 refreshes a consumer's idle time when entries reach it: make some trades.
+    async with httpx.AsyncClient(base_url=running.ingest, timeout=10) as http:
+        for side, key in (("sell", B), ("buy", A)):
+            client = "client-B" if key is B else "client-A"
+            placed = await http.post("/orders", headers=key, json={
+                "client_id": client, "instrument": "BTC-USD", "side": side, "type": "limit",
+                "price": "10.00", "quantity": "1"})
+            assert placed.status_code == 201
+        for _ in range(100):
+            if await redis.xlen(keys.trades) and await active_consumers(redis, keys.trades) == 1:
+                break
+            await asyncio.sleep(0.05)
+    assert await active_consumers(redis, keys.trades) == 1, await redis.xinfo_consumers(keys.trades, PERSISTER_GROUP)
+
+    [matcher] = running.pids("matcher")
+    os.kill(matcher, signal.SIGKILL)
+    running.wait_until(lambda: running.pids("matcher") not in ([], [matcher])
+                       and http_ok(f"{running.matcher_metrics}/healthz"), 30, "matcher restarted")
+    async with httpx.AsyncClient(base_url=running.ingest, timeout=10) as http:
+        placed = await http.post("/orders", headers=A, json={
+            "client_id": "client-A", "instrument": "BTC-USD", "side": "buy", "type": "limit",
+            "price": "1.00", "quantity": "1"})
+        order_id = placed.json()["order_id"]
+        for _ in range(100):
+            if (await http.get(f"/orders/{order_id}", headers=A)).json()["status"] == "open":
+                break
+            await asyncio.sleep(0.05)
+        assert (await http.get(f"/orders/{order_id}", headers=A)).json()["status"] == "open"
