@@ -39,7 +39,8 @@ async def main(settings: MatcherSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         # Cancelling mid-call is safe: a match.lua call already sent completes atomically in Redis,
         # and a rebuild cut short is redone at the next start (its meta hash is written last).
-        loop.add_signal_handler(sig, run.cancel)
+        # Python 3.11's wait_for inside redis-py can swallow a cancel; the stop flag ends the loops anyway.
+        loop.add_signal_handler(sig, lambda: (matcher.stop(), run.cancel()))
     with contextlib.suppress(asyncio.CancelledError):
         await run
     await ops.stop()

@@ -37,6 +37,11 @@ class Matcher:
             for symbol, instrument in settings.instruments.items()
         ]
         self._heartbeat: dict[str, float] = {}
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Ask every loop to end after its current call (a backstop to cancelling the run task)."""
+        self._stopping.set()
 
     def is_alive(self) -> bool:
         """Every instrument loop came round recently (an idle loop still wakes every block_ms)."""
@@ -66,7 +71,7 @@ class Matcher:
         symbol = engine.instrument.symbol
         backoff = 0.05
         down = False
-        while True:
+        while not self._stopping.is_set():
             self._heartbeat[symbol] = time.monotonic()
             try:
                 if down:
@@ -94,7 +99,7 @@ class Matcher:
                 down = True
 
     async def _monitor(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             await asyncio.sleep(self.settings.monitor_interval_s)
             try:
                 await self._sample()
