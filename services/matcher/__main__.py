@@ -35,12 +35,17 @@ async def main(settings: MatcherSettings) -> None:
         await matcher.run()
 
     run = asyncio.create_task(serve())
+
+    def shut_down() -> None:
+        matcher.stop()
+        run.cancel()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         # Cancelling mid-call is safe: a match.lua call already sent completes atomically in Redis,
         # and a rebuild cut short is redone at the next start (its meta hash is written last).
         # Python 3.11's wait_for inside redis-py can swallow a cancel; the stop flag ends the loops anyway.
-        loop.add_signal_handler(sig, lambda: (matcher.stop(), run.cancel()))
+        loop.add_signal_handler(sig, shut_down)
     with contextlib.suppress(asyncio.CancelledError):
         await run
     await ops.stop()
