@@ -82,6 +82,12 @@ class Persister:
                     await self.process(entries, stop)
                 redis_delay = self.settings.backoff_initial_s
             except RedisError as exc:
+                if "NOGROUP" in str(exc):
+                    # Redis restarted without its data: the streams begin again, so does the group.
+                    logger.warning("consumer group missing; creating it again", extra={"event": "regroup"})
+                    with contextlib.suppress(RedisError):
+                        await self.streams.ensure()
+                    continue
                 logger.error("redis error %r; retrying in %.1fs", exc, redis_delay,
                              extra={"event": "redis_error"})
                 await _sleep_unless(stop, redis_delay)
