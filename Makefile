@@ -36,6 +36,9 @@ lint: install
 test: lint  ## lint, then every test against real Redis and PostgreSQL
 	$(VENV)/bin/pytest -q
 
+settle: install  ## end-of-day settlement of a UTC date: make settle DATE=2026-11-24 (default yesterday)
+	$(PY) -m services.analytics.settlement $(if $(DATE),--date $(DATE))
+
 bench: install
 	$(PY) -m pip install --quiet -e '.[bench]'
 	bash scripts/bench.sh

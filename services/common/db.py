@@ -15,6 +15,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     Connection,
+    Date,
     DateTime,
     Index,
     MetaData,
@@ -109,6 +110,63 @@ orderbook_snapshots = Table(
     Column("bids", JSONB, nullable=False),
     Column("asks", JSONB, nullable=False),
     Index("ix_orderbook_snapshots_instrument_taken", "instrument", text("taken_at DESC")),
+)
+
+# Analytics aggregates, maintained by the persister in each batch's transaction from the trades it
+# inserted (services/analytics/aggregates.py). Each equals a GROUP BY over `trades`.
+candles_1m = Table(
+    "candles_1m", metadata,
+    Column("instrument", Text, primary_key=True),
+    Column("bucket_start", DateTime(timezone=True), primary_key=True),  # UTC minute
+    # open/close are the prices of the bucket's first/last trade by (executed_at, seq).
+    Column("open", Numeric, nullable=False),
+    Column("open_at", DateTime(timezone=True), nullable=False),
+    Column("open_seq", BigInteger, nullable=False),
+    Column("high", Numeric, nullable=False),
+    Column("low", Numeric, nullable=False),
+    Column("close", Numeric, nullable=False),
+    Column("close_at", DateTime(timezone=True), nullable=False),
+    Column("close_seq", BigInteger, nullable=False),
+    Column("volume", Numeric, nullable=False),
+    Column("quote_volume", Numeric, nullable=False),
+    Column("trade_count", BigInteger, nullable=False),
+)
+
+client_positions_1h = Table(
+    "client_positions_1h", metadata,
+    Column("client_id", Text, primary_key=True),
+    Column("instrument", Text, primary_key=True),
+    Column("hour_start", DateTime(timezone=True), primary_key=True),  # UTC hour
+    Column("bought_quantity", Numeric, nullable=False),
+    Column("bought_quote", Numeric, nullable=False),
+    Column("sold_quantity", Numeric, nullable=False),
+    Column("sold_quote", Numeric, nullable=False),
+    # Trades the client took part in; a self-trade is one trade (its quantity counts as bought and sold).
+    Column("trade_count", BigInteger, nullable=False),
+)
+
+# End-of-day settlement: each client's net position per asset at the end of settlement_date (UTC).
+settlements = Table(
+    "settlements", metadata,
+    Column("settlement_date", Date, primary_key=True),
+    Column("client_id", Text, primary_key=True),
+    Column("asset", Text, primary_key=True),
+    Column("net", Numeric, nullable=False),  # all trades before the end of the date
+    Column("day_net", Numeric, nullable=False),  # the trades of that date alone
+    Column("computed_at", DateTime(timezone=True), nullable=False),
+)
+
+settlement_instruments = Table(
+    "settlement_instruments", metadata,
+    Column("settlement_date", Date, primary_key=True),
+    Column("client_id", Text, primary_key=True),
+    Column("instrument", Text, primary_key=True),
+    Column("bought_quantity", Numeric, nullable=False),
+    Column("bought_quote", Numeric, nullable=False),
+    Column("sold_quantity", Numeric, nullable=False),
+    Column("sold_quote", Numeric, nullable=False),
+    Column("trade_count", BigInteger, nullable=False),
+    Column("computed_at", DateTime(timezone=True), nullable=False),
 )
 
 _DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -14,13 +14,16 @@ from starlette.routing import Route
 
 from services.ingest import health
 from services.ingest.admin import get_latest_snapshot, post_snapshots
+from services.ingest.analytics import get_candles, get_ticker
 from services.ingest.context import IngestContext
 from services.ingest.errors import ErrorBody, json_response
 from services.ingest.handling import Handler, guarded
 from services.ingest.order_reads import cancel_order, get_order
 from services.ingest.orderbook import get_orderbook
 from services.ingest.place_order import place_order
+from services.ingest.positions import get_positions
 from services.ingest.settings import IngestSettings
+from services.ingest.settlement import post_settlement
 from services.ingest.trades import get_trades
 
 ContextHandler = Callable[[IngestContext, Request], Awaitable[Response]]
@@ -56,6 +59,10 @@ def create_app(settings: IngestSettings) -> Starlette:
         Route("/orders/{order_id}/cancel", bind(cancel_order), methods=["POST"]),
         Route("/orderbook", bind(get_orderbook), methods=["GET"]),
         Route("/trades", bind(get_trades), methods=["GET"]),
+        Route("/analytics/{instrument}/ticker", bind(get_ticker), methods=["GET"]),
+        Route("/analytics/{instrument}/candles", bind(get_candles), methods=["GET"]),
+        Route("/clients/{client_id}/positions", bind(get_positions), methods=["GET"]),
+        Route("/admin/settlements", bind(post_settlement), methods=["POST"]),
         Route("/admin/snapshots", bind(post_snapshots), methods=["POST"]),
         Route("/admin/snapshots/latest", bind(get_latest_snapshot), methods=["GET"]),
         Route("/healthz", health.healthz, methods=["GET"]),

@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import asyncpg
-from sqlalchemy import Table, case, column, func, select
+from sqlalchemy import Executable, Table, case, column, func, select
 from sqlalchemy import table as table_clause
 from sqlalchemy.dialects.postgresql import Insert, insert
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from services.analytics.aggregates import record_trades
 from services.common.db import order_events, orders, trades
 from services.persister.records import STATIC_FIELDS, WriteSet
 
@@ -71,9 +72,15 @@ def _orders_upsert(staged: bool) -> Insert:
     return stmt.on_conflict_do_update(index_elements=["order_id"], set_=set_, where=newer | completing)
 
 
-# (table, statement fed by parameters, statement fed by the staging table)
-STATEMENTS: dict[str, tuple[Table, Insert, Insert]] = {
-    "trades": (trades, _insert_ignoring(trades, ["trade_id"], False), _insert_ignoring(trades, ["trade_id"], True)),
+def _stage_insert(target: Table) -> Insert:
+    return insert(table_clause(_stage(target), *(column(c.name) for c in target.c)))
+
+
+# (table, statement fed by parameters, statement fed by the staging table). Trades also update the
+# analytics aggregates in the same statement, from the rows it really inserted; in executemany mode their
+# parameters fill the staging table first (see Writer.write).
+STATEMENTS: dict[str, tuple[Table, Executable, Executable]] = {
+    "trades": (trades, _stage_insert(trades), record_trades(_stage(trades))),
     "events": (order_events, _insert_ignoring(order_events, ["instrument", "seq"], False),
                _insert_ignoring(order_events, ["instrument", "seq"], True)),
     "orders": (orders, _orders_upsert(False), _orders_upsert(True)),
@@ -117,6 +124,12 @@ class Writer:
                     if self.mode == "copy":
                         await self._copy(conn, target, batch)
                         await conn.execute(by_stage)
+                    elif name == "trades":
+                        # The aggregates take the batch as one set, upserted in key order: row by row, two
+                        # workers could lock aggregate rows in opposite orders and deadlock.
+                        await self._create_stage(conn, target)
+                        await conn.execute(by_params, batch)
+                        await conn.execute(by_stage)
                     else:
                         await conn.execute(by_params, batch)
         except (TimeoutError, SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
@@ -124,13 +137,17 @@ class Writer:
         return Written(len(rows.trades), len(rows.events), len(rows.orders))
 
     @staticmethod
-    async def _copy(conn: AsyncConnection, target: Table, batch: list[dict[str, Any]]) -> None:
-        stage = _stage(target)
+    async def _create_stage(conn: AsyncConnection, target: Table) -> None:
         # Through SQLAlchemy, so that its BEGIN has been sent before the COPY: a COPY outside the
         # transaction would commit on its own, and ON COMMIT DELETE ROWS would empty the stage at once.
         # Every time, not once per session: a rolled-back batch takes the table's creation with it.
-        await conn.exec_driver_sql(f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} (LIKE {target.name}) "
+        await conn.exec_driver_sql(f"CREATE TEMPORARY TABLE IF NOT EXISTS {_stage(target)} (LIKE {target.name}) "
                                    "ON COMMIT DELETE ROWS")
+
+    @classmethod
+    async def _copy(cls, conn: AsyncConnection, target: Table, batch: list[dict[str, Any]]) -> None:
+        stage = _stage(target)
+        await cls._create_stage(conn, target)
         raw = await conn.get_raw_connection()
         driver: asyncpg.Connection = raw.driver_connection
         names = [c.name for c in target.c]

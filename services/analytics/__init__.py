@@ -1,0 +1,1 @@
+"""Analytics and clearing over the trades record: candles, ticker, client positions, settlement."""
