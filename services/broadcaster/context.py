@@ -13,11 +13,11 @@ from services.broadcaster.hub import Hub
 from services.broadcaster.metrics import BroadcasterMetrics
 from services.broadcaster.reader import StreamReader
 from services.broadcaster.settings import BroadcasterSettings
-from services.common.keys import InstrumentKeys, instrument_keys
-from services.common.redis_conn import connect
 
 # The key store belongs to the ingest service; the broadcaster only reads it.
-from services.ingest.auth import ADMIN, KeyTable, Principal, load_key_table
+from services.common.auth import ADMIN, KeyTable, Principal, load_key_table
+from services.common.keys import InstrumentKeys, instrument_keys
+from services.common.redis_conn import connect
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from services.broadcaster.protocol import Order, OrderbookDelta, Trade, iso_ms
+from services.broadcaster.protocol import Order, OrderbookDelta, Trade
+from services.common.times import iso_ms
 from services.common.wire import BookEntry, EventEntry, TradeEntry, fields_to_dict
 
 T = TypeVar("T")

@@ -6,7 +6,6 @@ streams are encoded once per event and the same text goes to every subscriber.
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Literal
 
 import msgspec
@@ -145,7 +144,3 @@ def encode(message: ServerMessage) -> str:
     return ENCODER.encode(message).decode()
 
 
-def iso_ms(ms: int) -> str:
-    """Milliseconds since the epoch as ISO-8601 UTC with milliseconds ("2026-11-25T01:02:03.456Z")."""
-    seconds, millis = divmod(ms, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"

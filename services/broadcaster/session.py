@@ -39,7 +39,7 @@ from services.broadcaster.protocol import (
     Unsubscribed,
     encode,
 )
-from services.ingest.auth import Principal
+from services.common.auth import Principal
 
 logger = logging.getLogger(__name__)
 

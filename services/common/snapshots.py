@@ -13,6 +13,7 @@ from services.common.book import BOOK_SCRIPT, book_script_keys, parse_book
 from services.common.db import orderbook_snapshots
 from services.common.instruments import Instrument
 from services.common.keys import InstrumentKeys
+from services.common.times import iso
 
 # book.lua reads this many levels per side: in effect the whole book.
 WHOLE_BOOK = 1_000_000
@@ -29,11 +30,6 @@ class SnapshotInfo(msgspec.Struct, frozen=True):
     asks: list[tuple[str, str]] = []
 
 
-def _iso(moment: dt.datetime) -> str:
-    utc = moment.astimezone(dt.UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
-
-
 async def take_snapshot(redis: Redis, db: AsyncEngine, instrument: Instrument,
                         keys: InstrumentKeys) -> SnapshotInfo:
     """Read the instrument's whole book with its seq in one atomic call and store it; the stored row."""
@@ -47,7 +43,7 @@ async def take_snapshot(redis: Redis, db: AsyncEngine, instrument: Instrument,
             insert(orderbook_snapshots).values(instrument=instrument.symbol, book_seq=book.seq,
                                                taken_at=taken_at, bids=bids, asks=asks)
             .returning(orderbook_snapshots.c.id))).scalar_one()
-    return SnapshotInfo(snapshot_id, instrument.symbol, book.seq, _iso(taken_at))
+    return SnapshotInfo(snapshot_id, instrument.symbol, book.seq, iso(taken_at))
 
 
 async def latest_snapshot(db: AsyncEngine, symbol: str) -> SnapshotInfo | None:
@@ -58,5 +54,5 @@ async def latest_snapshot(db: AsyncEngine, symbol: str) -> SnapshotInfo | None:
         row = (await conn.execute(query)).mappings().first()
     if row is None:
         return None
-    return SnapshotInfo(row["id"], row["instrument"], row["book_seq"], _iso(row["taken_at"]),
+    return SnapshotInfo(row["id"], row["instrument"], row["book_seq"], iso(row["taken_at"]),
                         [tuple(level) for level in row["bids"]], [tuple(level) for level in row["asks"]])

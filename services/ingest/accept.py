@@ -7,9 +7,10 @@ import msgspec
 from services.common.keys import InstrumentKeys
 from services.common.lua import LuaScript
 from services.common.redis_batch import CommandBatcher
+from services.common.times import iso_ms
 from services.common.wire import NewOrderCommand, OrderRecord
 from services.ingest.validation import ValidOrder
-from services.ingest.views import OrderView, encode_record, iso_ms
+from services.ingest.views import OrderView, encode_record
 
 ACCEPT_SCRIPT = LuaScript("services.ingest", "accept.lua")
 

@@ -11,6 +11,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 
+from services.common.auth import ADMIN, KeyTable, Principal, load_key_table
 from services.common.book import BOOK_SCRIPT
 from services.common.db import make_engine
 from services.common.keys import InstrumentKeys, instrument_keys
@@ -18,7 +19,6 @@ from services.common.lua import LuaScript
 from services.common.redis_batch import CommandBatcher
 from services.common.redis_conn import connect
 from services.ingest.accept import ACCEPT_SCRIPT
-from services.ingest.auth import ADMIN, KeyTable, Principal, load_key_table
 from services.ingest.backpressure import LagMonitor
 from services.ingest.errors import unauthorized
 from services.ingest.metrics import IngestMetrics

@@ -7,7 +7,7 @@ import logging
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.ingest.auth import Principal
+from services.common.auth import Principal
 from services.ingest.context import IngestContext
 from services.ingest.errors import ApiError, forbidden, json_response, not_found
 from services.ingest.handling import order_id_of

@@ -7,12 +7,12 @@ import time
 
 import msgspec
 
+from services.common.auth import Principal
 from services.common.instruments import Instrument
 from services.common.keys import InstrumentKeys
 from services.common.lua import LuaScript
 from services.common.redis_batch import CommandBatcher
 from services.common.wire import FINAL_STATUSES, OrderRecord
-from services.ingest.auth import Principal
 from services.ingest.views import decode_record
 
 CANCEL_SCRIPT = LuaScript("services.ingest", "cancel.lua")

@@ -14,10 +14,10 @@ from services.analytics.stats import Sides
 from services.analytics.times import now_ms
 from services.common.instruments import Instrument
 from services.common.money import plain
+from services.common.times import iso
 from services.ingest.analytics import read, time_param, vwap_text
 from services.ingest.context import IngestContext
 from services.ingest.errors import forbidden, json_response, not_found
-from services.ingest.records import iso
 
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from decimal import Decimal
 from typing import Any
 
@@ -14,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.common.db import orders, trades
 from services.common.instruments import Instrument, Instruments
 from services.common.money import plain
+from services.common.times import iso
 from services.ingest.errors import ApiError, unavailable
 from services.ingest.views import OrderView
 
@@ -30,12 +30,6 @@ class TradeView(msgspec.Struct, frozen=True):
     buy_order_id: str
     sell_order_id: str
     executed_at: str
-
-
-def iso(moment: dt.datetime) -> str:
-    """A timestamptz as "2026-11-25T01:02:03.456Z"."""
-    utc = moment.astimezone(dt.UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 
 def database_unavailable(exc: Exception) -> ApiError:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import msgspec
 
 from services.common.instruments import Instrument
+from services.common.times import iso_ms
 from services.common.wire import OrderRecord, OrderType, Side, Status, TimeInForce
 
 
@@ -44,10 +43,6 @@ decode_record = msgspec.msgpack.Decoder(OrderRecord).decode
 encode_record = msgspec.msgpack.Encoder().encode
 
 
-def iso_ms(ms: int) -> str:
-    """Milliseconds since the epoch as "2026-11-25T01:02:03.456Z"."""
-    seconds, millis = divmod(ms, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
 
 
 def render(record: OrderRecord, instrument: Instrument) -> OrderView:

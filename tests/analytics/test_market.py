@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.analytics.times import DAY, MINUTE, floor_to
-from services.ingest.records import iso
+from services.common.times import iso
 from tests.analytics.conftest import base_hour, hand_made, write
 from tests.ingest.conftest import Engine
 

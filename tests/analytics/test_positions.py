@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.analytics.times import EPOCH, MINUTE, MS
-from services.ingest.records import iso
+from services.common.times import iso
 from tests.analytics.conftest import base_hour, hand_made, write
 from tests.ingest.conftest import ADMIN, BROKER, KEY_A, KEY_B, Engine
 

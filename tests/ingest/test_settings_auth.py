@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from services.common.auth import ApiKeysError, Principal, load_key_table
 from services.common.env import SettingsError
-from services.ingest.auth import ApiKeysError, Principal, load_key_table
 from services.ingest.settings import IngestSettings
 from tests.conftest import TWO_INSTRUMENTS
 from tests.ingest.conftest import DEMO_KEYS
