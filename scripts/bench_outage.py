@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -73,6 +74,12 @@ async def backlog(redis: object, prefix: str) -> int:
     return total
 
 
+async def wait_for(measure: Callable[[], Awaitable[int]], done: Callable[[int], bool]) -> None:
+    """Poll `measure` every 50 ms until `done` accepts its value."""
+    while not done(await measure()):
+        await asyncio.sleep(0.05)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=int, default=500, help="crossing pairs per second")
@@ -94,8 +101,8 @@ async def main() -> None:
         env = {**os.environ, "REDIS_KEY_PREFIX": prefix, "DATABASE_URL": proxied, "PERSISTER_METRICS_PORT": "0",
                "PERSISTER_SNAPSHOT_INTERVAL_S": "0", "LOG_LEVEL": "WARNING"}
         with log.open("ab") as out:
-            worker = subprocess.Popen([sys.executable, "-m", "services.persister"], cwd=REPO, env=env,
-                                      stdout=out, stderr=subprocess.STDOUT)
+            worker = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.persister", cwd=REPO,
+                                                          env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
             await asyncio.sleep(args.warmup)
             print(f"steady: backlog {await backlog(redis, prefix)} entries at {args.rate} trades/s")
@@ -104,8 +111,8 @@ async def main() -> None:
             waiting = await backlog(redis, prefix)
             await proxy.restore()
             restored = time.monotonic()
-            while await backlog(redis, prefix) > 2 * args.rate:  # within a fraction of a second of live
-                await asyncio.sleep(0.05)
+            # Caught up: within a fraction of a second of the live flow.
+            await wait_for(lambda: backlog(redis, prefix), lambda left: left <= 2 * args.rate)
             caught_up = time.monotonic() - restored
             print(f"outage {args.outage:.0f} s: {waiting} entries waiting when PostgreSQL returned; "
                   f"caught up {caught_up:.2f} s later (flow continuing at {args.rate} trades/s)")
@@ -114,7 +121,7 @@ async def main() -> None:
             await flow
             worker.send_signal(signal.SIGTERM)
             # Wait without blocking this loop: the proxy the worker talks through runs on it.
-            await asyncio.to_thread(worker.wait, 15)
+            await asyncio.wait_for(worker.wait(), 15)
             await proxy.close()
             found = [k async for k in redis.scan_iter(match=f"{prefix}*", count=1000)]
             if found:
