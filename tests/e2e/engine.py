@@ -96,9 +96,29 @@ class RunningEngine:
             time.sleep(0.1)
 
     def kill_group(self) -> None:
-        if self.process is not None and self.process.poll() is None:
+        """Teardown: stop circus and every worker it started, whatever state the test left them in.
+
+        circus gives its workers their own process groups, so signalling make's group alone would
+        leave them running: their pids are collected first and killed if the graceful stop fails.
+        """
+        if self.process is None or self.process.poll() is not None:
+            return
+        workers: list[int] = []
+        for watcher in ("ingest", "matcher", "persister", "broadcaster"):
+            try:
+                workers += self.pids(watcher)
+            except (subprocess.SubprocessError, OSError):
+                pass
+        os.killpg(self.process.pid, signal.SIGINT)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
+        self.wait_gone(workers, 15)
+        for pid in workers:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def alive(pid: int) -> bool:
