@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 N ?= 2
 
-.PHONY: install run start stop test lint migrate bench scale-workers settle clean
+.PHONY: install run start stop test lint migrate bench scale-workers settle fixtures clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -30,7 +30,7 @@ migrate: install  ## create the database if missing and migrate it to the newest
 	$(PY) -m services.common.db
 
 lint: install
-	$(VENV)/bin/ruff check services tests scripts
+	$(VENV)/bin/ruff check services tests scripts fixtures
 	$(VENV)/bin/mypy
 
 test: lint  ## lint, then every test against real Redis and PostgreSQL
@@ -42,6 +42,9 @@ settle: install  ## end-of-day settlement of a UTC date: make settle DATE=2026-1
 bench: install
 	$(PY) -m pip install --quiet -e '.[bench]'
 	bash scripts/bench.sh
+
+fixtures:  ## 100k realistic limit orders, then a burst of market orders (JSONL) for load-test/replay.js
+	python3 fixtures/gen_orders.py --seed 1 --out fixtures/orders.jsonl
 
 clean:
 	rm -rf $(VENV) run .pytest_cache .mypy_cache .ruff_cache .hypothesis
