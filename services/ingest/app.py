@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -17,6 +18,7 @@ from services.ingest.admin import get_latest_snapshot, post_snapshots
 from services.ingest.analytics import get_candles, get_ticker
 from services.ingest.context import IngestContext
 from services.ingest.errors import ErrorBody, json_response
+from services.ingest.fast_orders import OrdersFastPath
 from services.ingest.handling import Handler, guarded
 from services.ingest.order_reads import cancel_order, get_order
 from services.ingest.orderbook import get_orderbook
@@ -69,6 +71,7 @@ def create_app(settings: IngestSettings) -> Starlette:
         Route("/readyz", bind(health.readyz), methods=["GET"]),
         Route("/metrics", bind(health.metrics), methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error},
+                    middleware=[Middleware(OrdersFastPath, ctx=ctx)])
     app.state.ctx = ctx
     return app

@@ -9,6 +9,7 @@ import logging
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.datastructures import Headers
 from starlette.requests import Request
 
 from services.common.auth import ADMIN, KeyTable, Principal, load_key_table
@@ -53,11 +54,12 @@ class IngestContext:
         self.metrics = IngestMetrics()
         self._lag_task: asyncio.Task[None] | None = None
 
-    def authenticate(self, request: Request) -> Principal:
+    def authenticate(self, request: Request | Headers) -> Principal:
         """The request's principal; ApiError 401 for a missing or unknown key."""
         if self.key_table is None:
             return ADMIN
-        principal = self.key_table.authenticate(request.headers.get("authorization"))
+        headers = request if isinstance(request, Headers) else request.headers
+        principal = self.key_table.authenticate(headers.get("authorization"))
         if principal is None:
             raise unauthorized()
         return principal

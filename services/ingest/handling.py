@@ -8,8 +8,10 @@ import re
 from collections.abc import Awaitable, Callable
 
 from redis.exceptions import RedisError
-from starlette.requests import Request
+from starlette.datastructures import Headers
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import Receive
 
 from services.common.redis_batch import BatcherClosed
 from services.ingest.errors import (
@@ -28,9 +30,8 @@ Handler = Callable[[Request], Awaitable[Response]]
 _ORDER_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing (413) anything over `limit` bytes without reading further."""
-    declared = request.headers.get("content-length")
+def _check_declared_length(headers: Headers, limit: int) -> None:
+    declared = headers.get("content-length")
     if declared is not None:
         try:
             size = int(declared)
@@ -38,6 +39,11 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise bad_request("Content-Length is not a number") from None
         if size > limit:
             raise too_large(limit)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing (413) anything over `limit` bytes without reading further."""
+    _check_declared_length(request.headers, limit)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -46,6 +52,24 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def read_asgi_body(headers: Headers, receive: Receive, limit: int) -> bytes:
+    """read_body for a raw ASGI request: the same 413 rules, straight from `receive`."""
+    _check_declared_length(headers, limit)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise too_large(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 def order_id_of(request: Request) -> str:

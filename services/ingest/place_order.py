@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 import msgspec
 from redis.exceptions import RedisError
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -54,11 +56,16 @@ def _log(event: str, client_id: str | None, order_id: str | None = None, instrum
 
 
 async def place_order(ctx: IngestContext, request: Request) -> Response:
+    """POST /orders through Starlette's routing (the fast path in fast_orders.py is what serves it)."""
+    return await answer_order(ctx, request.headers, lambda: read_body(request, ctx.settings.max_body_bytes))
+
+
+async def answer_order(ctx: IngestContext, headers: Headers, body: Callable[[], Awaitable[bytes]]) -> Response:
     """Answer one POST /orders and record its latency and outcome."""
     started = time.perf_counter()
     client_id: str | None = None
     try:
-        order = await _checked_order(ctx, request)
+        order = await _checked_order(ctx, headers, await_body=body)
         client_id = order.client_id
         response = await _enqueue(ctx, order)
     except ApiError as err:
@@ -73,11 +80,12 @@ async def place_order(ctx: IngestContext, request: Request) -> Response:
     return response
 
 
-async def _checked_order(ctx: IngestContext, request: Request) -> ValidOrder:
-    body = await read_body(request, ctx.settings.max_body_bytes)
-    principal = ctx.authenticate(request)
+async def _checked_order(ctx: IngestContext, headers: Headers, await_body: Callable[[], Awaitable[bytes]]
+                         ) -> ValidOrder:
+    body = await await_body()  # first: 413 comes before 401
+    principal = ctx.authenticate(headers)
     decoded = decode_order(body)
-    key = resolve_idempotency_key(decoded, request.headers.get(IDEMPOTENCY_HEADER))
+    key = resolve_idempotency_key(decoded, headers.get(IDEMPOTENCY_HEADER))
     order = validate_order(decoded, ctx.instruments, key)
     if not principal.may_act_for(order.client_id):
         raise forbidden(f"this key acts for {principal.client_id!r} only, not {order.client_id!r}")
