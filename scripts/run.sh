@@ -47,6 +47,7 @@ esac
 echo "engine:"
 echo "  ingest       http://${INGEST_HOST:-127.0.0.1}:${INGEST_PORT:-3000}   (orders API, /metrics, /healthz, /readyz)"
 echo "  matcher      http://127.0.0.1:${MATCHER_METRICS_PORT:-9101}/metrics"
+echo "  broadcaster  ws://${BROADCASTER_HOST:-127.0.0.1}:${BROADCASTER_PORT:-3001}/stream   (/metrics, /healthz, /readyz)"
 echo "  persister    http://127.0.0.1:${PERSISTER_METRICS_PORT:-9102}/metrics   (worker N: port +N-1; make scale-workers N=4)"
 echo "  process manager: circusctl --endpoint $CIRCUS_ENDPOINT status"
 

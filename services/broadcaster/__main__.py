@@ -28,13 +28,13 @@ async def main(settings: BroadcasterSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
-    logger.info("broadcaster starting", extra={"url": f"ws://{settings.host}:{settings.port}/stream",
+    logger.info("broadcaster starting", extra={"event": "start", "url": f"ws://{settings.host}:{settings.port}/stream",
                                                "instruments": list(settings.instruments),
                                                "auth_mode": settings.auth_mode})
     await server.serve(sockets=[sock])
     if not server.started:
         raise SystemExit("broadcaster did not start (see the log above)")
-    logger.info("broadcaster stopped")
+    logger.info("broadcaster stopped", extra={"event": "stop"})
 
 
 def run() -> None:

@@ -73,13 +73,13 @@ class StreamReader:
             except (RedisError, OSError) as exc:
                 self.metrics.read_errors.inc()
                 if self.connected:
-                    logger.error("stream read failed, retrying: %r", exc)
+                    logger.error("stream read failed, retrying: %r", exc, extra={"event": "redis_lost"})
                     self.connected = False
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
                 continue
             if not self.connected:
-                logger.info("stream reads resumed")
+                logger.info("stream reads resumed", extra={"event": "redis_regained"})
                 self.connected = True
             backoff = 0.05
             self.last_read = time.monotonic()

@@ -29,7 +29,7 @@ async def main(settings: MatcherSettings) -> None:
 
     async def serve() -> None:
         await matcher.prepare()
-        logger.info("matcher started", extra={"consumer": settings.consumer,
+        logger.info("matcher started", extra={"event": "start", "consumer": settings.consumer,
                                               "instruments": list(settings.instruments),
                                               "metrics": f"http://{settings.metrics_host}:{settings.metrics_port}"})
         await matcher.run()
@@ -50,7 +50,7 @@ async def main(settings: MatcherSettings) -> None:
         await run
     await ops.stop()
     await redis.aclose()
-    logger.info("matcher stopped", extra={"consumer": settings.consumer})
+    logger.info("matcher stopped", extra={"event": "stop", "consumer": settings.consumer})
 
 
 def run() -> None:

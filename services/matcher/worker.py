@@ -77,7 +77,8 @@ class Matcher:
                 if down:
                     # Redis may have restarted empty: rebuild the book if so, and re-create the group.
                     await self._prepare_engine(engine)
-                    logger.info("redis usable again: matching resumes", extra={"instrument": symbol})
+                    logger.info("redis usable again: matching resumes",
+                                extra={"event": "redis_regained", "instrument": symbol})
                     down = False
                     backoff = 0.05
                 started = time.perf_counter()
@@ -87,7 +88,8 @@ class Matcher:
                     await engine.wait_for_commands(result.last_id, self.settings.block_ms)
             except REDIS_DOWN as exc:
                 if not down:
-                    logger.error("redis connection lost", extra={"instrument": symbol, "error": repr(exc)})
+                    logger.error("redis connection lost",
+                                 extra={"event": "redis_lost", "instrument": symbol, "error": repr(exc)})
                     down = True
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)

@@ -19,6 +19,29 @@ from services.persister.writer import DatabaseUnavailable, EntryRejected, Writer
 logger = logging.getLogger(__name__)
 
 
+# Order events worth a line of their own (ingest logs accepted and refused orders, this the matcher's verdicts).
+LOGGED_EVENTS = frozenset({"cancelled", "rejected", "cancel_rejected"})
+
+
+def _log_outcomes(written: list[Decoded]) -> None:
+    """One line per persisted trade and per cancel or matcher rejection (a redelivered entry logs again)."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    for d in written:
+        if d.trade is not None:
+            t = d.trade
+            logger.info("trade %s", t["trade_id"], extra={
+                "event": "trade", "trade_id": t["trade_id"], "instrument": t["instrument"], "seq": t["seq"],
+                "price": str(t["price"]), "quantity": str(t["quantity"]), "taker_side": t["taker_side"],
+                "buy_order_id": t["buy_order_id"], "sell_order_id": t["sell_order_id"]})
+        elif d.event is not None and d.event["event"] in LOGGED_EVENTS:
+            e = d.event
+            logger.info("order %s", e["event"], extra={
+                "event": e["event"], "order_id": e["order_id"], "client_id": e["client_id"],
+                "instrument": e["instrument"], "status": e["status"], "reason": e["reason"],
+                "filled_quantity": str(e["filled_quantity"]), "seq": e["seq"]})
+
+
 class ShuttingDown(Exception):
     """Asked to stop while the database is down: the batch in hand stays pending for the next start."""
 
@@ -65,6 +88,7 @@ class Persister:
         pending_drained = False
         next_claim = 0.0
         redis_delay = self.settings.backoff_initial_s
+        redis_down = False
         while not stop.is_set():
             try:
                 if not pending_drained:
@@ -81,6 +105,9 @@ class Persister:
                 if entries:
                     await self.process(entries, stop)
                 redis_delay = self.settings.backoff_initial_s
+                if redis_down:
+                    redis_down = False
+                    logger.info("redis regained", extra={"event": "redis_regained"})
             except RedisError as exc:
                 if "NOGROUP" in str(exc):
                     # Redis restarted without its data: the streams begin again, so does the group.
@@ -89,7 +116,8 @@ class Persister:
                         await self.streams.ensure()
                     continue
                 logger.error("redis error %r; retrying in %.1fs", exc, redis_delay,
-                             extra={"event": "redis_error"})
+                             extra={"event": "redis_error" if redis_down else "redis_lost"})
+                redis_down = True
                 await _sleep_unless(stop, redis_delay)
                 redis_delay = min(redis_delay * 2, self.settings.backoff_max_s)
 
@@ -157,6 +185,7 @@ class Persister:
                     except EntryRejected as exc:
                         failed.append((one.entry, str(exc)))
         await self.streams.ack((d.entry.stream, d.entry.id) for d in written)
+        _log_outcomes(written)
         for entry, error in failed:
             await self._failed(entry, error)
         self.metrics.batch_size.observe(len(entries))
