@@ -434,6 +434,9 @@ def write_report(args: argparse.Namespace) -> None:
         for path in profiles:
             lines += [f"`{path.stem}`, top functions by own time:", "", "```", *path.read_text().splitlines()[:14],
                       "```", ""]
+    optimisations = REPO_ROOT / "load-test" / "optimisations.md"
+    if optimisations.exists():
+        lines += [*optimisations.read_text().splitlines(), ""]
     lines += multi_node(best, base_cpu, float(fig.get("rate", 0.0)) if fig else 0.0)
     lines += ["## Reproduce", "", "```", "make bench                                 # ~10 minutes; BENCHMARKS.md",
               "BENCH_RATES='4000 6000' BENCH_STEP_S=20 make bench   # other steps",
