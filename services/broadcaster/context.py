@@ -15,8 +15,8 @@ from services.broadcaster.reader import StreamReader
 from services.broadcaster.settings import BroadcasterSettings
 
 # The key store belongs to the ingest service; the broadcaster only reads it.
-from services.common.auth import ADMIN, KeyTable, Principal, load_key_table
-from services.common.keys import InstrumentKeys, instrument_keys
+from services.common.auth import ADMIN, KeyTable, Principal, key_table_for
+from services.common.keys import InstrumentKeys, keys_by_symbol
 from services.common.redis_conn import connect
 
 logger = logging.getLogger(__name__)
@@ -28,12 +28,8 @@ class BroadcasterContext:
     def __init__(self, settings: BroadcasterSettings) -> None:
         self.settings = settings
         self.instruments = settings.instruments
-        self.keys: dict[str, InstrumentKeys] = {
-            symbol: instrument_keys(settings.key_prefix, symbol) for symbol in settings.instruments
-        }
-        self.key_table: KeyTable | None = (
-            load_key_table(settings.api_keys_file) if settings.auth_mode == "on" else None
-        )
+        self.keys: dict[str, InstrumentKeys] = keys_by_symbol(settings.key_prefix, settings.instruments)
+        self.key_table: KeyTable | None = key_table_for(settings.auth_mode, settings.api_keys_file)
         self.redis: Redis = connect(settings.redis_url)
         self.metrics = BroadcasterMetrics()
         self.hub = Hub()

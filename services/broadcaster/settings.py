@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
+from services.common.auth import AuthMode, auth_mode_from_env
 from services.common.env import (
     SettingsError,
     env_float,
@@ -18,7 +18,6 @@ from services.common.env import (
 )
 from services.common.instruments import Instruments, load_instruments
 
-AuthMode = Literal["on", "off"]
 # services.common.redis_conn.connect's socket timeout: a blocking XREAD must return well before it.
 REDIS_SOCKET_TIMEOUT_S = 10.0
 
@@ -67,15 +66,12 @@ class BroadcasterSettings:
     @classmethod
     def from_env(cls) -> BroadcasterSettings:
         """Build the settings from the environment (see CONTRACT.md and the README for the variables)."""
-        auth_mode = env_str("AUTH_MODE", "on").strip().lower()
-        if auth_mode not in ("on", "off"):
-            raise SettingsError(f"AUTH_MODE={auth_mode!r} must be 'on' or 'off'")
         return cls(
             redis_url=redis_url(),
             key_prefix=redis_key_prefix(),
             instruments=load_instruments(instruments_file()),
             api_keys_file=env_path("API_KEYS_FILE", "config/demo_api_keys.toml"),
-            auth_mode="on" if auth_mode == "on" else "off",
+            auth_mode=auth_mode_from_env(),
             host=env_str("BROADCASTER_HOST", "127.0.0.1"),
             port=env_int("BROADCASTER_PORT", 3001, minimum=0),
             queue_bound=env_int("BROADCASTER_QUEUE_BOUND", 10_000, minimum=2),

@@ -10,6 +10,8 @@ from typing import Literal
 
 import msgspec
 
+from services.common.env import SettingsError, env_str
+
 Role = Literal["trader", "broker", "admin"]
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -82,3 +84,19 @@ def load_key_table(path: Path) -> KeyTable:
             raise ApiKeysError(f"{path}: key #{n}: the same key is listed twice")
         principals[digest] = Principal(role=spec.role, client_id=spec.client_id)
     return KeyTable(principals)
+
+
+AuthMode = Literal["on", "off"]
+
+
+def auth_mode_from_env() -> AuthMode:
+    """AUTH_MODE: "on" (default) checks API keys; "off" treats everyone as admin (experiments only)."""
+    raw = env_str("AUTH_MODE", "on").strip().lower()
+    if raw not in ("on", "off"):
+        raise SettingsError(f"AUTH_MODE={raw!r} must be 'on' or 'off'")
+    return "on" if raw == "on" else "off"
+
+
+def key_table_for(auth_mode: AuthMode, path: Path) -> KeyTable | None:
+    """The service's key table, or None when keys are off (AUTH_MODE=off)."""
+    return load_key_table(path) if auth_mode == "on" else None

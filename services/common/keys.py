@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import msgspec
 
 MATCHER_GROUP = "matcher"
@@ -39,6 +41,11 @@ class InstrumentKeys(msgspec.Struct, frozen=True):
             self.orders, self.trades, self.events, self.book, self.bid_orders, self.ask_orders,
             self.bid_levels, self.ask_levels, self.bid_depth, self.ask_depth, self.order_state, self.meta,
         ]
+
+
+def keys_by_symbol(prefix: str, symbols: Iterable[str]) -> dict[str, InstrumentKeys]:
+    """The keys of every instrument, by symbol."""
+    return {symbol: instrument_keys(prefix, symbol) for symbol in symbols}
 
 
 def instrument_keys(prefix: str, symbol: str) -> InstrumentKeys:

@@ -12,10 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.datastructures import Headers
 from starlette.requests import Request
 
-from services.common.auth import ADMIN, KeyTable, Principal, load_key_table
+from services.common.auth import ADMIN, KeyTable, Principal, key_table_for
 from services.common.book import BOOK_SCRIPT
 from services.common.db import make_engine
-from services.common.keys import InstrumentKeys, instrument_keys
+from services.common.keys import InstrumentKeys, keys_by_symbol
 from services.common.lua import LuaScript
 from services.common.redis_batch import CommandBatcher
 from services.common.redis_conn import connect
@@ -37,12 +37,8 @@ class IngestContext:
     def __init__(self, settings: IngestSettings) -> None:
         self.settings = settings
         self.instruments = settings.instruments
-        self.keys: dict[str, InstrumentKeys] = {
-            symbol: instrument_keys(settings.key_prefix, symbol) for symbol in settings.instruments
-        }
-        self.key_table: KeyTable | None = (
-            load_key_table(settings.api_keys_file) if settings.auth_mode == "on" else None
-        )
+        self.keys: dict[str, InstrumentKeys] = keys_by_symbol(settings.key_prefix, settings.instruments)
+        self.key_table: KeyTable | None = key_table_for(settings.auth_mode, settings.api_keys_file)
         # connect() never resends a command after a connection error (accept.lua without an idempotency
         # key would place the order twice): the client gets a 503 instead.
         self.redis: Redis = connect(settings.redis_url)

@@ -9,7 +9,7 @@ from starlette.responses import Response
 
 from services.common.auth import Principal
 from services.ingest.context import IngestContext
-from services.ingest.errors import ApiError, forbidden, json_response, not_found
+from services.ingest.errors import forbidden, json_response, not_found
 from services.ingest.handling import order_id_of
 from services.ingest.orders_store import Found
 from services.ingest.records import stored_order
@@ -18,48 +18,40 @@ from services.ingest.views import CancelRequested, OrderView, render
 logger = logging.getLogger(__name__)
 
 
-async def _find(ctx: IngestContext, request: Request, principal: Principal) -> Found:
+def _check_owner(principal: Principal, order_id: str, client_id: str) -> None:
+    if not principal.may_act_for(client_id):
+        raise forbidden(f"order {order_id!r} belongs to another client")
+
+
+async def _find(ctx: IngestContext, request: Request, principal: Principal) -> Found | OrderView:
+    """The order's live record in Redis, else its row in PostgreSQL (after a rebuild Redis holds only the
+    open orders); 404 if neither knows it, 403 if it is another client's."""
     order_id = order_id_of(request)
     found = await ctx.store.find(order_id)
-    if found is None:
-        raise not_found(f"no order {order_id!r}")
-    if not principal.may_act_for(found.record.client_id):
-        raise forbidden(f"order {order_id!r} belongs to another client")
-    return found
-
-
-async def _stored(ctx: IngestContext, request: Request, principal: Principal) -> OrderView:
-    """An order Redis no longer holds, from PostgreSQL; 404 if neither knows it."""
-    order_id = order_id_of(request)
+    if found is not None:
+        _check_owner(principal, order_id, found.record.client_id)
+        return found
     view = await stored_order(ctx.db, ctx.instruments, order_id)
     if view is None:
         raise not_found(f"no order {order_id!r}")
-    if not principal.may_act_for(view.client_id):
-        raise forbidden(f"order {order_id!r} belongs to another client")
+    _check_owner(principal, order_id, view.client_id)
     return view
 
 
 async def get_order(ctx: IngestContext, request: Request) -> Response:
-    principal = ctx.authenticate(request)
-    try:
-        found = await _find(ctx, request, principal)
-    except ApiError as err:
-        if err.status != 404:
-            raise
-        return json_response(await _stored(ctx, request, principal))
+    found = await _find(ctx, request, ctx.authenticate(request))
+    if isinstance(found, OrderView):
+        return json_response(found)
     return json_response(render(found.record, found.instrument))
 
 
 async def cancel_order(ctx: IngestContext, request: Request) -> Response:
     """Enqueue the cancel, then wait up to CANCEL_WAIT_MS for the matcher's outcome."""
     principal = ctx.authenticate(request)
-    try:
-        found = await _find(ctx, request, principal)
-    except ApiError as err:
-        if err.status != 404:
-            raise
-        # Redis keeps only live and recent orders: one found in PostgreSQL alone is final.
-        return json_response(await _stored(ctx, request, principal), 409)
+    found = await _find(ctx, request, principal)
+    if isinstance(found, OrderView):
+        # Known to PostgreSQL alone: not in the rebuilt book, so it is final.
+        return json_response(found, 409)
     order_id = found.record.order_id
     outcome = await ctx.store.request_cancel(found.keys, order_id, principal)
     if outcome.kind == "unknown":

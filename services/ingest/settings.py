@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
+from services.common.auth import AuthMode, auth_mode_from_env
 from services.common.db import DEFAULT_DATABASE_URL, database_url
 from services.common.env import (
-    SettingsError,
     env_float,
     env_int,
     env_path,
@@ -18,8 +17,6 @@ from services.common.env import (
     redis_url,
 )
 from services.common.instruments import Instruments, load_instruments
-
-AuthMode = Literal["on", "off"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,15 +44,12 @@ class IngestSettings:
     @classmethod
     def from_env(cls) -> IngestSettings:
         """Build the settings from the environment (see CONTRACT.md for the variables)."""
-        auth_mode = env_str("AUTH_MODE", "on").strip().lower()
-        if auth_mode not in ("on", "off"):
-            raise SettingsError(f"AUTH_MODE={auth_mode!r} must be 'on' or 'off'")
         return cls(
             redis_url=redis_url(),
             key_prefix=redis_key_prefix(),
             instruments=load_instruments(instruments_file()),
             api_keys_file=env_path("API_KEYS_FILE", "config/demo_api_keys.toml"),
-            auth_mode="on" if auth_mode == "on" else "off",
+            auth_mode=auth_mode_from_env(),
             rate_limit_per_sec=env_int("RATE_LIMIT_PER_SEC", 1000, minimum=0),
             rate_limit_burst=env_int("RATE_LIMIT_BURST", 1000, minimum=1),
             max_matcher_lag=env_int("MAX_MATCHER_LAG", 50_000, minimum=0),
