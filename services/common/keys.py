@@ -27,6 +27,7 @@ class InstrumentKeys(msgspec.Struct, frozen=True):
     order_state: str  # hash: order id -> msgpack order record
     meta: str  # hash: sequences and the matcher's position
     snapshot_lock: str  # string: the persister worker taking this interval's book snapshot
+    retention_lock: str  # string: the persister worker trimming this interval's streams and order records
     prefix: str
 
     def idempotency(self, client_id: str, key: str) -> str:
@@ -65,5 +66,6 @@ def instrument_keys(prefix: str, symbol: str) -> InstrumentKeys:
         order_state=f"{prefix}os:{tag}",
         meta=f"{prefix}meta:{tag}",
         snapshot_lock=f"{prefix}snapshot-lock:{tag}",
+        retention_lock=f"{prefix}retention-lock:{tag}",
         prefix=prefix,
     )

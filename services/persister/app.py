@@ -21,6 +21,7 @@ from services.common.snapshots import take_snapshot
 from services.persister.consumer import Persister
 from services.persister.metrics import HealthState, PersisterMetrics
 from services.persister.records import StreamRef
+from services.persister.retention import RetentionPolicy, retention_loop
 from services.persister.settings import PersisterSettings
 from services.persister.streams import GroupStreams
 from services.persister.writer import Writer
@@ -94,14 +95,21 @@ async def run(settings: PersisterSettings, instruments: Instruments,
     if settings.snapshot_interval_s > 0:
         snapshots = asyncio.create_task(snapshot_loop(redis, engine, settings.key_prefix, instruments,
                                                       settings.snapshot_interval_s, settings.consumer, stop))
+    retention = None
+    if settings.retention_interval_s > 0:
+        policy = RetentionPolicy(settings.stream_retention_s, settings.order_retention_s)
+        retention = asyncio.create_task(retention_loop(
+            redis, engine, settings.key_prefix, list(instruments), policy, settings.retention_interval_s,
+            settings.consumer, metrics, stop))
     try:
         streams = GroupStreams(redis, stream_refs(settings.key_prefix, instruments), settings.consumer)
         await Persister(settings, streams, Writer(engine, settings.write_mode), metrics, health).run(stop)
     finally:
-        if snapshots is not None:
-            snapshots.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await snapshots
+        for task in (snapshots, retention):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for sig in signals:
             loop.remove_signal_handler(sig)
         if server is not None:

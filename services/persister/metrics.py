@@ -25,6 +25,10 @@ class PersisterMetrics:
                                ["stream", "group"], registry=r)
         self.group_pending = Gauge("stream_group_pending", "Entries delivered but not acknowledged",
                                    ["stream", "group"], registry=r)
+        self.retention_trimmed = Counter("retention_trimmed_entries", "Stream entries removed by retention",
+                                         ["stream"], registry=r)
+        self.retention_evicted = Counter("retention_evicted_orders", "Final order records evicted from Redis "
+                                         "by retention (PostgreSQL holds them)", registry=r)
         self.db_up = Gauge("persister_database_up", "1 while PostgreSQL accepts writes", registry=r)
         self.db_up.set(1)
 

@@ -41,6 +41,10 @@ class PersisterSettings:
     write_mode: WriteMode = "copy"
     # Seconds between order-book snapshots (0: none); of several workers, one takes each (a Redis lock).
     snapshot_interval_s: float = 0.0
+    # Seconds between retention runs (0: none); of several workers, one does each instrument (a Redis lock).
+    retention_interval_s: float = 0.0
+    stream_retention_s: float = 3600.0  # stream entries younger than this are kept, whatever the groups
+    order_retention_s: float = 3600.0  # final order records stay in Redis this long after their last change
 
     @classmethod
     def from_env(cls) -> PersisterSettings:
@@ -79,6 +83,9 @@ class PersisterSettings:
             db_pool_size=env_int("PERSISTER_DB_POOL", 2, minimum=1),
             write_mode=_write_mode(),
             snapshot_interval_s=env_float("PERSISTER_SNAPSHOT_INTERVAL_S", 60.0),
+            retention_interval_s=_non_negative("PERSISTER_RETENTION_INTERVAL_S", 30.0),
+            stream_retention_s=_non_negative("STREAM_RETENTION_S", 3600.0),
+            order_retention_s=_non_negative("ORDER_RETENTION_S", 3600.0),
         )
 
 
@@ -88,6 +95,13 @@ def _write_mode() -> WriteMode:
         if mode == known:
             return known
     raise SettingsError(f"PERSISTER_WRITE_MODE={mode!r} must be one of {', '.join(WRITE_MODES)}")
+
+
+def _non_negative(name: str, default: float) -> float:
+    value = env_float(name, default)
+    if value < 0:
+        raise SettingsError(f"{name}={value} must not be negative")
+    return value
 
 
 def _metrics_port(index: int) -> int:

@@ -1,0 +1,167 @@
+"""Retention: trim the streams below every consumer group's position and evict persisted final orders.
+
+Streams are trimmed with an exact MINID: the lowest id some group still needs (its oldest pending entry,
+else the entry after its last-delivered one), and never newer than the age window, so replay and
+redis-cli readers keep STREAM_RETENTION_S of history. Order records leave the `os:{I}` hash only when
+they are final, old enough, and PostgreSQL holds the same final status (GET then reads PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import cast
+
+import msgspec
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.common.db import orders
+from services.common.keys import InstrumentKeys, instrument_keys
+from services.common.wire import FINAL_STATUSES, OrderRecord
+from services.persister.metrics import PersisterMetrics
+
+logger = logging.getLogger(__name__)
+
+_RECORD = msgspec.msgpack.Decoder(OrderRecord)
+_FINAL = sorted(FINAL_STATUSES)
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionPolicy:
+    """How long streams and final order records stay in Redis."""
+
+    stream_retention_s: float
+    order_retention_s: float
+    page: int = 500  # HSCAN COUNT, and so the ids checked against PostgreSQL per query
+
+
+@dataclass(slots=True)
+class RetentionResult:
+    """What one run removed for one instrument."""
+
+    trimmed: dict[str, int]  # stream key -> entries removed
+    evicted: int
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _parse(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _format(entry_id: tuple[int, int]) -> str:
+    return f"{entry_id[0]}-{entry_id[1]}"
+
+
+async def redis_now_ms(redis: Redis) -> int:
+    """Redis's own clock: it is the clock that stamped the stream ids."""
+    seconds, micros = await redis.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+async def stream_floor(redis: Redis, stream: str, age_floor: tuple[int, int]) -> tuple[int, int]:
+    """The lowest id any group of `stream` still needs, capped at `age_floor` (entries below it may go)."""
+    floor = age_floor
+    try:
+        groups = await redis.xinfo_groups(stream)
+    except ResponseError:  # no such stream
+        return floor
+    for info in groups:
+        ms, seq = _parse(_text(info["last-delivered-id"]))
+        floor = min(floor, (ms, seq + 1))  # everything up to last-delivered was delivered ...
+        if int(info["pending"]):  # ... but what is pending has not been acknowledged
+            summary = await redis.xpending(stream, _text(info["name"]))
+            if summary["min"] is not None:
+                floor = min(floor, _parse(_text(summary["min"])))
+    return floor
+
+
+async def trim_stream(redis: Redis, stream: str, age_floor: tuple[int, int]) -> int:
+    """XTRIM `stream` exactly to its floor; the number of entries removed."""
+    floor = await stream_floor(redis, stream, age_floor)
+    if floor <= (0, 0):
+        return 0
+    # Exact, not `~`: each run only removes what one interval added, Redis frees whole nodes and just
+    # marks the boundary node's entries deleted, and an exact floor is easy to reason about and test.
+    return int(await redis.xtrim(stream, minid=_format(floor), approximate=False))
+
+
+async def persisted_final(db: AsyncEngine, candidates: dict[str, str]) -> list[str]:
+    """The ids among `candidates` (id -> final status) whose row in PostgreSQL has that same status."""
+    query = select(orders.c.order_id, orders.c.status).where(
+        orders.c.order_id.in_(list(candidates)), orders.c.status.in_(_FINAL),
+        orders.c.last_event_seq.is_not(None))
+    async with db.connect() as conn:
+        rows = (await conn.execute(query)).all()
+    return [order_id for order_id, status in rows if candidates.get(order_id) == status]
+
+
+async def evict_orders(redis: Redis, db: AsyncEngine, key: str, before_ms: int, page: int) -> int:
+    """HDEL the final records of `key` last updated before `before_ms` that PostgreSQL holds."""
+    evicted = 0
+    cursor = 0
+    while True:
+        cursor, entries = await redis.hscan(key, cursor, count=page)
+        candidates: dict[str, str] = {}
+        for field, raw in cast(dict[bytes, bytes], entries).items():
+            record = _RECORD.decode(raw)
+            if record.status in FINAL_STATUSES and record.updated_at < before_ms:
+                candidates[_text(field)] = record.status
+        if candidates:
+            held = await persisted_final(db, candidates)
+            # A final record never changes again, so deleting after the check cannot lose an update.
+            if held:
+                evicted += int(await redis.hdel(key, *held))
+        if cursor == 0:
+            return evicted
+
+
+async def apply_retention(redis: Redis, db: AsyncEngine, keys: InstrumentKeys,
+                          policy: RetentionPolicy) -> RetentionResult:
+    """One retention pass over one instrument's streams and order records."""
+    now = await redis_now_ms(redis)
+    age_floor = (max(0, now - int(policy.stream_retention_s * 1000)), 0)
+    trimmed = {stream: await trim_stream(redis, stream, age_floor)
+               for stream in (keys.orders, keys.trades, keys.events, keys.book)}
+    evicted = await evict_orders(redis, db, keys.order_state, now - int(policy.order_retention_s * 1000),
+                                 policy.page)
+    return RetentionResult(trimmed, evicted)
+
+
+async def retention_loop(redis: Redis, db: AsyncEngine, prefix: str, symbols: list[str], policy: RetentionPolicy,
+                         interval_s: float, consumer: str, metrics: PersisterMetrics, stop: asyncio.Event) -> None:
+    """Apply retention to every instrument every interval_s until `stop`; one worker per instrument and
+    interval (a Redis lock, as for snapshots); failures wait for the next turn."""
+    lock_ms = max(1, int(interval_s * 800))
+    failing = False
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)
+        if stop.is_set():
+            return
+        try:
+            for symbol in symbols:
+                keys = instrument_keys(prefix, symbol)
+                if not await redis.set(keys.retention_lock, consumer, nx=True, px=lock_ms):
+                    continue
+                result = await apply_retention(redis, db, keys, policy)
+                for stream, count in result.trimmed.items():
+                    metrics.retention_trimmed.labels(stream).inc(count)
+                metrics.retention_evicted.inc(result.evicted)
+                logger.info("retention applied", extra={
+                    "event": "retention", "instrument": symbol, "trimmed": result.trimmed,
+                    "trimmed_total": sum(result.trimmed.values()), "evicted_orders": result.evicted})
+            failing = False
+        except (RedisError, SQLAlchemyError, OSError) as exc:
+            if not failing:
+                logger.warning("retention failed: %r", exc, extra={"event": "retention_failed"})
+            failing = True
