@@ -6,22 +6,22 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.db import make_engine
 from services.common.instruments import Instruments
-from services.common.keys import instrument_keys
+from services.common.keys import InstrumentKeys, instrument_keys, keys_by_symbol
 from services.common.ops_http import OpsServer, ops_app
 from services.common.redis_conn import connect
 from services.common.snapshots import take_snapshot
 from services.persister.consumer import Persister
 from services.persister.metrics import HealthState, PersisterMetrics
+from services.persister.periodic import every_instrument
 from services.persister.records import StreamRef
-from services.persister.retention import RetentionPolicy, retention_loop
+from services.persister.retention import RetentionPolicy, retention_job
 from services.persister.settings import PersisterSettings
 from services.persister.streams import GroupStreams
 from services.persister.writer import Writer
@@ -45,33 +45,16 @@ def stream_refs(prefix: str, instruments: Instruments) -> list[StreamRef]:
     return refs
 
 
-async def snapshot_loop(redis: Redis, engine: AsyncEngine, prefix: str, instruments: Instruments,
-                        interval_s: float, consumer: str, stop: asyncio.Event) -> None:
-    """Store every instrument's order book every interval_s until `stop`; failures wait for the next turn.
+def snapshot_job(redis: Redis, engine: AsyncEngine, instruments: Instruments
+                 ) -> Callable[[str, InstrumentKeys], Awaitable[None]]:
+    """Store one instrument's order book (run by periodic.every_instrument)."""
 
-    Every worker runs this loop, whichever workers scaling leaves; a lock per instrument and interval
-    lets one of them take each snapshot.
-    """
-    lock_ms = max(1, int(interval_s * 800))
-    failing = False
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval_s)
-        if stop.is_set():
-            return
-        try:
-            for symbol, instrument in instruments.items():
-                keys = instrument_keys(prefix, symbol)
-                if not await redis.set(keys.snapshot_lock, consumer, nx=True, px=lock_ms):
-                    continue
-                taken = await take_snapshot(redis, engine, instrument, keys)
-                logger.info("order book snapshot stored", extra={"event": "snapshot", "instrument": symbol,
-                                                                 "snapshot_id": taken.id, "book_seq": taken.seq})
-            failing = False
-        except (RedisError, SQLAlchemyError, OSError) as exc:
-            if not failing:
-                logger.warning("order book snapshot failed: %r", exc, extra={"event": "snapshot_failed"})
-            failing = True
+    async def job(symbol: str, keys: InstrumentKeys) -> None:
+        taken = await take_snapshot(redis, engine, instruments[symbol], keys)
+        logger.info("order book snapshot stored", extra={"event": "snapshot", "instrument": symbol,
+                                                         "snapshot_id": taken.id, "book_seq": taken.seq})
+
+    return job
 
 
 async def run(settings: PersisterSettings, instruments: Instruments,
@@ -91,16 +74,18 @@ async def run(settings: PersisterSettings, instruments: Instruments,
         server = OpsServer(ops_app(metrics.registry, lambda: health.running), settings.metrics_host,
                            settings.metrics_port)
         await server.start()
+    keys = keys_by_symbol(settings.key_prefix, instruments)
     snapshots = None
     if settings.snapshot_interval_s > 0:
-        snapshots = asyncio.create_task(snapshot_loop(redis, engine, settings.key_prefix, instruments,
-                                                      settings.snapshot_interval_s, settings.consumer, stop))
+        snapshots = asyncio.create_task(every_instrument(
+            "snapshot", redis, keys, lambda k: k.snapshot_lock, snapshot_job(redis, engine, instruments),
+            settings.snapshot_interval_s, settings.consumer, stop))
     retention = None
     if settings.retention_interval_s > 0:
         policy = RetentionPolicy(settings.stream_retention_s, settings.order_retention_s)
-        retention = asyncio.create_task(retention_loop(
-            redis, engine, settings.key_prefix, list(instruments), policy, settings.retention_interval_s,
-            settings.consumer, metrics, stop))
+        retention = asyncio.create_task(every_instrument(
+            "retention", redis, keys, lambda k: k.retention_lock, retention_job(redis, engine, policy, metrics),
+            settings.retention_interval_s, settings.consumer, stop))
     try:
         streams = GroupStreams(redis, stream_refs(settings.key_prefix, instruments), settings.consumer)
         await Persister(settings, streams, Writer(engine, settings.write_mode), metrics, health).run(stop)

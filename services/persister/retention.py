@@ -8,21 +8,19 @@ they are final, old enough, and PostgreSQL holds the same final status (GET then
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import cast
 
 import msgspec
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.db import orders
-from services.common.keys import InstrumentKeys, instrument_keys
+from services.common.keys import InstrumentKeys
 from services.common.wire import FINAL_STATUSES, OrderRecord
 from services.persister.metrics import PersisterMetrics
 
@@ -137,31 +135,17 @@ async def apply_retention(redis: Redis, db: AsyncEngine, keys: InstrumentKeys,
     return RetentionResult(trimmed, evicted)
 
 
-async def retention_loop(redis: Redis, db: AsyncEngine, prefix: str, symbols: list[str], policy: RetentionPolicy,
-                         interval_s: float, consumer: str, metrics: PersisterMetrics, stop: asyncio.Event) -> None:
-    """Apply retention to every instrument every interval_s until `stop`; one worker per instrument and
-    interval (a Redis lock, as for snapshots); failures wait for the next turn."""
-    lock_ms = max(1, int(interval_s * 800))
-    failing = False
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval_s)
-        if stop.is_set():
-            return
-        try:
-            for symbol in symbols:
-                keys = instrument_keys(prefix, symbol)
-                if not await redis.set(keys.retention_lock, consumer, nx=True, px=lock_ms):
-                    continue
-                result = await apply_retention(redis, db, keys, policy)
-                for stream, count in result.trimmed.items():
-                    metrics.retention_trimmed.labels(stream).inc(count)
-                metrics.retention_evicted.inc(result.evicted)
-                logger.info("retention applied", extra={
-                    "event": "retention", "instrument": symbol, "trimmed": result.trimmed,
-                    "trimmed_total": sum(result.trimmed.values()), "evicted_orders": result.evicted})
-            failing = False
-        except (RedisError, SQLAlchemyError, OSError) as exc:
-            if not failing:
-                logger.warning("retention failed: %r", exc, extra={"event": "retention_failed"})
-            failing = True
+def retention_job(redis: Redis, db: AsyncEngine, policy: RetentionPolicy, metrics: PersisterMetrics
+                  ) -> Callable[[str, InstrumentKeys], Awaitable[None]]:
+    """One instrument's retention pass, counted and logged (run by periodic.every_instrument)."""
+
+    async def job(symbol: str, keys: InstrumentKeys) -> None:
+        result = await apply_retention(redis, db, keys, policy)
+        for stream, count in result.trimmed.items():
+            metrics.retention_trimmed.labels(stream).inc(count)
+        metrics.retention_evicted.inc(result.evicted)
+        logger.info("retention applied", extra={
+            "event": "retention", "instrument": symbol, "trimmed": result.trimmed,
+            "trimmed_total": sum(result.trimmed.values()), "evicted_orders": result.evicted})
+
+    return job

@@ -11,9 +11,10 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.instruments import Instruments
-from services.common.keys import MATCHER_GROUP, InstrumentKeys
+from services.common.keys import MATCHER_GROUP, InstrumentKeys, keys_by_symbol
 from services.persister.metrics import PersisterMetrics
-from services.persister.retention import RetentionPolicy, apply_retention, retention_loop
+from services.persister.periodic import every_instrument
+from services.persister.retention import RetentionPolicy, apply_retention, retention_job
 from tests.conftest import TWO_INSTRUMENTS
 from tests.ingest import conftest as ingest
 from tests.ingest.conftest import BROKER, Engine, EngineFactory
@@ -156,8 +157,10 @@ async def test_loop_runs_once_per_instrument_across_workers(
     metrics = [PersisterMetrics(), PersisterMetrics()]
     stop = asyncio.Event()
     caplog.set_level(logging.INFO, "services.persister.retention")
-    loops = [asyncio.create_task(retention_loop(engine.redis, db, prefix, sorted(instruments), NOW, 0.05,
-                                                f"persister-{n}", m, stop)) for n, m in enumerate(metrics)]
+    all_keys = keys_by_symbol(prefix, sorted(instruments))
+    loops = [asyncio.create_task(every_instrument(
+        "retention", engine.redis, all_keys, lambda k: k.retention_lock, retention_job(engine.redis, db, NOW, m),
+        0.05, f"persister-{n}", stop)) for n, m in enumerate(metrics)]
     try:
         for _ in range(100):
             if await engine.redis.hlen(keys.order_state) == 1:
