@@ -20,6 +20,7 @@ from services.ingest.context import IngestContext
 from services.ingest.errors import ErrorBody, json_response
 from services.ingest.fast_orders import OrdersFastPath
 from services.ingest.handling import Handler, guarded
+from services.ingest.openapi import openapi_endpoint
 from services.ingest.order_reads import cancel_order, get_order
 from services.ingest.orderbook import get_orderbook
 from services.ingest.place_order import place_order
@@ -67,6 +68,7 @@ def create_app(settings: IngestSettings) -> Starlette:
         Route("/admin/settlements", bind(post_settlement), methods=["POST"]),
         Route("/admin/snapshots", bind(post_snapshots), methods=["POST"]),
         Route("/admin/snapshots/latest", bind(get_latest_snapshot), methods=["GET"]),
+        Route("/openapi.json", openapi_endpoint(), methods=["GET"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", bind(health.readyz), methods=["GET"]),
         Route("/metrics", bind(health.metrics), methods=["GET"]),
