@@ -33,6 +33,9 @@ class InstrumentKeys(msgspec.Struct, frozen=True):
     def idempotency(self, client_id: str, key: str) -> str:
         return f"{self.prefix}idem:{{{self.symbol}}}:{client_id}:{key}"
 
+    def client_order_id(self, client_id: str, client_order_id: str) -> str:
+        return f"{self.prefix}coid:{{{self.symbol}}}:{client_id}:{client_order_id}"
+
     def rate_bucket(self, client_id: str) -> str:
         return f"{self.prefix}rate:{{{self.symbol}}}:{client_id}"
 

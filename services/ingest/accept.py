@@ -35,7 +35,11 @@ class Overloaded(msgspec.Struct, frozen=True):
     pass
 
 
-Outcome = Accepted | Replayed | Conflict | RateLimited | Overloaded
+class DuplicateClientOrderId(msgspec.Struct, frozen=True):
+    order_id: str  # the order that already carries the client_order_id
+
+
+Outcome = Accepted | Replayed | Conflict | RateLimited | Overloaded | DuplicateClientOrderId
 
 
 def new_order_view(order: ValidOrder, order_id: str, created_ms: int) -> OrderView:
@@ -97,12 +101,14 @@ async def accept_order(batcher: CommandBatcher, keys: InstrumentKeys, order: Val
                        created_ms: int, answer: bytes, rate_per_sec: int, burst: int, overloaded: bool,
                        idempotency_ttl_s: int) -> Outcome:
     """Rate-limit, deduplicate and enqueue `order` atomically; `answer` is the 201 body to remember."""
-    script_keys = [keys.orders, keys.order_state, keys.rate_bucket(order.client_id)]
-    if order.idempotency_key is not None:
-        script_keys.append(keys.idempotency(order.client_id, order.idempotency_key))
+    # Absent records still get a key name (never read): all keys are passed, all in the instrument's slot.
+    script_keys = [keys.orders, keys.order_state, keys.rate_bucket(order.client_id),
+                   keys.idempotency(order.client_id, order.idempotency_key or ""),
+                   keys.client_order_id(order.client_id, order.client_order_id)]
     args: list[str | bytes | int] = [
         rate_per_sec, burst, "1" if overloaded else "0", order.fingerprint(), answer, idempotency_ttl_s,
-        order_id, _record(order, order_id, created_ms), *_command_fields(order, order_id, created_ms),
+        order_id, _record(order, order_id, created_ms), "1" if order.idempotency_key is not None else "0",
+        "1" if order.client_order_id else "0", *_command_fields(order, order_id, created_ms),
     ]
     reply = await batcher.evalsha(ACCEPT_SCRIPT, script_keys, args)
     kind = reply[0]
@@ -116,4 +122,6 @@ async def accept_order(batcher: CommandBatcher, keys: InstrumentKeys, order: Val
         return RateLimited(int(reply[1]))
     if kind == b"overloaded":
         return Overloaded()
+    if kind == b"duplicate_client_order_id":
+        return DuplicateClientOrderId(reply[1].decode())
     raise RuntimeError(f"accept.lua answered {reply!r}")

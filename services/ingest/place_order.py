@@ -17,6 +17,7 @@ from services.common.redis_batch import BatcherClosed
 from services.ingest.accept import (
     Accepted,
     Conflict,
+    DuplicateClientOrderId,
     Overloaded,
     RateLimited,
     Replayed,
@@ -24,7 +25,7 @@ from services.ingest.accept import (
     new_order_view,
 )
 from services.ingest.context import IngestContext
-from services.ingest.errors import ApiError, forbidden, raw_json_response, unavailable
+from services.ingest.errors import ApiError, ErrorDetail, forbidden, raw_json_response, unavailable
 from services.ingest.handling import read_body, redis_unavailable
 from services.ingest.validation import (
     IDEMPOTENCY_HEADER,
@@ -117,6 +118,11 @@ async def _enqueue(ctx: IngestContext, order: ValidOrder) -> Response:
         raise ApiError(409, "idempotency_conflict",
                        f"idempotency key {order.idempotency_key!r} was used with a different body",
                        reason="conflict")
+    if isinstance(outcome, DuplicateClientOrderId):
+        raise ApiError(409, "duplicate_client_order_id",
+                       f"client_order_id {order.client_order_id!r} already names order {outcome.order_id}",
+                       details=[ErrorDetail("client_order_id", "already used by this client")],
+                       reason="duplicate_client_order_id")
     if isinstance(outcome, RateLimited):
         ctx.metrics.rate_limited.inc()
         retry_s = max(1, -(-outcome.retry_after_ms // 1000))
