@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,16 +29,11 @@ from pathlib import Path
 
 import redis
 
+from scripts.bench_report import free_ports
 from services.common.db import DEFAULT_DATABASE_URL, drop_database, with_database
 from services.common.env import REPO_ROOT
 
 SERVICES = ("ingest", "matcher", "persister", "broadcaster")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def http_ok(url: str) -> bool:
@@ -51,17 +45,19 @@ def http_ok(url: str) -> bool:
 
 
 def engine_env(run_dir: Path, database_url: str) -> dict[str, str]:
+    # All bound at once, so no two services are handed the same port.
+    ingest, broadcaster, matcher, persister, circus, pubsub = free_ports(6)
     return {
         **os.environ,
         "REDIS_KEY_PREFIX": f"measure-{uuid.uuid4().hex[:8]}:",
         "DATABASE_URL": database_url,
         "ENGINE_RUN_DIR": str(run_dir),
-        "INGEST_PORT": str(free_port()),
-        "BROADCASTER_PORT": str(free_port()),
-        "MATCHER_METRICS_PORT": str(free_port()),
-        "PERSISTER_METRICS_PORT": str(free_port()),
-        "CIRCUS_ENDPOINT": f"tcp://127.0.0.1:{free_port()}",
-        "CIRCUS_PUBSUB_ENDPOINT": f"tcp://127.0.0.1:{free_port()}",
+        "INGEST_PORT": str(ingest),
+        "BROADCASTER_PORT": str(broadcaster),
+        "MATCHER_METRICS_PORT": str(matcher),
+        "PERSISTER_METRICS_PORT": str(persister),
+        "CIRCUS_ENDPOINT": f"tcp://127.0.0.1:{circus}",
+        "CIRCUS_PUBSUB_ENDPOINT": f"tcp://127.0.0.1:{pubsub}",
         "RATE_LIMIT_PER_SEC": "0",  # the load below is one client's
     }
 

@@ -14,10 +14,29 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+# Ports handed out by this test process: the kernel may offer the same ephemeral port to two calls made
+# one after the other (each socket is closed before the service binds it), and two services of one
+# engine must never be given the same port.
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on now, and that this test process has not handed out before."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
+
+
+def reserve(ports: range) -> bool:
+    """Claim a block of ports for this test process; False if any was handed out already."""
+    if any(p in _GIVEN for p in ports):
+        return False
+    _GIVEN.update(ports)
+    return True
 
 
 class Service:

@@ -10,7 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.processes import REPO_ROOT, free_port
+from tests.processes import REPO_ROOT, free_port, reserve
 
 
 def free_port_block(count: int) -> int:
@@ -19,12 +19,13 @@ def free_port_block(count: int) -> int:
         base = free_port()
         ports = range(base, base + count)
         try:
-            for port in ports:
+            for port in ports[1:]:
                 with socket.socket() as sock:
                     sock.bind(("127.0.0.1", port))
         except OSError:
             continue
-        return base
+        if reserve(ports[1:]):
+            return base
     raise RuntimeError("no block of free ports")
 
 
