@@ -28,6 +28,10 @@ class MatcherMetrics:
         self.depth = Gauge("current_orderbook_depth", "Resting orders in the book",
                            ["instrument", "side"], registry=r)
         self.levels = Gauge("orderbook_levels", "Price levels in the book", ["instrument", "side"], registry=r)
+        self.behind_database = Gauge(
+            "matcher_state_behind_database",
+            "1 when Redis came back older than PostgreSQL at start (sequences would repeat stored rows)",
+            ["instrument"], registry=r)
         self.lag = Gauge("stream_group_lag", "Entries the group has not read yet", ["stream", "group"],
                          registry=r)
         self.pending = Gauge("stream_group_pending", "Entries read but not acknowledged", ["stream", "group"],

@@ -294,3 +294,41 @@ async def recover_instrument(redis: Redis, instrument: Instrument, keys: Instrum
     )
     logger.info("recovery finished: book rebuilt from postgresql", extra=asdict(done))
     return done
+
+
+async def redis_behind_database(redis: Redis, instrument: Instrument, keys: InstrumentKeys, database_url: str,
+                                connect_timeout_s: float = 2.0) -> bool | None:
+    """With Redis state present: whether PostgreSQL holds trade or event sequences beyond it; None when
+    PostgreSQL cannot be asked (matching never waits for this check).
+
+    Redis comes back older than PostgreSQL when it is restored from an RDB file, or from an AOF fsynced
+    every second after a host crash. Its next sequences would then repeat stored ones, and the persister's
+    ON CONFLICT DO NOTHING would drop those new trades and events without a word: this makes it loud.
+    """
+    meta_trade, meta_event = await redis.hmget(keys.meta, ["trade_seq", "event_seq"])
+    engine = recovery_engine(database_url, connect_timeout_s)
+    try:
+        async with engine.connect() as conn:
+            max_trade, max_event, _, _ = (await conn.execute(_sequences_query(instrument.symbol))).one()
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) in NOTHING_PERSISTED:
+            return False
+        logger.warning("could not compare redis with postgresql: %s", exc, extra={"instrument": instrument.symbol})
+        return None
+    except DB_ERRORS as exc:
+        logger.warning("could not compare redis with postgresql: %r", exc, extra={"instrument": instrument.symbol})
+        return None
+    finally:
+        await engine.dispose()
+    redis_seqs = (int(meta_trade or 0), int(meta_event or 0))
+    stored_seqs = (int(max_trade or 0), int(max_event or 0))
+    behind = stored_seqs[0] > redis_seqs[0] or stored_seqs[1] > redis_seqs[1]
+    if behind:
+        logger.critical(
+            "redis state is older than postgresql: new trades and events would reuse stored sequences and be "
+            "dropped by the persister; stop trading this instrument and restore Redis, or delete its matcher "
+            "state so that the book is rebuilt from postgresql", extra={
+                "event": "redis_behind_database", "instrument": instrument.symbol,
+                "redis_trade_seq": redis_seqs[0], "stored_trade_seq": stored_seqs[0],
+                "redis_event_seq": redis_seqs[1], "stored_event_seq": stored_seqs[1]})
+    return behind

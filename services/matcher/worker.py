@@ -15,7 +15,7 @@ from services.common.groups import group_lag
 from services.common.keys import MATCHER_GROUP, instrument_keys
 from services.matcher.engine import InstrumentMatcher
 from services.matcher.metrics import MatcherMetrics
-from services.matcher.recovery import recover_instrument
+from services.matcher.recovery import recover_instrument, redis_behind_database, state_lost
 from services.matcher.settings import MatcherSettings
 
 logger = logging.getLogger(__name__)
@@ -57,8 +57,12 @@ class Matcher:
     async def _prepare_engine(self, engine: InstrumentMatcher) -> None:
         # Recovery comes first: match.lua cannot read before ensure_group re-creates the group, so no
         # command of a wiped Redis is matched against an empty book.
-        await recover_instrument(self.redis, engine.instrument, engine.keys, self.settings.database_url,
-                                 backoff_max_s=self.settings.recovery_backoff_max_s)
+        rebuilt = await recover_instrument(self.redis, engine.instrument, engine.keys, self.settings.database_url,
+                                           backoff_max_s=self.settings.recovery_backoff_max_s)
+        if rebuilt is None and not await state_lost(self.redis, engine.keys):
+            behind = await redis_behind_database(self.redis, engine.instrument, engine.keys,
+                                                 self.settings.database_url)
+            self.metrics.behind_database.labels(engine.instrument.symbol).set(1 if behind else 0)
         await engine.prepare()
 
     async def run(self) -> None:
