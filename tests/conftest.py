@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
+import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-import redis as sync_redis
 from redis.asyncio import Redis
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from services.common.db import create_database, drop_database, with_database
+from scripts.preflight import docker_engine, redis_answers
+from services.common.db import create_database, drop_database, migrate, with_database
 from services.common.instruments import Instruments, load_instruments
 from services.common.redis_conn import connect
 
@@ -23,25 +22,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TWO_INSTRUMENTS = REPO_ROOT / "tests" / "data" / "two_instruments.toml"
 
 
-def _answers(url: str) -> bool:
-    try:
-        return bool(sync_redis.Redis.from_url(url, socket_connect_timeout=1).ping())
-    except sync_redis.RedisError:
-        return False
-
-
-def _docker_engine() -> bool:
-    docker = shutil.which("docker")
-    return bool(docker) and subprocess.run([docker, "info"], capture_output=True).returncode == 0
-
-
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    if _answers(url):
+    if redis_answers(url):
         yield url
         return
-    if "REDIS_URL" not in os.environ and _docker_engine():
+    if "REDIS_URL" not in os.environ and docker_engine():
         from testcontainers.redis import RedisContainer
 
         with RedisContainer("redis:7.0") as container:
@@ -80,10 +67,7 @@ DEFAULT_PG_SERVER = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 
 
 def _pg_answers(url: str) -> bool:
-    import socket
-
-    from sqlalchemy.engine import make_url
-
+    # A TCP check, not preflight.postgres_answers: that one runs its own event loop.
     parsed = make_url(url)
     try:
         with socket.create_connection((parsed.host or "127.0.0.1", parsed.port or 5432), timeout=1):
@@ -99,7 +83,7 @@ def postgres_server_url() -> Iterator[str]:
     if _pg_answers(url):
         yield url
         return
-    if "DATABASE_URL" not in os.environ and _docker_engine():
+    if "DATABASE_URL" not in os.environ and docker_engine():
         from testcontainers.postgres import PostgresContainer
 
         with PostgresContainer("postgres:15", driver="asyncpg") as container:
@@ -111,7 +95,6 @@ def postgres_server_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 async def database_url(postgres_server_url: str) -> AsyncIterator[str]:
     """A fresh database `test_<random>` for this session, migrated with Alembic, dropped at the end."""
-    from services.common.db import drop_database, migrate, with_database
 
     url = with_database(postgres_server_url, f"test_{uuid.uuid4().hex[:12]}")
     await migrate(url)

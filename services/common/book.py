@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from services.common.instruments import Instrument
 from services.common.keys import InstrumentKeys
 from services.common.lua import LuaScript
+from services.common.wire import text
 
 BOOK_SCRIPT = LuaScript("services.common", "book.lua")
 MAX_LEVELS = 1000
@@ -37,18 +38,14 @@ def book_script_keys(keys: InstrumentKeys) -> list[str]:
     return [keys.bid_levels, keys.ask_levels, keys.bid_depth, keys.ask_depth, keys.meta]
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _side(instrument: Instrument, flat: list[Any]) -> list[BookLevel]:
     levels: list[BookLevel] = []
     cumulative = 0
     for i in range(0, len(flat), 2):
-        lots = int(_text(flat[i + 1]))
+        lots = int(text(flat[i + 1]))
         cumulative += lots
         levels.append(BookLevel(
-            price=instrument.price_text(int(_text(flat[i]))),
+            price=instrument.price_text(int(text(flat[i]))),
             quantity=instrument.quantity_text(lots),
             cumulative=instrument.quantity_text(cumulative),
         ))
@@ -59,7 +56,7 @@ def parse_book(instrument: Instrument, reply: list[Any]) -> BookSnapshot:
     """Turn book.lua's reply (integer ticks and lots) into a snapshot with decimal strings."""
     return BookSnapshot(
         instrument=instrument.symbol,
-        seq=int(_text(reply[0])),
+        seq=int(text(reply[0])),
         bids=_side(instrument, reply[1]),
         asks=_side(instrument, reply[2]),
     )

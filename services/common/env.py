@@ -40,18 +40,6 @@ def env_float(name: str, default: float) -> float:
         raise SettingsError(f"{name}={raw!r} is not a number") from exc
 
 
-def env_bool(name: str, default: bool) -> bool:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    lowered = raw.strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off"}:
-        return False
-    raise SettingsError(f"{name}={raw!r} is not a boolean")
-
-
 def env_path(name: str, default: str) -> Path:
     path = Path(os.environ.get(name) or default)
     return path if path.is_absolute() else REPO_ROOT / path

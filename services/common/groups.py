@@ -5,6 +5,8 @@ from __future__ import annotations
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from services.common.wire import text
+
 
 async def ensure_group(redis: Redis, stream: str, group: str) -> None:
     """Create `group` on `stream` from id 0 (never `$`: a group sees every entry since the stream began)."""
@@ -23,7 +25,7 @@ async def group_lag(redis: Redis, stream: str, group: str) -> tuple[int, int] | 
         return None
     for info in groups:
         name = info["name"]
-        if (name.decode() if isinstance(name, bytes) else name) == group:
+        if text(name) == group:
             lag = info.get("lag")
             # Redis reports no lag when it cannot tell (entries deleted); count it as all unread.
             if lag is None:

@@ -127,9 +127,11 @@ class BookEntry(msgspec.Struct, frozen=True):
     ts: str
 
 
+def text(value: bytes | str | int) -> str:
+    """A Redis reply value as text, whatever the client's decode_responses setting."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def fields_to_dict(fields: dict[bytes, bytes] | dict[str, str]) -> dict[str, str]:
     """A stream entry's fields as str -> str, whatever the client's decode_responses setting."""
-    return {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-        for k, v in fields.items()
-    }
+    return {text(k): text(v) for k, v in fields.items()}

@@ -7,10 +7,9 @@ import msgspec
 from services.common.keys import InstrumentKeys
 from services.common.lua import LuaScript
 from services.common.redis_batch import CommandBatcher
-from services.common.times import iso_ms
 from services.common.wire import NewOrderCommand, OrderRecord
 from services.ingest.validation import ValidOrder
-from services.ingest.views import OrderView, encode_record
+from services.ingest.views import encode_record
 
 ACCEPT_SCRIPT = LuaScript("services.ingest", "accept.lua")
 
@@ -42,43 +41,24 @@ class DuplicateClientOrderId(msgspec.Struct, frozen=True):
 Outcome = Accepted | Replayed | Conflict | RateLimited | Overloaded | DuplicateClientOrderId
 
 
-def new_order_view(order: ValidOrder, order_id: str, created_ms: int) -> OrderView:
-    """The 201 answer: the order as it stands once on the stream."""
-    instrument = order.instrument
-    created = iso_ms(created_ms)
-    return OrderView(
-        order_id=order_id,
-        client_order_id=order.client_order_id or None,
-        client_id=order.client_id,
-        instrument=instrument.symbol,
-        side=order.side,
-        type=order.type,
-        time_in_force=order.time_in_force,
-        post_only=order.post_only,
-        price=instrument.price_text(order.price_ticks) if order.type == "limit" else None,
-        quantity=instrument.quantity_text(order.quantity_lots),
-        filled_quantity="0",
-        remaining_quantity=instrument.quantity_text(order.quantity_lots),
-        average_price=None,
-        status="accepted",
-        reason=None,
-        created_at=created,
-        updated_at=created,
+def accepted_record(order: ValidOrder, order_id: str, created_ms: int) -> OrderRecord:
+    """The order as it stands once on the stream: what ingest stores, answers (201) and enqueues."""
+    return OrderRecord(
+        order_id=order_id, client_id=order.client_id, client_order_id=order.client_order_id,
+        side=order.side, type=order.type, time_in_force=order.time_in_force,
+        post_only=1 if order.post_only else 0, price_ticks=order.price_ticks,
+        quantity_lots=order.quantity_lots, filled_lots=0, status="accepted", reason="",
+        created_at=created_ms, updated_at=created_ms, arrival_seq=0, notional_hi=0, notional_lo=0,
     )
 
 
-def _command_fields(order: ValidOrder, order_id: str, created_ms: int) -> list[str]:
+def _command_fields(record: OrderRecord) -> list[str]:
+    """The orders-stream entry of a new order: NewOrderCommand's fields, flat, integers as text."""
     command = NewOrderCommand(
-        order_id=order_id,
-        client_id=order.client_id,
-        client_order_id=order.client_order_id,
-        side=order.side,
-        type=order.type,
-        time_in_force=order.time_in_force,
-        post_only="1" if order.post_only else "0",
-        price_ticks=str(order.price_ticks),
-        quantity_lots=str(order.quantity_lots),
-        created_at=str(created_ms),
+        order_id=record.order_id, client_id=record.client_id, client_order_id=record.client_order_id,
+        side=record.side, type=record.type, time_in_force=record.time_in_force,
+        post_only="1" if record.post_only else "0", price_ticks=str(record.price_ticks),
+        quantity_lots=str(record.quantity_lots), created_at=str(record.created_at),
     )
     fields = ["cmd", "new"]
     for name in command.__struct_fields__:
@@ -87,28 +67,22 @@ def _command_fields(order: ValidOrder, order_id: str, created_ms: int) -> list[s
     return fields
 
 
-def _record(order: ValidOrder, order_id: str, created_ms: int) -> bytes:
-    return encode_record(OrderRecord(
-        order_id=order_id, client_id=order.client_id, client_order_id=order.client_order_id,
-        side=order.side, type=order.type, time_in_force=order.time_in_force,
-        post_only=1 if order.post_only else 0, price_ticks=order.price_ticks,
-        quantity_lots=order.quantity_lots, filled_lots=0, status="accepted", reason="",
-        created_at=created_ms, updated_at=created_ms, arrival_seq=0, notional_hi=0, notional_lo=0,
-    ))
-
-
-async def accept_order(batcher: CommandBatcher, keys: InstrumentKeys, order: ValidOrder, *, order_id: str,
-                       created_ms: int, answer: bytes, rate_per_sec: int, burst: int, overloaded: bool,
+async def accept_order(batcher: CommandBatcher, keys: InstrumentKeys, order: ValidOrder, record: OrderRecord, *,
+                       answer: bytes, rate_per_sec: int, burst: int, overloaded: bool,
                        idempotency_ttl_s: int) -> Outcome:
-    """Rate-limit, deduplicate and enqueue `order` atomically; `answer` is the 201 body to remember."""
+    """Rate-limit, deduplicate and enqueue `order` (stored as `record`) atomically; `answer` is the 201 body
+    to remember."""
     # Absent records still get a key name (never read): all keys are passed, all in the instrument's slot.
     script_keys = [keys.orders, keys.order_state, keys.rate_bucket(order.client_id),
                    keys.idempotency(order.client_id, order.idempotency_key or ""),
                    keys.client_order_id(order.client_id, order.client_order_id)]
+    keyed = order.idempotency_key is not None
     args: list[str | bytes | int] = [
-        rate_per_sec, burst, "1" if overloaded else "0", order.fingerprint(), answer, idempotency_ttl_s,
-        order_id, _record(order, order_id, created_ms), "1" if order.idempotency_key is not None else "0",
-        "1" if order.client_order_id else "0", *_command_fields(order, order_id, created_ms),
+        # The fingerprint and the answer are read only to store or check an idempotency record.
+        rate_per_sec, burst, "1" if overloaded else "0", order.fingerprint() if keyed else "",
+        answer if keyed else "", idempotency_ttl_s,
+        record.order_id, encode_record(record), "1" if keyed else "0",
+        "1" if order.client_order_id else "0", *_command_fields(record),
     ]
     reply = await batcher.evalsha(ACCEPT_SCRIPT, script_keys, args)
     kind = reply[0]

@@ -23,11 +23,12 @@ from services.ingest.errors import (
     too_large,
     unavailable,
 )
+from services.ingest.validation import ID_PATTERN
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[Request], Awaitable[Response]]
-_ORDER_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_ORDER_ID = re.compile(ID_PATTERN)
 
 
 def _check_declared_length(headers: Headers, limit: int) -> None:

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from services.common.keys import MATCHER_GROUP
+from services.common.wire import text
 from services.ingest.context import SCRIPTS, IngestContext
 from services.ingest.errors import json_response
 
@@ -43,7 +44,7 @@ async def _missing(ctx: IngestContext) -> list[str]:
             groups = []
         except (RedisError, OSError):
             return ["redis"]
-        names = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"] for g in groups}
+        names = {text(g["name"]) for g in groups}
         if MATCHER_GROUP not in names:
             missing.append(f"{MATCHER_GROUP} group on {keys.orders}")
     return missing

@@ -22,7 +22,7 @@ from services.ingest.accept import (
     RateLimited,
     Replayed,
     accept_order,
-    new_order_view,
+    accepted_record,
 )
 from services.ingest.context import IngestContext
 from services.ingest.errors import ApiError, ErrorDetail, forbidden, raw_json_response, unavailable
@@ -34,7 +34,7 @@ from services.ingest.validation import (
     resolve_idempotency_key,
     validate_order,
 )
-from services.ingest.views import encode_view
+from services.ingest.views import encode_view, render
 
 logger = logging.getLogger(__name__)
 
@@ -96,11 +96,12 @@ async def _checked_order(ctx: IngestContext, headers: Headers, await_body: Calla
 async def _enqueue(ctx: IngestContext, order: ValidOrder) -> Response:
     settings = ctx.settings
     symbol = order.instrument.symbol
-    order_id = new_order_id()
     created_ms = time.time_ns() // 1_000_000
-    answer = encode_view(new_order_view(order, order_id, created_ms))
+    record = accepted_record(order, new_order_id(created_ms), created_ms)
+    order_id = record.order_id
+    answer = encode_view(render(record, order.instrument))
     outcome = await accept_order(
-        ctx.batcher, ctx.keys[symbol], order, order_id=order_id, created_ms=created_ms, answer=answer,
+        ctx.batcher, ctx.keys[symbol], order, record, answer=answer,
         rate_per_sec=settings.rate_limit_per_sec, burst=settings.rate_limit_burst,
         overloaded=ctx.lag.overloaded(symbol), idempotency_ttl_s=settings.idempotency_ttl_s,
     )

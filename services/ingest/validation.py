@@ -15,11 +15,12 @@ from services.common.wire import OrderType, Side, TimeInForce
 from services.ingest.errors import ErrorDetail, bad_request, invalid
 
 ID_PATTERN = "^[A-Za-z0-9._:-]{1,64}$"
-KEY_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+KEY_TEXT_PATTERN = "^[A-Za-z0-9._:-]{1,128}$"
+KEY_PATTERN = re.compile(KEY_TEXT_PATTERN)
 IDEMPOTENCY_HEADER = "idempotency-key"
 
 ClientId = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
-IdempotencyKey = Annotated[str, msgspec.Meta(pattern="^[A-Za-z0-9._:-]{1,128}$")]
+IdempotencyKey = Annotated[str, msgspec.Meta(pattern=KEY_TEXT_PATTERN)]
 Symbol = Annotated[str, msgspec.Meta(max_length=64)]
 
 
@@ -142,7 +143,7 @@ def _check_type(request: OrderRequest, instrument: Instrument,
 
 def _check_quantity(quantity: Decimal, instrument: Instrument, details: list[ErrorDetail]) -> int:
     lots = _units("quantity", quantity, instrument.lot, instrument.max_quantity, details)
-    if lots and quantity < instrument.min_quantity:
+    if lots and lots < instrument.min_lots:
         details.append(ErrorDetail("quantity", f"must be at least {plain(instrument.min_quantity)}"))
         return 0
     return lots

@@ -9,6 +9,7 @@ from services.common.groups import ensure_group
 from services.common.instruments import Instrument
 from services.common.keys import MATCHER_GROUP, InstrumentKeys
 from services.common.lua import LuaScript
+from services.common.wire import text
 
 MATCH_SCRIPT = LuaScript("services.matcher", "match.lua")
 
@@ -44,8 +45,7 @@ class InstrumentMatcher:
     async def step(self) -> BatchResult:
         """Apply up to batch_size waiting commands; applied == 0 when none were waiting."""
         reply = await MATCH_SCRIPT(self.redis, self._script_keys, self._script_args)
-        last_id = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
-        return BatchResult(int(reply[0]), last_id, *(int(n) for n in reply[2:8]))
+        return BatchResult(int(reply[0]), text(reply[1]), *(int(n) for n in reply[2:8]))
 
     async def drain(self) -> int:
         """Apply every waiting command; returns how many (tests and recovery use this)."""

@@ -62,8 +62,8 @@ local function int_text(n)
   return string.format('%d', n)
 end
 
-local function place_point(units, mult, places, strip)
-  local digits = int_text(units * mult)
+-- Integer digits with a decimal point `places` from the right; `strip` drops trailing zeros.
+local function point(digits, places, strip)
   if places == 0 then return digits end
   if #digits <= places then digits = string.rep('0', places - #digits + 1) .. digits end
   local whole, frac = digits:sub(1, #digits - places), digits:sub(#digits - places + 1)
@@ -72,6 +72,10 @@ local function place_point(units, mult, places, strip)
     if frac == '' then return whole end
   end
   return whole .. '.' .. frac
+end
+
+local function place_point(units, mult, places, strip)
+  return point(int_text(units * mult), places, strip)
 end
 
 local function price_text(ticks)
@@ -92,12 +96,7 @@ local function quote_text(hi, lo)
   hi = hi * QUOTE_MULT + carry
   local digits
   if hi > 0 then digits = int_text(hi) .. string.format('%06d', lo) else digits = int_text(lo) end
-  if QUOTE_PLACES == 0 then return digits end
-  if #digits <= QUOTE_PLACES then digits = string.rep('0', QUOTE_PLACES - #digits + 1) .. digits end
-  local whole, frac = digits:sub(1, #digits - QUOTE_PLACES), digits:sub(#digits - QUOTE_PLACES + 1)
-  frac = frac:gsub('0+$', '')
-  if frac == '' then return whole end
-  return whole .. '.' .. frac
+  return point(digits, QUOTE_PLACES, true)
 end
 
 -- Order records: cached for the call, written back once at the end ----------------------------
@@ -162,7 +161,8 @@ local function note_level(side, ticks, lots)
     at = #level_changes + 1
     level_index[key] = at
   end
-  level_changes[at] = {side, price_text(ticks), qty_text(lots)}
+  -- Formatted once, when the book entry is written: a level can change many times in one call.
+  level_changes[at] = {side, ticks, lots}
 end
 
 local function change_depth(side, ticks, delta)
@@ -179,6 +179,9 @@ local function change_depth(side, ticks, delta)
   note_level(side, ticks, total)
 end
 
+-- "<16-digit arrival seq>:<order id>" (recovery.py's _member writes the same): equal prices sort by
+-- arrival, and the order id starts at MEMBER_ID_AT.
+local MEMBER_ID_AT = 18
 local function member_of(o)
   return string.format('%016d:', o.arrival) .. o.id
 end
@@ -333,7 +336,7 @@ local function match(o)
     for i = 1, #heads, 2 do
       local ticks = keys.sign * tonumber(heads[i + 1])
       if not crosses(o, ticks) then return end
-      local maker_id = string.sub(heads[i], 18)
+      local maker_id = string.sub(heads[i], MEMBER_ID_AT)
       local maker = load_order(maker_id)
       local lots = math.min(o.qty - o.filled, maker.qty - maker.filled)
       add_fill(maker, ticks, lots)
@@ -440,6 +443,9 @@ end
 if #batch > 0 then redis.call('HSET', K_STATE, unpack(batch)) end
 
 if #level_changes > 0 then
+  for _, change in ipairs(level_changes) do
+    change[2], change[3] = price_text(change[2]), qty_text(change[3])
+  end
   book_seq = book_seq + 1
   redis.call('XADD', K_BOOK, '*', 'seq', int_text(book_seq), 'instrument', SYMBOL,
     'changes', cjson.encode(level_changes), 'ts', now_text)

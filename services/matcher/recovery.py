@@ -34,7 +34,6 @@ from sqlalchemy.pool import NullPool
 from services.common.db import order_events, orderbook_snapshots, orders, trades
 from services.common.instruments import NOTIONAL_LIMB, Instrument
 from services.common.keys import InstrumentKeys
-from services.common.money import EXACT, to_units
 from services.common.wire import OrderRecord
 
 logger = logging.getLogger(__name__)
@@ -140,8 +139,8 @@ def order_record(instrument: Instrument, row: Any, arrival: int) -> OrderRecord:
         price = instrument.price_ticks(row.price)
         quantity = instrument.quantity_lots(row.quantity)
         filled = instrument.quantity_lots(row.filled_quantity)
-        # filled_quote is the exact sum of price x quantity over the fills: ticks x lots times tick x lot.
-        notional = to_units(Decimal(row.filled_quote), EXACT.multiply(instrument.tick, instrument.lot))
+        # filled_quote is the exact sum of price x quantity over the fills.
+        notional = instrument.notional_of(Decimal(row.filled_quote))
     except ValueError as exc:
         raise UnusableRow(f"order {row.order_id!r}: {exc}") from exc
     if not 0 <= filled < quantity or price < 1 or notional < 0:
@@ -201,6 +200,7 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 
 def _member(record: OrderRecord) -> str:
+    # The same member layout as match.lua's member_of (MEMBER_ID_AT there depends on it).
     return f"{record.arrival_seq:016d}:{record.order_id}"
 
 

@@ -10,7 +10,7 @@ from typing import Any, Literal
 import msgspec
 
 from services.common.instruments import Instrument
-from services.common.money import EXACT, parse_decimal, to_units
+from services.common.money import EXACT, parse_decimal
 from services.common.wire import EventEntry, TradeEntry
 
 StreamKind = Literal["trades", "events"]
@@ -84,7 +84,7 @@ def average_price(instrument: Instrument, filled_quote: Decimal, filled_quantity
         return None
     try:
         lots = instrument.quantity_lots(filled_quantity)
-        notional = to_units(filled_quote, EXACT.multiply(instrument.tick, instrument.lot))
+        notional = instrument.notional_of(filled_quote)
     except ValueError as exc:
         raise MalformedEntry(f"filled {filled_quantity} for {filled_quote}: {exc}") from exc
     text = instrument.average_price_text(notional, lots)

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.db import orders
 from services.common.keys import InstrumentKeys
-from services.common.wire import FINAL_STATUSES, OrderRecord
+from services.common.wire import FINAL_STATUSES, OrderRecord, text
 from services.persister.metrics import PersisterMetrics
 
 logger = logging.getLogger(__name__)
@@ -47,10 +47,6 @@ class RetentionResult:
     evicted: int
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _parse(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
@@ -74,12 +70,12 @@ async def stream_floor(redis: Redis, stream: str, age_floor: tuple[int, int]) ->
     except ResponseError:  # no such stream
         return floor
     for info in groups:
-        ms, seq = _parse(_text(info["last-delivered-id"]))
+        ms, seq = _parse(text(info["last-delivered-id"]))
         floor = min(floor, (ms, seq + 1))  # everything up to last-delivered was delivered ...
         if int(info["pending"]):  # ... but what is pending has not been acknowledged
-            summary = await redis.xpending(stream, _text(info["name"]))
+            summary = await redis.xpending(stream, text(info["name"]))
             if summary["min"] is not None:
-                floor = min(floor, _parse(_text(summary["min"])))
+                floor = min(floor, _parse(text(summary["min"])))
     return floor
 
 
@@ -113,7 +109,7 @@ async def evict_orders(redis: Redis, db: AsyncEngine, key: str, before_ms: int, 
         for field, raw in cast(dict[bytes, bytes], entries).items():
             record = _RECORD.decode(raw)
             if record.status in FINAL_STATUSES and record.updated_at < before_ms:
-                candidates[_text(field)] = record.status
+                candidates[text(field)] = record.status
         if candidates:
             held = await persisted_final(db, candidates)
             # A final record never changes again, so deleting after the check cannot lose an update.

@@ -13,21 +13,13 @@ from redis.typing import StreamIdT
 
 from services.common.groups import ensure_group
 from services.common.keys import PERSISTER_GROUP
+from services.common.wire import fields_to_dict, text
 from services.persister.records import Entry, StreamRef
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _fields(raw: dict[Any, Any] | None) -> dict[str, str] | None:
-    if raw is None:
-        return None
-    return {_text(k): _text(v) for k, v in raw.items()}
-
-
-class TrimmedEntry(Exception):
-    """A pending entry whose data the stream no longer holds (trimmed past the group)."""
+    # None: a pending entry whose data the stream no longer holds (trimmed past the group).
+    return None if raw is None else fields_to_dict(raw)
 
 
 class GroupStreams:
@@ -49,13 +41,13 @@ class GroupStreams:
         entries: list[Entry] = []
         trimmed: list[tuple[StreamRef, str]] = []
         for stream, items in reply or []:
-            ref = self.refs[_text(stream)]
+            ref = self.refs[text(stream)]
             for entry_id, raw in items:
                 fields = _fields(raw)
                 if fields:
-                    entries.append(Entry(ref, _text(entry_id), fields))
+                    entries.append(Entry(ref, text(entry_id), fields))
                 else:
-                    trimmed.append((ref, _text(entry_id)))
+                    trimmed.append((ref, text(entry_id)))
         return entries, trimmed
 
     async def read(self, cursors: dict[str, str], count: int, block_ms: int | None) -> tuple[
@@ -70,8 +62,8 @@ class GroupStreams:
         """One XAUTOCLAIM page: (next cursor, entries now ours). Deleted ids leave the PEL by themselves."""
         reply = await self.redis.xautoclaim(ref.key, self.group, self.consumer, min_idle_ms,
                                             start_id=start, count=count)
-        entries = [Entry(ref, _text(i), f) for i, raw in reply[1] if raw and (f := _fields(raw))]
-        return _text(reply[0]), entries
+        entries = [Entry(ref, text(i), f) for i, raw in reply[1] if raw and (f := _fields(raw))]
+        return text(reply[0]), entries
 
     async def ack(self, pairs: Iterable[tuple[StreamRef, str]]) -> None:
         by_stream: dict[str, list[str]] = defaultdict(list)

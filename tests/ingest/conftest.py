@@ -75,10 +75,13 @@ EngineFactory = Callable[..., Awaitable[Engine]]
 
 
 @pytest.fixture
-def ingest_settings(redis_url: str, key_prefix: str, instruments: Instruments) -> IngestSettings:
+def ingest_settings(redis_url: str, key_prefix: str, instruments: Instruments, database_url: str
+                    ) -> IngestSettings:
+    # The session's own migrated database (never the default `trading` one a live engine may use): reads of
+    # orders Redis does not hold fall back to it.
     return IngestSettings(
         redis_url=redis_url, key_prefix=key_prefix, instruments=instruments, api_keys_file=DEMO_KEYS,
-        lag_poll_interval_s=0.02, cancel_wait_ms=1000,
+        lag_poll_interval_s=0.02, cancel_wait_ms=1000, database_url=database_url,
     )
 
 

@@ -34,8 +34,6 @@ class Engine:
     services: dict[str, Service]
     facts: dict[str, str] = field(default_factory=dict)  # ids the traffic produced
 
-    def log_lines(self, name: str) -> list[str]:
-        return self.services[name].log_path.read_text().splitlines()
 
 
 def get(url: str) -> tuple[int, str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -15,6 +14,7 @@ from pathlib import Path
 from services.common.instruments import Instruments
 from services.persister.app import run
 from services.persister.settings import PersisterSettings
+from tests.processes import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,12 +30,6 @@ async def workers(settings: PersisterSettings, instruments: Instruments, n: int 
     finally:
         stop.set()
         await asyncio.gather(*tasks)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def spawn(settings: PersisterSettings, log: Path, **env: str) -> subprocess.Popen[bytes]:

@@ -31,6 +31,7 @@ from tests.persister.workload import (
     wait_until_persisted,
     wait_until_read,
 )
+from tests.processes import free_port
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -73,7 +74,7 @@ async def test_sigkill_mid_batch_then_restart_loses_and_doubles_nothing(
     persisted_at_kill = sum(await counts(db))
     assert persisted_at_kill < total, "the worker finished before it was killed: make the workload bigger"
 
-    port = 19000 + (hash(key_prefix) % 5000)
+    port = free_port()
     second = spawn(settings, log, PERSISTER_METRICS_PORT=str(port))
     try:
         await wait_until_persisted(db, want, 30)
