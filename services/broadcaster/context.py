@@ -34,7 +34,7 @@ class BroadcasterContext:
         self.metrics = BroadcasterMetrics()
         self.hub = Hub()
         self.reader = StreamReader(self.redis, self.keys, self.hub, self.metrics, settings.read_count,
-                                   settings.read_block_ms)
+                                   settings.read_block_ms, settings.read_linger_ms)
         self._reader_task: asyncio.Task[None] | None = None
 
     def authenticate(self, api_key: str) -> Principal | None:

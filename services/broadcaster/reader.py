@@ -33,12 +33,13 @@ class StreamReader:
     """Follows the streams and hands each entry to the hub, encoded once, only if someone listens."""
 
     def __init__(self, redis: Redis, keys: dict[str, InstrumentKeys], hub: Hub, metrics: BroadcasterMetrics,
-                 count: int, block_ms: int) -> None:
+                 count: int, block_ms: int, linger_ms: int = 0) -> None:
         self.redis = redis
         self.hub = hub
         self.metrics = metrics
         self.count = count
         self.block_ms = block_ms
+        self.linger_s = linger_ms / 1000
         self._routes: dict[bytes, tuple[str, Dispatch, Any]] = {}
         for symbol, k in keys.items():
             for stream, dispatch in ((k.trades, self._trade), (k.events, self._event), (k.book, self._delta)):
@@ -83,8 +84,12 @@ class StreamReader:
                 self.connected = True
             backoff = 0.05
             self.last_read = time.monotonic()
+            filled = False
             for stream, entries in reply or ():
                 self._dispatch(stream, entries)
+                filled = filled or len(entries) >= self.count
+            if reply and not filled and self.linger_s:
+                await asyncio.sleep(self.linger_s)
 
     def _dispatch(self, stream: bytes, entries: Entries) -> None:
         symbol, dispatch, counter = self._routes[stream]

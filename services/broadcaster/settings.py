@@ -46,6 +46,9 @@ class BroadcasterSettings:
     ping_timeout_s: float = 20.0
     read_count: int = 500  # entries per stream per XREAD
     read_block_ms: int = 1000
+    # After a read that filled no stream's count, wait this long before the next: entries gather, so
+    # the reader (and Redis) wake less often per entry and frames carry more messages.
+    read_linger_ms: int = 2
     close_timeout_s: float = 5.0  # how long a dropped client gets to take its 1013 close frame
     shutdown_timeout_s: int = 5
     log_level: str = "INFO"
@@ -85,6 +88,7 @@ class BroadcasterSettings:
             ping_timeout_s=env_float("BROADCASTER_PING_TIMEOUT_S", 20.0),
             read_count=env_int("BROADCASTER_READ_COUNT", 500, minimum=1),
             read_block_ms=env_int("BROADCASTER_READ_BLOCK_MS", 1000, minimum=1),
+            read_linger_ms=env_int("BROADCASTER_READ_LINGER_MS", 2, minimum=0),
             close_timeout_s=env_float("BROADCASTER_CLOSE_TIMEOUT_S", 5.0),
             shutdown_timeout_s=env_int("BROADCASTER_SHUTDOWN_TIMEOUT_S", 5, minimum=1),
             log_level=env_str("LOG_LEVEL", "INFO").upper(),

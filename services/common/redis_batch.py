@@ -3,12 +3,17 @@
 An awaited redis-py command costs ~120 µs of Python CPU, a command inside a shared pipeline ~13 µs
 (FACTS.md). Requests call `execute()` / `evalsha()` as if they had Redis to themselves; the batcher
 queues the command, and a callback scheduled with `call_soon` (it runs after every task that was
-ready in this tick) sends everything queued so far as one non-transactional pipeline. Each caller's
-future gets its own command's reply, or its own error. Replies are raw RESP values (bytes, ints,
-lists, None): redis-py's per-command response callbacks are not applied.
+ready in this tick) writes everything queued so far as one pipeline on one connection of its own.
+
+That connection is a bare asyncio protocol feeding hiredis: replies come back in order, so each is
+handed to the oldest waiting future straight from `data_received`, with no task, no per-command
+timeout object and no pool checkout per pipeline (redis-py's connection spent more Python time on
+those than on the commands). Replies are raw RESP values (bytes, ints, lists, None); error replies
+become redis-py's exception classes (ResponseError, NoScriptError, ...).
 
 Nothing is ever resent after a connection error (a command may have run already): the callers of
-that pipeline get the error.
+every command written and not yet answered get the error, and the next command opens a new
+connection. A connection that answers nothing for `socket_timeout` seconds is dropped the same way.
 
 At most `max_in_flight` pipelines are outstanding: under load, commands pile up while earlier
 pipelines are on the wire, so batches grow with the load instead of the number of round trips.
@@ -17,12 +22,18 @@ pipelines are on the wire, so batches grow with the load instead of the number o
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
+import hiredis
+from redis._parsers.base import BaseParser
 from redis.asyncio import Redis
-from redis.exceptions import DataError, NoScriptError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import DataError, NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT
 
 from services.common.lua import LuaScript
@@ -30,135 +41,234 @@ from services.common.lua import LuaScript
 logger = logging.getLogger(__name__)
 
 
-class _Command:
-    __slots__ = ("args", "future", "script")
-
-    def __init__(self, args: tuple[EncodableT, ...], future: asyncio.Future[Any], script: LuaScript | None):
-        self.args = args
-        self.future = future
-        self.script = script
-
-
 class BatcherClosed(RuntimeError):
     """A command was submitted after close()."""
+
+
+class _RespProtocol(asyncio.Protocol):
+    """One Redis connection: writes pipelines, settles waiting futures in reply order."""
+
+    def __init__(self, on_answered: collections.abc.Callable[[], None]) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.reader = hiredis.Reader()
+        self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self.pipelines: collections.deque[int] = collections.deque()  # replies still due, per pipeline
+        self.last_progress = 0.0
+        self.lost = False
+        self._on_answered = on_answered
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have its interface.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def write(self, data: bytes, futures: list[asyncio.Future[Any]]) -> None:
+        assert self.transport is not None
+        if not self.waiting:
+            self.last_progress = asyncio.get_running_loop().time()
+        self.waiting.extend(futures)
+        self.pipelines.append(len(futures))
+        self.transport.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_progress = asyncio.get_running_loop().time()
+        self.reader.feed(data)
+        answered = False
+        while True:
+            try:
+                reply = self.reader.gets()
+            except hiredis.ProtocolError as exc:
+                self.fail(RedisConnectionError(f"unreadable reply from Redis: {exc}"))
+                return
+            if reply is False:
+                break
+            future = self.waiting.popleft()
+            self.pipelines[0] -= 1
+            if self.pipelines[0] == 0:
+                self.pipelines.popleft()
+                answered = True
+            if future.done():
+                continue  # the caller gave up (cancelled)
+            if isinstance(reply, hiredis.ReplyError):
+                future.set_exception(BaseParser.parse_error(str(reply)))  # type: ignore[no-untyped-call]
+            else:
+                future.set_result(reply)
+        if answered:
+            self._on_answered()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(RedisConnectionError(f"connection to Redis lost: {exc!r}" if exc else "Redis closed the connection"))
+
+    def fail(self, exc: Exception) -> None:
+        """Every command written and not answered gets `exc`; the connection is not used again."""
+        self.lost = True
+        waiting, self.waiting = self.waiting, collections.deque()
+        self.pipelines.clear()
+        for future in waiting:
+            if not future.done():
+                future.set_exception(exc)
+        if self.transport is not None:
+            self.transport.abort()
+        self._on_answered()
 
 
 class CommandBatcher:
     """Sends the commands submitted during one event-loop tick as one pipeline."""
 
     def __init__(self, redis: Redis, *, max_batch: int = 1000, max_in_flight: int = 4) -> None:
-        self._redis = redis
+        kwargs = redis.connection_pool.connection_kwargs
+        if redis.connection_pool.connection_class.__name__ == "SSLConnection":
+            raise ValueError("the command batcher speaks plain TCP or a Unix socket, not TLS (rediss://)")
+        self._path: str | None = kwargs.get("path")
+        self._host: str = kwargs.get("host", "localhost")
+        self._port: int = int(kwargs.get("port", 6379))
+        self._db = int(kwargs.get("db", 0) or 0)
+        self._username: str | None = kwargs.get("username")
+        self._password: str | None = kwargs.get("password")
+        self._timeout_s: float = kwargs.get("socket_timeout") or 10.0
+        self._connect_timeout_s: float = kwargs.get("socket_connect_timeout") or self._timeout_s
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
-        self._pending: list[_Command] = []
+        self._pending: list[tuple[bytes, asyncio.Future[Any]]] = []
         self._scheduled = False
-        self._in_flight = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._protocol: _RespProtocol | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
         self._closed = False
         self.pipelines_sent = 0
         self.commands_sent = 0
 
-    def submit(self, *args: EncodableT, script: LuaScript | None = None) -> asyncio.Future[Any]:
+    # Callers -------------------------------------------------------------------------------------
+
+    def submit(self, *args: EncodableT) -> asyncio.Future[Any]:
         """Queue one command (e.g. "HGET", key, field); the future resolves to its raw reply."""
         if self._closed:
             raise BatcherClosed("the command batcher is closed")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append(_Command(args, future, script))
-        if not self._scheduled and self._in_flight < self._max_in_flight:
-            self._scheduled = True
-            loop.call_soon(self._flush)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((pack_command(args), future))
+        self._schedule()
         return future
 
     async def execute(self, *args: EncodableT) -> Any:
         """Run one command within the next pipeline; its raw reply (bytes, int, list; errors raised)."""
         return await self.submit(*args)
 
-    def submit_script(
-        self, script: LuaScript, keys: Sequence[str], args: Sequence[EncodableT]
-    ) -> asyncio.Future[Any]:
-        """Queue an EVALSHA of `script`; on NOSCRIPT the script is loaded and the call retried."""
-        return self.submit("EVALSHA", script.sha, len(keys), *keys, *args, script=script)
-
     async def evalsha(self, script: LuaScript, keys: Sequence[str], args: Sequence[EncodableT]) -> Any:
-        """Run `script` within the next pipeline and return its reply."""
-        return await self.submit_script(script, keys, args)
+        """Run `script` within the next pipeline and return its reply; on NOSCRIPT, load it and retry once."""
+        try:
+            return await self.submit("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            # NOSCRIPT means the script did not run at all, so running it again is safe. A second
+            # NOSCRIPT (a SCRIPT FLUSH in between) reaches the caller as an error.
+            await self.submit("SCRIPT", "LOAD", script.source)
+            return await self.submit("EVALSHA", script.sha, len(keys), *keys, *args)
 
     async def close(self) -> None:
-        """Send what is queued, wait for every outstanding pipeline, refuse new commands."""
+        """Send what is queued, wait for every answer, refuse new commands, close the connection."""
         self._closed = True
-        while self._pending or self._tasks:
-            if self._pending and not self._scheduled:
+        while self._pending or (self._protocol is not None and self._protocol.waiting) or self._connecting:
+            if self._connecting is not None:
+                with contextlib.suppress(Exception):
+                    await self._connecting
+            elif self._pending and not self._scheduled:
                 self._flush()
-            if self._tasks:
-                await asyncio.gather(*self._tasks, return_exceptions=True)
+            waiting = [f for f in (self._protocol.waiting if self._protocol else ())] + [f for _, f in self._pending]
+            if waiting:
+                await asyncio.gather(*waiting, return_exceptions=True)
             else:
                 await asyncio.sleep(0)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        if self._protocol is not None and self._protocol.transport is not None:
+            self._protocol.transport.close()
+        self._protocol = None
+
+    # Sending -------------------------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        if not self._scheduled and self._pending:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         self._scheduled = False
-        while self._pending and self._in_flight < self._max_in_flight:
+        protocol = self._protocol
+        if protocol is None or protocol.lost:
+            if self._connecting is None:
+                self._connecting = asyncio.get_running_loop().create_task(self._connect())
+            return
+        while self._pending and len(protocol.pipelines) < self._max_in_flight:
             batch = self._pending[: self._max_batch]
             del self._pending[: self._max_batch]
-            self._in_flight += 1
-            task = asyncio.get_running_loop().create_task(self._send(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            futures = [future for _, future in batch]
+            try:
+                protocol.write(b"".join([packed for packed, _ in batch]), futures)
+            except Exception as exc:  # never leave a caller waiting on a pipeline that was not sent
+                protocol.fail(RedisConnectionError(f"cannot write to Redis: {exc!r}"))
+                return
+            self.pipelines_sent += 1
+            self.commands_sent += len(batch)
 
-    async def _send(self, batch: list[_Command]) -> None:
-        try:
-            retry = await self._run(batch)
-            if retry:
-                for script in {id(c.script): c.script for c in retry if c.script is not None}.values():
-                    await script.load(self._redis)
-                # A second NOSCRIPT (a SCRIPT FLUSH in between) reaches the caller as an error.
-                await self._run(retry, allow_retry=False)
-        except asyncio.CancelledError:
-            _fail(batch, BatcherClosed("the command batcher was stopped"))
-            raise
-        except Exception as exc:  # handed to every caller still waiting
-            _fail(batch, exc)
-        finally:
-            self._in_flight -= 1
-            if self._pending and not self._scheduled:
-                self._scheduled = True
-                asyncio.get_running_loop().call_soon(self._flush)
+    def _answered(self) -> None:
+        """A pipeline was answered (or the connection failed): what waited for a slot may go."""
+        self._schedule()
 
-    async def _run(self, batch: list[_Command], allow_retry: bool = True) -> list[_Command]:
-        """Send one pipeline; settle the futures; return the commands to retry after NOSCRIPT."""
-        # A raw connection and our own RESP packing: redis-py's Pipeline spends ~30 µs packing a
-        # 35-argument EVALSHA and more on per-command bookkeeping; this path spends a few.
-        packed = b"".join([pack_command(command.args) for command in batch])
-        pool = self._redis.connection_pool
-        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-        replies: list[Any] = []
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            await connection.send_packed_command(packed, check_health=False)
-            for _ in batch:
-                try:
-                    replies.append(await connection.read_response())
-                except ResponseError as exc:
-                    replies.append(exc)
-        except BaseException:
-            # The replies on the wire no longer match the commands: never reuse this connection.
-            await connection.disconnect()
-            raise
+            async with asyncio.timeout(self._connect_timeout_s):
+                if self._path:
+                    _, protocol = await loop.create_unix_connection(
+                        lambda: _RespProtocol(self._answered), self._path)
+                else:
+                    _, protocol = await loop.create_connection(
+                        lambda: _RespProtocol(self._answered), self._host, self._port)
+                await self._handshake(protocol)
+        except Exception as exc:  # every command waiting for this connection gets the error
+            error = exc if isinstance(exc, RedisConnectionError) else RedisConnectionError(
+                f"cannot connect to Redis at {self._path or f'{self._host}:{self._port}'}: {exc!r}")
+            pending, self._pending = self._pending, []
+            for _, future in pending:
+                if not future.done():
+                    future.set_exception(error)
+            return
         finally:
-            await pool.release(connection)
-        self.pipelines_sent += 1
-        self.commands_sent += len(batch)
-        retry: list[_Command] = []
-        for command, reply in zip(batch, replies, strict=True):
-            if isinstance(reply, NoScriptError) and command.script is not None and allow_retry:
-                # NOSCRIPT means the script did not run at all, so running it again is safe.
-                retry.append(command)
-            elif command.future.done():
-                continue  # the caller gave up (cancelled)
-            elif isinstance(reply, Exception):
-                command.future.set_exception(reply)
-            else:
-                command.future.set_result(reply)
-        return retry
+            self._connecting = None
+        self._protocol = protocol
+        self._start_watchdog()
+        self._schedule()
+
+    async def _handshake(self, protocol: _RespProtocol) -> None:
+        """AUTH and SELECT as the URL asks, before any queued command."""
+        setup: list[tuple[EncodableT, ...]] = []
+        if self._password is not None:
+            setup.append(("AUTH", self._username, self._password) if self._username else ("AUTH", self._password))
+        if self._db:
+            setup.append(("SELECT", self._db))
+        if not setup:
+            return
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in setup]
+        protocol.write(b"".join(pack_command(args) for args in setup), futures)
+        await asyncio.gather(*futures)
+
+    def _start_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        self._watchdog = asyncio.get_running_loop().call_later(1.0, self._watch)
+
+    def _watch(self) -> None:
+        # One timer per second, not one per command: a connection whose oldest waiting command has seen
+        # no reply bytes for socket_timeout is dropped, and its callers get a TimeoutError.
+        protocol = self._protocol
+        if protocol is None:
+            self._watchdog = None
+            return
+        loop = asyncio.get_running_loop()
+        if protocol.waiting and not protocol.lost and loop.time() - protocol.last_progress > self._timeout_s:
+            logger.error("redis answered nothing for %.1fs: dropping the connection", self._timeout_s)
+            protocol.fail(RedisTimeoutError(f"no reply from Redis within {self._timeout_s:g}s"))
+        self._watchdog = loop.call_later(1.0, self._watch)
 
 
 def pack_command(args: tuple[EncodableT, ...]) -> bytes:
@@ -179,9 +289,3 @@ def pack_command(args: tuple[EncodableT, ...]) -> bytes:
             data = bytes(arg)
         parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(parts)
-
-
-def _fail(batch: list[_Command], exc: Exception) -> None:
-    for command in batch:
-        if not command.future.done():
-            command.future.set_exception(exc)

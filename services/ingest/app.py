@@ -8,10 +8,10 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from services.ingest import health
 from services.ingest.admin import get_latest_snapshot, post_snapshots
@@ -73,7 +73,12 @@ def create_app(settings: IngestSettings) -> Starlette:
         Route("/readyz", bind(health.readyz), methods=["GET"]),
         Route("/metrics", bind(health.metrics), methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error},
-                    middleware=[Middleware(OrdersFastPath, ctx=ctx)])
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})
     app.state.ctx = ctx
     return app
+
+
+def serving_app(app: Starlette) -> ASGIApp:
+    """What uvicorn serves: POST /orders answered before Starlette's own error and routing layers, the
+    rest by `app` (whose lifespan passes straight through)."""
+    return OrdersFastPath(app, app.state.ctx)

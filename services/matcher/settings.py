@@ -22,6 +22,9 @@ class MatcherSettings(msgspec.Struct, frozen=True):
     log_level: str
     database_url: str  # read only to rebuild the book when Redis lost the instrument's state
     recovery_backoff_max_s: float  # longest wait between attempts while PostgreSQL is unavailable
+    # After a call that applied commands but not a full batch, wait this long and call again directly
+    # (no XREAD wake-up in between): under load, one Redis round trip per batch of several commands.
+    linger_ms: float = 1.0
 
     @classmethod
     def from_env(cls) -> MatcherSettings:
@@ -32,6 +35,7 @@ class MatcherSettings(msgspec.Struct, frozen=True):
             consumer=env.env_str("MATCHER_CONSUMER", "matcher-1"),
             batch_size=env.env_int("MATCHER_BATCH", 256, minimum=1),
             block_ms=env.env_int("MATCHER_BLOCK_MS", 1000, minimum=1),
+            linger_ms=env.env_float("MATCHER_LINGER_MS", 1.0),
             metrics_host=env.env_str("MATCHER_METRICS_HOST", "127.0.0.1"),
             metrics_port=env.env_int("MATCHER_METRICS_PORT", 9101, minimum=0),
             monitor_interval_s=env.env_float("MATCHER_MONITOR_INTERVAL_S", 1.0),

@@ -88,8 +88,10 @@ class Matcher:
                 started = time.perf_counter()
                 result = await engine.step()
                 self.metrics.record(symbol, result, time.perf_counter() - started)
-                if result.applied < self.settings.batch_size:
+                if result.applied == 0:
                     await engine.wait_for_commands(result.last_id, self.settings.block_ms)
+                elif result.applied < self.settings.batch_size and self.settings.linger_ms > 0:
+                    await asyncio.sleep(self.settings.linger_ms / 1000)
             except REDIS_DOWN as exc:
                 if not down:
                     logger.error("redis connection lost",

@@ -104,6 +104,8 @@ class Persister:
                 await self._drop_trimmed(trimmed)
                 if entries:
                     await self.process(entries, stop)
+                if 0 < len(entries) < self._per_stream and self.settings.linger_ms:
+                    await _sleep_unless(stop, self.settings.linger_ms / 1000)
                 redis_delay = self.settings.backoff_initial_s
                 if redis_down:
                     redis_down = False

@@ -9,6 +9,7 @@ import uuid
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.common.lua import LuaScript
 from services.common.redis_batch import BatcherClosed, CommandBatcher
@@ -77,3 +78,57 @@ async def test_close_sends_what_is_queued_then_refuses(redis: Redis) -> None:
     assert await pending == b"PONG"
     with pytest.raises(BatcherClosed):
         batcher.submit("PING")
+
+
+async def _silent_server(close_after_first_read: bool) -> tuple[asyncio.Server, int]:
+    """A TCP server that reads commands and never answers (or closes the connection once it has some)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.read(65536)
+            if not close_after_first_read:
+                await reader.read()  # hold the connection open, silent, until the client drops it
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def test_a_connection_lost_mid_pipeline_fails_its_callers_and_the_next_command_reconnects(
+        redis_url: str) -> None:
+    server, port = await _silent_server(close_after_first_read=True)
+    async with server:
+        client = connect(f"redis://127.0.0.1:{port}/0")
+        batcher = CommandBatcher(client)
+        results = await asyncio.gather(batcher.execute("PING"), batcher.execute("PING"), return_exceptions=True)
+        assert all(isinstance(r, ConnectionError) for r in results)
+        # The batcher opens a new connection for the next command (to the same silent server: it fails again).
+        with pytest.raises(ConnectionError):
+            await batcher.execute("PING")
+        await batcher.close()
+        await client.aclose()
+
+
+async def test_a_connection_that_never_answers_times_out() -> None:
+    server, port = await _silent_server(close_after_first_read=False)
+    async with server:
+        client = connect(f"redis://127.0.0.1:{port}/0", socket_timeout=0.5)
+        batcher = CommandBatcher(client)
+        with pytest.raises(RedisTimeoutError):
+            await asyncio.wait_for(batcher.execute("PING"), 5)
+        await batcher.close()
+        await client.aclose()
+
+
+async def test_the_url_database_is_selected(redis_url: str, key_prefix: str) -> None:
+    base = redis_url.rsplit("/", 1)[0] if redis_url.count("/") > 2 else redis_url
+    other = connect(f"{base}/5")
+    batcher = CommandBatcher(other)
+    try:
+        await batcher.execute("SET", f"{key_prefix}db5", "here")
+        assert await other.get(f"{key_prefix}db5") == b"here"
+    finally:
+        await other.delete(f"{key_prefix}db5")
+        await batcher.close()
+        await other.aclose()

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from services.common.instruments import Instruments
 from services.common.keys import InstrumentKeys, instrument_keys
-from services.ingest.app import create_app
+from services.ingest.app import create_app, serving_app
 from services.ingest.context import IngestContext
 from services.ingest.settings import IngestSettings
 from services.matcher.engine import InstrumentMatcher
@@ -95,7 +95,7 @@ async def make_engine(redis: Redis, ingest_settings: IngestSettings) -> AsyncIte
             app = create_app(settings)
             await stack.enter_async_context(app.router.lifespan_context(app))
             client = await stack.enter_async_context(
-                httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingest"))
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=serving_app(app)), base_url="http://ingest"))
             engine = Engine(app, client, redis, settings)
             if prepare:
                 for matcher in engine.matchers.values():
