@@ -9,7 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.analytics.aggregates import EPOCH
-from services.analytics.stats import Candle, Positions, Sides, Stats
+from services.analytics.stats import Candle, Positions, Sides, Stats, fold_positions
 
 _STATS = """
 (array_agg(price ORDER BY executed_at, seq))[1], max(price), min(price),
@@ -65,9 +65,4 @@ async def client_positions(conn: AsyncConnection, client_id: str, as_of: dt.date
 
 async def all_positions(conn: AsyncConnection, as_of: dt.datetime, since: dt.datetime
                         ) -> tuple[Positions, Positions]:
-    total: Positions = {}
-    recent: Positions = {}
-    for row in (await conn.execute(ALL_CLIENTS, {"as_of": as_of, "since": since})).all():
-        total.setdefault(row[0], {})[row[1]] = Sides.of(row[2:7])
-        recent.setdefault(row[0], {})[row[1]] = Sides.of(row[7:12])
-    return total, recent
+    return fold_positions((await conn.execute(ALL_CLIENTS, {"as_of": as_of, "since": since})).all())

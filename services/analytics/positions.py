@@ -8,7 +8,7 @@ from decimal import Decimal
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.analytics.stats import ZERO, Positions, Sides
+from services.analytics.stats import ZERO, Positions, Sides, fold_positions
 from services.analytics.times import HOUR, floor_to
 from services.common.instruments import Instruments
 from services.common.money import EXACT
@@ -58,12 +58,7 @@ async def all_positions(conn: AsyncConnection, as_of: dt.datetime, since: dt.dat
     both moments whole UTC hours."""
     if floor_to(as_of, HOUR) != as_of or floor_to(since, HOUR) != since:
         raise ValueError(f"all_positions needs whole hours, not {as_of} / {since}")
-    total: Positions = {}
-    recent: Positions = {}
-    for row in (await conn.execute(ALL_CLIENTS, {"as_of": as_of, "since": since})).all():
-        total.setdefault(row[0], {})[row[1]] = Sides.of(row[2:7])
-        recent.setdefault(row[0], {})[row[1]] = Sides.of(row[7:12])
-    return total, recent
+    return fold_positions((await conn.execute(ALL_CLIENTS, {"as_of": as_of, "since": since})).all())
 
 
 def net_by_asset(sides: dict[str, Sides], instruments: Instruments) -> dict[str, Decimal]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -52,3 +53,14 @@ class Sides:
 
 # client_id -> instrument -> Sides
 Positions = dict[str, dict[str, Sides]]
+
+
+def fold_positions(rows: Iterable[Sequence[Any]]) -> tuple[Positions, Positions]:
+    """Rows of (client_id, instrument, five totals up to as_of, the same five since `since`), as the
+    positions queries return them (aggregated or straight from trades): (totals, recent totals)."""
+    total: Positions = {}
+    recent: Positions = {}
+    for row in rows:
+        total.setdefault(row[0], {})[row[1]] = Sides.of(row[2:7])
+        recent.setdefault(row[0], {})[row[1]] = Sides.of(row[7:12])
+    return total, recent

@@ -25,7 +25,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import hiredis
@@ -48,7 +48,8 @@ class BatcherClosed(RuntimeError):
 class _RespProtocol(asyncio.Protocol):
     """One Redis connection: writes pipelines, settles waiting futures in reply order."""
 
-    def __init__(self, on_answered: collections.abc.Callable[[], None]) -> None:
+    def __init__(self, on_answered: Callable[[], None]) -> None:
+        # on_answered: a pipeline was answered (or the connection failed), so what waited for a slot may go.
         self.transport: asyncio.Transport | None = None
         self.reader = hiredis.Reader()
         self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
@@ -165,17 +166,17 @@ class CommandBatcher:
     async def close(self) -> None:
         """Send what is queued, wait for every answer, refuse new commands, close the connection."""
         self._closed = True
-        while self._pending or (self._protocol is not None and self._protocol.waiting) or self._connecting:
+        while True:
             if self._connecting is not None:
                 with contextlib.suppress(Exception):
                     await self._connecting
-            elif self._pending and not self._scheduled:
+                continue
+            if self._pending and not self._scheduled:
                 self._flush()
-            waiting = [f for f in (self._protocol.waiting if self._protocol else ())] + [f for _, f in self._pending]
-            if waiting:
-                await asyncio.gather(*waiting, return_exceptions=True)
-            else:
-                await asyncio.sleep(0)
+            unanswered = [*(self._protocol.waiting if self._protocol else ()), *(f for _, f in self._pending)]
+            if not unanswered:
+                break
+            await asyncio.gather(*unanswered, return_exceptions=True)
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
@@ -209,20 +210,16 @@ class CommandBatcher:
             self.pipelines_sent += 1
             self.commands_sent += len(batch)
 
-    def _answered(self) -> None:
-        """A pipeline was answered (or the connection failed): what waited for a slot may go."""
-        self._schedule()
-
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._connect_timeout_s):
                 if self._path:
                     _, protocol = await loop.create_unix_connection(
-                        lambda: _RespProtocol(self._answered), self._path)
+                        lambda: _RespProtocol(self._schedule), self._path)
                 else:
                     _, protocol = await loop.create_connection(
-                        lambda: _RespProtocol(self._answered), self._host, self._port)
+                        lambda: _RespProtocol(self._schedule), self._host, self._port)
                 await self._handshake(protocol)
         except Exception as exc:  # every command waiting for this connection gets the error
             error = exc if isinstance(exc, RedisConnectionError) else RedisConnectionError(
