@@ -115,15 +115,17 @@ def average(instrument: Instrument, quote: Decimal, qty: Decimal) -> Decimal | N
     return ticks * instrument.tick
 
 
-async def expected(redis: Redis, instruments: Instruments, prefix: str, skip: frozenset[str] = frozenset()
+async def expected(redis: Redis, instruments: Instruments, prefix: str,
+                   skip: frozenset[tuple[str, str]] = frozenset()
                    ) -> Expected:
-    """The rows the streams stand for (but the entries `skip` names), computed without the persister's code."""
+    """The rows the streams stand for (but the trades entries `skip` names as (stream key, id): ids alone
+    repeat across streams written in the same millisecond), computed without the persister's code."""
     trades, events, orders = [], [], []
     for symbol, instrument in sorted(instruments.items()):
         keys = instrument_keys(prefix, symbol)
         fills: dict[str, list[tuple[Decimal, Decimal]]] = defaultdict(list)
         for entry_id, t in await stream_entries(redis, keys.trades):
-            if entry_id in skip:
+            if (keys.trades, entry_id) in skip:
                 continue
             price, qty = _dec(t["price"]), _dec(t["quantity"])
             trades.append((t["trade_id"], t["instrument"], int(t["seq"]), price, qty, t["taker_side"],
