@@ -76,6 +76,8 @@ order_events = Table(
     Column("filled_quote", Numeric, nullable=False),
     Column("reason", Text),
     Column("ts", DateTime(timezone=True), nullable=False),
+    # The orders-stream entry id of the command that produced the event; NULL for events stored before it.
+    Column("command_id", Text),
     Index("ix_order_events_order_id", "order_id"),
 )
 

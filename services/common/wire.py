@@ -108,6 +108,9 @@ class EventEntry(msgspec.Struct, frozen=True):
     filled_quote: str  # sum of price x quantity over the order's fills, exact, in the quote currency
     reason: str
     ts: str
+    # The orders-stream entry id of the command that produced the event (None on entries written before
+    # the field existed): PostgreSQL's rows then tell which commands were applied.
+    command_id: str | None = None
     client_order_id: str | None = None
     side: Side | None = None
     type: OrderType | None = None

@@ -231,13 +231,17 @@ end
 
 -- Output streams ------------------------------------------------------------------------------
 
+-- The orders-stream entry id of the command being applied: every event carries it (`command_id`),
+-- so PostgreSQL's rows tell which commands were applied (the heal after a restored Redis reads it).
+local command_id = ''
+
 local function emit_event(kind, o, with_order)
   event_seq = event_seq + 1
   local fields = {
     'event', kind, 'seq', int_text(event_seq), 'instrument', SYMBOL, 'order_id', o.id,
     'client_id', o.client_id, 'status', o.status, 'filled_quantity', qty_text(o.filled),
     'remaining_quantity', qty_text(o.qty - o.filled), 'filled_quote', quote_text(o.nh, o.nl),
-    'reason', o.reason, 'ts', now_text,
+    'reason', o.reason, 'ts', now_text, 'command_id', command_id,
   }
   if with_order then
     local price = ''
@@ -398,7 +402,7 @@ local function apply_cancel(f)
     redis.call('XADD', K_EVENTS, '*', 'event', 'cancel_rejected', 'seq', int_text(event_seq),
       'instrument', SYMBOL, 'order_id', f.order_id or '', 'client_id', f.client_id or '',
       'status', 'rejected', 'filled_quantity', '0', 'remaining_quantity', '0',
-      'filled_quote', '0', 'reason', 'unknown_order', 'ts', now_text)
+      'filled_quote', '0', 'reason', 'unknown_order', 'ts', now_text, 'command_id', command_id)
     return
   end
   if o.status ~= 'open' and o.status ~= 'partially_filled' then
@@ -419,6 +423,7 @@ end
 local last_id = '0-0'
 for _, entry in ipairs(entries) do
   last_id = entry[1]
+  command_id = last_id
   local raw, f = entry[2], {}
   for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
   if f.cmd == 'new' then

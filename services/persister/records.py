@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -18,6 +19,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Events that change an order's state; cancel_rejected only reports on it.
 ORDER_CHANGING = frozenset({"accepted", "rejected", "partially_filled", "filled", "cancelled"})
 CARRIES_ORDER = frozenset({"accepted", "rejected"})
+STREAM_ID = re.compile(r"([0-9]{1,19})-([0-9]{1,19})")
 STATIC_FIELDS = ("client_order_id", "side", "type", "time_in_force", "post_only", "price", "created_at")
 
 
@@ -78,6 +80,16 @@ def _seq(text: str) -> int:
     return seq
 
 
+def _command_id(text: str | None) -> str | None:
+    """A stream entry id `<ms>-<seq>` as the matcher wrote it; None when the event carries none."""
+    if not text:
+        return None
+    match = STREAM_ID.fullmatch(text)
+    if match is None or max(int(match[1]), int(match[2])) >= 2**63:
+        raise MalformedEntry(f"command_id={text!r} is not a stream entry id")
+    return text
+
+
 def average_price(instrument: Instrument, filled_quote: Decimal, filled_quantity: Decimal) -> Decimal | None:
     """filled_quote / filled_quantity rounded half-even to the tick, exactly as the API shows it."""
     if filled_quantity == 0:
@@ -124,6 +136,7 @@ def decode_event(entry: Entry) -> Decoded:
         "instrument": e.instrument, "seq": seq, "event": e.event, "order_id": e.order_id or None,
         "client_id": e.client_id, "status": e.status, "filled_quantity": filled,
         "remaining_quantity": remaining, "filled_quote": quote, "reason": e.reason or None, "ts": ts,
+        "command_id": _command_id(e.command_id),
     }
     if e.event not in ORDER_CHANGING or not e.order_id:
         return Decoded(entry, event=event)
