@@ -9,6 +9,7 @@ import signal
 
 import uvloop
 
+from services.common.durability import report_durability
 from services.common.logs import setup_logging
 from services.common.ops_http import OpsServer, ops_app
 from services.common.redis_conn import connect
@@ -28,6 +29,7 @@ async def main(settings: MatcherSettings) -> None:
     await ops.start()
 
     async def serve() -> None:
+        await report_durability(redis)
         await matcher.prepare()
         logger.info("matcher started", extra={"event": "start", "consumer": settings.consumer,
                                               "instruments": list(settings.instruments),
