@@ -1,18 +1,26 @@
 # Thin targets; anything longer than a line lives in scripts/.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+RUNTIME := $(PY) -m services.runtime
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
 N ?= 2
 
-.PHONY: install run start stop test lint migrate bench scale-workers settle fixtures clean
+.PHONY: install install-dev run start stop test lint migrate bench scale-workers settle fixtures clean clean-data \
+	redis-cli psql
 
-$(STAMP): pyproject.toml
+$(RUN_STAMP): pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e .
+	touch $(RUN_STAMP)
 
-install: $(STAMP)  ## the project and its tools into .venv
+$(DEV_STAMP): $(RUN_STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(DEV_STAMP)
+
+install: $(RUN_STAMP)  ## the engine and its server binaries into .venv (what `make run` needs)
+
+install-dev: $(DEV_STAMP)  ## plus the test tools
 
 run: install  ## the whole engine in the foreground (Ctrl-C stops it)
 	bash scripts/run.sh foreground
@@ -26,10 +34,16 @@ stop:  ## stop an engine started with `make start`
 scale-workers: install  ## N persister workers in the group: make scale-workers N=4
 	bash scripts/run.sh scale $(N)
 
-migrate: install  ## create the database if missing and migrate it to the newest schema
-	$(PY) -m services.common.db
+migrate: install  ## create the database if missing and migrate it (starts the engine's PostgreSQL if it is stopped)
+	$(RUNTIME) with-postgres $(PY) -m services.common.db
 
-lint: install
+redis-cli: install  ## the shipped valkey-cli on the engine's Redis: make redis-cli ARGS="XLEN 'trades:{BTC-USD}'"
+	$(RUNTIME) cli redis $(ARGS)
+
+psql: install  ## the shipped psql on the engine's database: make psql ARGS="-c 'select count(*) from trades'"
+	$(RUNTIME) cli psql $(ARGS)
+
+lint: install-dev
 	$(VENV)/bin/ruff check services tests scripts fixtures
 	$(VENV)/bin/mypy
 
@@ -37,14 +51,17 @@ test: lint  ## lint, then every test against real Redis and PostgreSQL
 	$(VENV)/bin/pytest -q
 
 settle: install  ## end-of-day settlement of a UTC date: make settle DATE=2026-11-24 (default yesterday)
-	$(PY) -m services.analytics.settlement $(if $(DATE),--date $(DATE))
+	$(RUNTIME) with-postgres $(PY) -m services.analytics.settlement $(if $(DATE),--date $(DATE))
 
-bench: install
+bench: install-dev
 	$(PY) -m pip install --quiet -e '.[bench]'
 	bash scripts/bench.sh
 
 fixtures:  ## 100k realistic limit orders, then a burst of market orders (JSONL) for load-test/replay.js
 	python3 fixtures/gen_orders.py --seed 1 --out fixtures/orders.jsonl
 
-clean:
-	rm -rf $(VENV) run .pytest_cache .mypy_cache .ruff_cache .hypothesis
+clean:  ## the venv and caches; run/data (the engine's own Redis and PostgreSQL data) stays
+	rm -rf $(VENV) run/*.log run/logs run/bench-* .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+clean-data:  ## delete the engine's own Redis and PostgreSQL data (every order and trade); the engine must be stopped
+	bash scripts/run.sh clean-data

@@ -1,33 +1,48 @@
 #!/usr/bin/env bash
-# Run the engine under circus: `run.sh foreground|background|stop|scale N`.
+# Run the engine under circus: `run.sh foreground|background|stop|scale N|clean-data`.
+#
+# Where REDIS_URL / DATABASE_URL are unset, the engine runs its own Redis (127.0.0.1:$ENGINE_REDIS_PORT,
+# 6390) and PostgreSQL (:$ENGINE_PG_PORT, 5440) under the same circus, data in $ENGINE_RUN_DIR/data.
+# Start order: data services, then (once they answer and the database is migrated) the four services.
+# Stop order: the four services (each finishes its batch), then the data services.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 VENV=${VENV:-.venv}
-# Where the background pid file and log go (tests point it elsewhere to run beside a live engine).
-RUN_DIR=${ENGINE_RUN_DIR:-run}
+# Where the background pid file, logs and data go (tests point it elsewhere to run beside a live engine).
+export ENGINE_RUN_DIR=${ENGINE_RUN_DIR:-run}
+RUN_DIR=$ENGINE_RUN_DIR
 mkdir -p "$RUN_DIR"
 
 export ENGINE_ROOT=$ROOT
 export ENGINE_PYTHON=$ROOT/$VENV/bin/python
 export CIRCUS_ENDPOINT=${CIRCUS_ENDPOINT:-tcp://127.0.0.1:5555}
 export CIRCUS_PUBSUB_ENDPOINT=${CIRCUS_PUBSUB_ENDPOINT:-tcp://127.0.0.1:5556}
-export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
-export DATABASE_URL=${DATABASE_URL:-postgresql+asyncpg://postgres@127.0.0.1:5432/trading}
 export PERSISTER_WORKERS=${PERSISTER_WORKERS:-1}
-CIRCUSCTL=("$ROOT/$VENV/bin/circusctl" --endpoint "$CIRCUS_ENDPOINT" --timeout 15)
+SERVICES=(ingest matcher persister broadcaster)
+CIRCUSCTL=("$ROOT/$VENV/bin/circusctl" --endpoint "$CIRCUS_ENDPOINT" --timeout 30)
+
+# A short timeout: with no circusd at the endpoint, circusctl waits the whole timeout.
+circus_up() { "$ROOT/$VENV/bin/circusctl" --endpoint "$CIRCUS_ENDPOINT" --timeout 2 status >/dev/null 2>&1; }
+
+# The services first, all at once (each finishes and acknowledges its batch), then circus and the data services.
+stop_engine() {
+  local pids=()
+  for service in "${SERVICES[@]}"; do "${CIRCUSCTL[@]}" stop "$service" --waiting >/dev/null 2>&1 & pids+=($!); done
+  wait "${pids[@]}" 2>/dev/null || true
+  "${CIRCUSCTL[@]}" quit --waiting >/dev/null 2>&1 || true
+}
+
+wait_gone() {
+  local pid=$1
+  for _ in $(seq 1 600); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+}
 
 case "${1:-foreground}" in
   stop)
-    if ! "${CIRCUSCTL[@]}" status >/dev/null 2>&1; then echo "no engine running at $CIRCUS_ENDPOINT"; exit 0; fi
-    # Stop the workers gracefully first (each finishes its batch), then the manager.
-    "${CIRCUSCTL[@]}" stop --waiting >/dev/null
-    "${CIRCUSCTL[@]}" quit --waiting >/dev/null 2>&1 || true
-    if [[ -f "$RUN_DIR/circusd.pid" ]]; then
-      pid=$(cat "$RUN_DIR/circusd.pid")
-      for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      rm -f "$RUN_DIR/circusd.pid"
-    fi
+    if ! circus_up; then echo "no engine running at $CIRCUS_ENDPOINT"; exit 0; fi
+    stop_engine
+    if [[ -f "$RUN_DIR/circusd.pid" ]]; then wait_gone "$(cat "$RUN_DIR/circusd.pid")"; rm -f "$RUN_DIR/circusd.pid"; fi
     echo "engine stopped"
     exit 0 ;;
   scale)
@@ -40,25 +55,55 @@ case "${1:-foreground}" in
     done
     echo "persister workers: $("${CIRCUSCTL[@]}" numprocesses persister)"
     exit 0 ;;
+  clean-data)
+    if circus_up; then echo "error: the engine runs at $CIRCUS_ENDPOINT: \`make stop\` first" >&2; exit 1; fi
+    rm -rf "$RUN_DIR/data"
+    echo "removed $RUN_DIR/data (the engine's own Redis and PostgreSQL data)"
+    exit 0 ;;
+  foreground|background) ;;
+  *)
+    echo "usage: run.sh foreground|background|stop|scale N|clean-data" >&2; exit 2 ;;
 esac
 
-"$ENGINE_PYTHON" -m scripts.preflight
+if circus_up; then echo "error: an engine already runs at $CIRCUS_ENDPOINT (\`make stop\` stops it)" >&2; exit 1; fi
+# Exports REDIS_URL / DATABASE_URL of the engine's own servers (where not given), ENGINE_CIRCUS_INI, ENGINE_LOG_DIR.
+PLAN=$("$ENGINE_PYTHON" -m services.runtime plan)
+eval "$PLAN"
+
+# circusd in a session of its own: Ctrl-C reaches this script, which stops the services before the data services.
+if [[ $1 == foreground ]]; then
+  setsid "$ROOT/$VENV/bin/circusd" "$ENGINE_CIRCUS_INI" </dev/null &
+else
+  # circusd's output (with the services' own log lines) goes to the file.
+  setsid nohup "$ROOT/$VENV/bin/circusd" "$ENGINE_CIRCUS_INI" >>"$RUN_DIR/engine.log" 2>&1 </dev/null &
+fi
+CIRCUSD=$!
+echo "$CIRCUSD" >"$RUN_DIR/circusd.pid"
+interrupted() { trap - INT TERM; echo "stopping the engine"; stop_engine; wait_gone "$CIRCUSD"; rm -f "$RUN_DIR/circusd.pid"; exit 0; }
+trap interrupted INT TERM
+
+for _ in $(seq 1 100); do circus_up && break; sleep 0.1; done
+if [[ -n $ENGINE_DATA_WATCHERS ]]; then echo "data services: $ENGINE_DATA_WATCHERS (data in $RUN_DIR/data, logs in $ENGINE_LOG_DIR)"; fi
+if ! "$ENGINE_PYTHON" -m services.runtime ready; then
+  stop_engine; wait_gone "$CIRCUSD"; rm -f "$RUN_DIR/circusd.pid"; exit 1
+fi
+for service in "${SERVICES[@]}"; do "${CIRCUSCTL[@]}" start "$service" >/dev/null; done
 
 echo "engine:"
 echo "  ingest       http://${INGEST_HOST:-127.0.0.1}:${INGEST_PORT:-3000}   (orders API, /metrics, /healthz, /readyz)"
 echo "  matcher      http://127.0.0.1:${MATCHER_METRICS_PORT:-9101}/metrics"
 echo "  broadcaster  ws://${BROADCASTER_HOST:-127.0.0.1}:${BROADCASTER_PORT:-3001}/stream   (/metrics, /healthz, /readyz)"
 echo "  persister    http://127.0.0.1:${PERSISTER_METRICS_PORT:-9102}/metrics   (worker N: port +N-1; make scale-workers N=4)"
+# Only the engine's own servers' URLs: an operator's may carry a password.
+if [[ $ENGINE_DATA_WATCHERS == *redis* ]]; then echo "  redis        $REDIS_URL   (the engine's own: make redis-cli)"; fi
+if [[ $ENGINE_DATA_WATCHERS == *postgres* ]]; then echo "  postgresql   ${DATABASE_URL/+asyncpg/}   (the engine's own: make psql)"; fi
 echo "  process manager: circusctl --endpoint $CIRCUS_ENDPOINT status"
 
-case "${1:-foreground}" in
-  foreground)
-    exec "$ROOT/$VENV/bin/circusd" deploy/circus.ini ;;
-  background)
-    # circusd in the foreground of a detached shell, so the services' own log lines reach the file too.
-    nohup "$ROOT/$VENV/bin/circusd" deploy/circus.ini >>"$RUN_DIR/engine.log" 2>&1 </dev/null &
-    echo $! >"$RUN_DIR/circusd.pid"
-    echo "started in the background (pid $(cat "$RUN_DIR/circusd.pid")); logs in $RUN_DIR/engine.log; \`make stop\` stops it" ;;
-  *)
-    echo "usage: run.sh foreground|background|stop|scale N" >&2; exit 2 ;;
-esac
+if [[ $1 == background ]]; then
+  trap - INT TERM
+  echo "started in the background (pid $CIRCUSD); logs in $RUN_DIR/engine.log; \`make stop\` stops it"
+  exit 0
+fi
+# Foreground: until circusd ends, or Ctrl-C (the trap) stops the engine.
+while kill -0 "$CIRCUSD" 2>/dev/null; do wait "$CIRCUSD" || true; done
+rm -f "$RUN_DIR/circusd.pid"

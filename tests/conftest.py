@@ -1,4 +1,9 @@
-"""Shared fixtures: real Redis (REDIS_URL, else localhost, else a testcontainer), a key prefix per test."""
+"""Shared fixtures: real Redis and PostgreSQL, a key prefix and a database per test.
+
+Servers: REDIS_URL / DATABASE_URL where set; else the local default ports where something answers; else
+testcontainers where a Docker engine runs; else the engine's own server binaries (services/runtime), started
+for the session on free ports with their data in a temporary directory: `make test` needs nothing installed.
+"""
 
 from __future__ import annotations
 
@@ -13,29 +18,42 @@ from redis.asyncio import Redis
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from scripts.preflight import docker_engine, redis_answers
 from services.common.db import create_database, drop_database, migrate, with_database
 from services.common.instruments import Instruments, load_instruments
 from services.common.redis_conn import connect
+from services.runtime.probes import redis_answers
+from services.runtime.process import postgres_process, redis_process
+from services.runtime.settings import RuntimeSettings
+from tests.processes import docker_engine, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TWO_INSTRUMENTS = REPO_ROOT / "tests" / "data" / "two_instruments.toml"
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
+def own_servers(tmp_path_factory: pytest.TempPathFactory) -> RuntimeSettings:
+    """Where this session's own servers would run: free ports, data in a temporary directory."""
+    return RuntimeSettings(run_dir=tmp_path_factory.mktemp("engine-runtime"), redis_port=free_port(),
+                           postgres_port=free_port(), own_redis=True, own_postgres=True)
+
+
+@pytest.fixture(scope="session")
+def redis_url(own_servers: RuntimeSettings) -> Iterator[str]:
     url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     if redis_answers(url):
         yield url
         return
-    if "REDIS_URL" not in os.environ and docker_engine():
+    if "REDIS_URL" in os.environ:
+        pytest.fail(f"Redis does not answer at REDIS_URL={url}")
+    if docker_engine():
         from testcontainers.redis import RedisContainer
 
         with RedisContainer("redis:7.0") as container:
             host, port = container.get_container_host_ip(), container.get_exposed_port(6379)
             yield f"redis://{host}:{port}/0"
         return
-    pytest.fail(f"Redis does not answer at {url} and no Docker engine can start one: start Redis first")
+    with redis_process(own_servers) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +85,7 @@ DEFAULT_PG_SERVER = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 
 
 def _pg_answers(url: str) -> bool:
-    # A TCP check, not preflight.postgres_answers: that one runs its own event loop.
+    # A TCP check, not probes.postgres_answers: that one runs its own event loop.
     parsed = make_url(url)
     try:
         with socket.create_connection((parsed.host or "127.0.0.1", parsed.port or 5432), timeout=1):
@@ -77,19 +95,22 @@ def _pg_answers(url: str) -> bool:
 
 
 @pytest.fixture(scope="session")
-def postgres_server_url() -> Iterator[str]:
-    """A PostgreSQL server: DATABASE_URL's, else localhost, else a testcontainer (only if Docker runs)."""
+def postgres_server_url(own_servers: RuntimeSettings) -> Iterator[str]:
+    """A PostgreSQL server: DATABASE_URL's, else localhost, else a testcontainer, else the engine's own binaries."""
     url = os.environ.get("DATABASE_URL", DEFAULT_PG_SERVER)
     if _pg_answers(url):
         yield url
         return
-    if "DATABASE_URL" not in os.environ and docker_engine():
+    if "DATABASE_URL" in os.environ:
+        pytest.fail(f"PostgreSQL does not answer at DATABASE_URL={url}")
+    if docker_engine():
         from testcontainers.postgres import PostgresContainer
 
         with PostgresContainer("postgres:15", driver="asyncpg") as container:
             yield container.get_connection_url()
         return
-    pytest.fail(f"PostgreSQL does not answer at {url} and no Docker engine can start one: start it first")
+    with postgres_process(own_servers) as server:
+        yield with_database(server.url, "postgres")
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -37,6 +38,12 @@ def reserve(ports: range) -> bool:
         return False
     _GIVEN.update(ports)
     return True
+
+
+def docker_engine() -> bool:
+    """A Docker engine answers (`docker --version` answers without one; `docker info` needs one)."""
+    docker = shutil.which("docker")
+    return docker is not None and subprocess.run([docker, "info"], capture_output=True).returncode == 0
 
 
 class Service:

@@ -105,7 +105,7 @@ class RunningEngine:
         if self.process is None or self.process.poll() is not None:
             return
         workers: list[int] = []
-        for watcher in ("ingest", "matcher", "persister", "broadcaster"):
+        for watcher in ("ingest", "matcher", "persister", "broadcaster", "redis", "postgres"):
             try:
                 workers += self.pids(watcher)
             except (subprocess.SubprocessError, OSError):
@@ -130,11 +130,16 @@ def alive(pid: int) -> bool:
     return True
 
 
-def engine_env(prefix: str, database_url: str, run_dir: Path) -> dict[str, str]:
+def engine_env(prefix: str, redis_url: str | None, database_url: str | None, run_dir: Path) -> dict[str, str]:
+    """`make run`'s environment on free ports; a URL of None makes the engine run that server itself."""
+    env = {key: value for key, value in os.environ.items() if key not in ("REDIS_URL", "DATABASE_URL")}
+    urls = {"REDIS_URL": redis_url, "DATABASE_URL": database_url}
     return {
-        **os.environ,
+        **env,
+        **{name: url for name, url in urls.items() if url is not None},
+        "ENGINE_REDIS_PORT": str(free_port()),
+        "ENGINE_PG_PORT": str(free_port()),
         "REDIS_KEY_PREFIX": prefix,
-        "DATABASE_URL": database_url,
         "ENGINE_RUN_DIR": str(run_dir),
         "INGEST_PORT": str(free_port()),
         "BROADCASTER_PORT": str(free_port()),

@@ -33,8 +33,8 @@ async def engine_db(postgres_server_url: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def running(key_prefix: str, engine_db: str, tmp_path: Path) -> Iterator[RunningEngine]:
-    engine = RunningEngine(engine_env(key_prefix, engine_db, tmp_path), tmp_path)
+def running(key_prefix: str, redis_url: str, engine_db: str, tmp_path: Path) -> Iterator[RunningEngine]:
+    engine = RunningEngine(engine_env(key_prefix, redis_url, engine_db, tmp_path), tmp_path)
     engine.start()
     try:
         yield engine
