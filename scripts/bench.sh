@@ -12,6 +12,9 @@
 #   BENCH_SCRIPT=1            0: skip the assignment's closed-loop profile (script.js, 100 VUs)
 #   BENCH_PYSPY=1             0: skip the py-spy profiles of the engine's processes at the top rate
 #   BENCH_OUT=BENCHMARKS.md   where the report goes; raw results stay in run/bench-<id>/
+#   BENCH_SERVERS=own         own: the engine's own Redis (AOF, appendfsync always) and PostgreSQL, as `make run`
+#                             ships it, with their data in the results directory (removed afterwards);
+#                             shared: REDIS_URL / DATABASE_URL (default the machine's 6379 / 5432), own prefix and database
 # The engine runs with LOG_LEVEL=WARNING and RATE_LIMIT_PER_SEC=0 (no per-client rate limit: a capacity test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,11 +33,22 @@ RESULTS="$ROOT/run/bench-$ID"
 mkdir -p "$RESULTS"
 
 # An engine of our own: everything it touches is named after this run.
-mapfile -t PORTS < <("$PY" -m scripts.bench_report ports 6)
-BASE_DB=${DATABASE_URL:-postgresql+asyncpg://postgres@127.0.0.1:5432/trading}
-export REDIS_KEY_PREFIX="bench-$ID:"
-export DATABASE_URL="${BASE_DB%/*}/bench_${ID//-/_}"
+mapfile -t PORTS < <("$PY" -m scripts.bench_report ports 8)
+SERVERS=${BENCH_SERVERS:-own}
 export ENGINE_RUN_DIR="$RESULTS/engine"
+if [[ $SERVERS == own ]]; then
+  # run.sh starts the servers where the URLs are unset; this script and its helpers then use their URLs.
+  export ENGINE_REDIS_PORT=${PORTS[6]} ENGINE_PG_PORT=${PORTS[7]}
+  RUN=(env -u REDIS_URL -u DATABASE_URL bash scripts/run.sh)
+  export REDIS_URL="redis://127.0.0.1:$ENGINE_REDIS_PORT/0"
+  export DATABASE_URL="postgresql+asyncpg://postgres@127.0.0.1:$ENGINE_PG_PORT/trading"
+  export REDIS_KEY_PREFIX=""
+else
+  RUN=(bash scripts/run.sh)
+  BASE_DB=${DATABASE_URL:-postgresql+asyncpg://postgres@127.0.0.1:5432/trading}
+  export REDIS_KEY_PREFIX="bench-$ID:"
+  export DATABASE_URL="${BASE_DB%/*}/bench_${ID//-/_}"
+fi
 export INGEST_PORT=${PORTS[0]} BROADCASTER_PORT=${PORTS[1]} MATCHER_METRICS_PORT=${PORTS[2]}
 export PERSISTER_METRICS_PORT=${PORTS[3]}
 export CIRCUS_ENDPOINT="tcp://127.0.0.1:${PORTS[4]}" CIRCUS_PUBSUB_ENDPOINT="tcp://127.0.0.1:${PORTS[5]}"
@@ -44,15 +58,19 @@ CIRCUSCTL=("$ROOT/.venv/bin/circusctl" --endpoint "$CIRCUS_ENDPOINT" --timeout 1
 
 cleanup() {
   bash scripts/run.sh stop >/dev/null 2>&1 || true
-  "$PY" -m scripts.bench_report cleanup >/dev/null 2>&1 || echo "warning: could not clean up $REDIS_KEY_PREFIX / $DATABASE_URL" >&2
+  if [[ $SERVERS == own ]]; then
+    rm -rf "$ENGINE_RUN_DIR/data"
+  else
+    "$PY" -m scripts.bench_report cleanup >/dev/null 2>&1 || echo "warning: could not clean up $REDIS_KEY_PREFIX / $DATABASE_URL" >&2
+  fi
 }
 trap cleanup EXIT
 
 LOAD_BEFORE=$(cut -d' ' -f1 /proc/loadavg)
 BUSY_BEFORE=$("$PY" -m scripts.bench_report busy 3)
 echo "bench: machine busy before start: ${BUSY_BEFORE}% of one core (other work); load average $LOAD_BEFORE"
-echo "bench: engine on :$INGEST_PORT (prefix $REDIS_KEY_PREFIX, database ${DATABASE_URL##*/}); results in $RESULTS"
-bash scripts/run.sh background >"$RESULTS/run.log" 2>&1
+echo "bench: engine on :$INGEST_PORT ($SERVERS servers: $REDIS_URL prefix '$REDIS_KEY_PREFIX', database ${DATABASE_URL##*/}, appendfsync ${ENGINE_REDIS_APPENDFSYNC:-always}); results in $RESULTS"
+"${RUN[@]}" background >"$RESULTS/run.log" 2>&1
 ready() { curl -fs "$INGEST_URL/readyz" >/dev/null && curl -fs "http://127.0.0.1:$MATCHER_METRICS_PORT/healthz" >/dev/null \
   && curl -fs "http://127.0.0.1:$PERSISTER_METRICS_PORT/healthz" >/dev/null \
   && curl -fs "http://127.0.0.1:$BROADCASTER_PORT/readyz" >/dev/null; }
@@ -62,6 +80,8 @@ ready || { echo "engine not ready after 60 s:"; tail -40 "$ENGINE_RUN_DIR/engine
 pids_of() { "${CIRCUSCTL[@]}" list "$1" | tr -d ' ' ; }
 PID_ARGS=()
 for watcher in ingest matcher persister broadcaster; do PID_ARGS+=(--pid "$watcher=$(pids_of $watcher)"); done
+# The engine's own servers: the whole process tree (PostgreSQL's WAL writer and checkpointer count too).
+[[ $SERVERS == own ]] && for watcher in redis postgres; do PID_ARGS+=(--pid "$watcher=$(pids_of $watcher)"); done
 
 K6_STATS="med,p(90),p(95),p(99),p(99.9),max"
 # run NAME PROBE_RATE K6_ARGS...: k6 with the probe beside it, CPU/backlog sampled, then the drain timed.
@@ -176,7 +196,7 @@ cat >"$RESULTS/config.json" <<EOF
  "script_profile": "10 s ramp to 100 VUs, 20 s hold",
  "notes": [
   "engine: \`scripts/run.sh background\` (circus, deploy/circus.ini) as \`make start\` runs it: 1 ingest process (uvicorn, uvloop, httptools), 1 matcher, $(echo "${PERSISTER_WORKERS:-1}") persister worker(s), 1 broadcaster",
-  "isolation: REDIS_KEY_PREFIX=$REDIS_KEY_PREFIX, its own database, ports and circus endpoints; Redis and PostgreSQL are the machine's shared servers, deleted/dropped afterwards",
+  "isolation: $([[ $SERVERS == own ]] && echo "the engine's own Redis ($(.venv/bin/python -c 'from services.runtime.binaries import redis_version; print(redis_version())'), appendonly yes, appendfsync ${ENGINE_REDIS_APPENDFSYNC:-always}) and PostgreSQL $(.venv/bin/python -c 'from services.runtime.binaries import postgres_version; print(postgres_version())') as make run ships them, data in the results directory, removed afterwards" || echo "REDIS_KEY_PREFIX=$REDIS_KEY_PREFIX on the machine's shared Redis and its own database on the shared PostgreSQL, deleted/dropped afterwards"); its own ports and circus endpoints",
   "LOG_LEVEL=WARNING; RATE_LIMIT_PER_SEC=0: the per-client rate limit is off for these capacity runs (with it on, each client id may send 1,000/s)",
   "load: k6 $("$K6" version 2>/dev/null | cut -d' ' -f2) on the same machine, \`load-test/rate.js\` (constant arrival rate) with key demo-broker, 100 client ids, limit orders around 50,000.00 (30% marketable, 2% market orders), a unique idempotency key per order; every other setting at its default",
   "probe: \`scripts/probe_latency.py\`, crossing pairs (a sell resting above the book, then a buy at the same price) at 50 pairs/s during the 2,000/s run and 20 pairs/s during the higher rates"

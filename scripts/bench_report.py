@@ -119,9 +119,12 @@ async def sample(args: argparse.Namespace) -> None:
     for item in args.pid:
         name, _, pids = item.partition("=")
         groups.setdefault(name, []).extend(c for p in pids.split(",") if p for c in children(int(p)))
-    if (rpid := redis_server_pid()) is not None:
+    # The engine's own servers come as --pid redis= / postgres= (whole process trees); shared ones are
+    # found through their clients: the Redis server process and the database's backends.
+    if "redis" not in groups and (rpid := redis_server_pid()) is not None:
         groups["redis-server (shared)"] = [rpid]
-    groups["postgres backends"] = await postgres_backends()
+    if "postgres" not in groups:
+        groups["postgres backends"] = await postgres_backends()
     seen: dict[int, float] = {}
 
     def used_by(pids: list[int]) -> float:
@@ -466,7 +469,8 @@ def multi_node(best: int, base_cpu: dict[str, Any], accepted: float) -> list[str
         ceiling + f"CPU per 1,000 orders/s accepted, from the 2,000/s run ({accepted:,.0f}/s accepted), in % of "
         "one core: ingest " + per_k("ingest") + ", matcher " + per_k("matcher")
         + ", persister " + per_k("persister") + ", broadcaster " + per_k("broadcaster") + ", Redis "
-        + per_k("redis-server (shared)") + ", PostgreSQL " + per_k("postgres backends") + ".", "",
+        + per_k("redis" if "redis" in cpu else "redis-server (shared)") + ", PostgreSQL "
+        + per_k("postgres" if "postgres" in cpu else "postgres backends") + ".", "",
         "- **Ingest is stateless**: more uvicorn workers or hosts behind a load balancer scale acceptance "
         "linearly until Redis is the limit; each host adds roughly 1,000 / (its ingest CPU per 1,000 orders/s) "
         "x cores of acceptance.",

@@ -2,10 +2,11 @@
 
     .venv/bin/python -m scripts.measure_startup [--orders 5000] [--keep-venv DIR]
 
-Clones the repository's HEAD into a temporary directory and runs `make run` there twice, on ports, a key
-prefix, a database and circus endpoints of its own (beside a live engine): first with no .venv (cold: the
-install is part of the time), then again with the .venv the first run made (warm). Ready means every
-/healthz answers 200 and ingest's /readyz 200. Then it reads VmRSS (/proc/<pid>/status) of every service,
+Clones the repository's HEAD into a temporary directory and runs `make run` there twice, on its own Redis
+and PostgreSQL (as shipped) and ports and circus endpoints of its own (beside a live engine): first with no
+.venv, no data and pip's cache off (cold: the downloads, the install and initdb are part of the time), then
+again with the .venv and data the first run made (warm). Ready means every /healthz answers 200 and
+ingest's /readyz 200. Then it reads VmRSS (/proc/<pid>/status) of every service,
 idle and while it POSTs --orders orders (half of them crossing) with a WebSocket client subscribed.
 """
 
@@ -23,17 +24,13 @@ import sys
 import tempfile
 import time
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import redis
-
 from scripts.bench_report import free_ports
-from services.common.db import DEFAULT_DATABASE_URL, drop_database, with_database
 from services.common.env import REPO_ROOT
 
-SERVICES = ("ingest", "matcher", "persister", "broadcaster")
+SERVICES = ("ingest", "matcher", "persister", "broadcaster", "redis", "postgres")
 
 
 def http_ok(url: str) -> bool:
@@ -44,13 +41,14 @@ def http_ok(url: str) -> bool:
         return False
 
 
-def engine_env(run_dir: Path, database_url: str) -> dict[str, str]:
+def engine_env(run_dir: Path) -> dict[str, str]:
+    """The engine on its own servers (no REDIS_URL / DATABASE_URL), every port its own."""
     # All bound at once, so no two services are handed the same port.
-    ingest, broadcaster, matcher, persister, circus, pubsub = free_ports(6)
+    ingest, broadcaster, matcher, persister, circus, pubsub, redis, postgres = free_ports(8)
     return {
-        **os.environ,
-        "REDIS_KEY_PREFIX": f"measure-{uuid.uuid4().hex[:8]}:",
-        "DATABASE_URL": database_url,
+        **{k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL", "REDIS_KEY_PREFIX")},
+        "ENGINE_REDIS_PORT": str(redis),
+        "ENGINE_PG_PORT": str(postgres),
         "ENGINE_RUN_DIR": str(run_dir),
         "INGEST_PORT": str(ingest),
         "BROADCASTER_PORT": str(broadcaster),
@@ -208,14 +206,13 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="measure-startup-"))
     checkout = work / "checkout"
     subprocess.run(["git", "clone", "--quiet", str(REPO_ROOT), str(checkout)], check=True)
-    database = with_database(os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL), f"measure_{uuid.uuid4().hex[:8]}")
     results: dict[str, object] = {"cpus": os.cpu_count()}
-    envs = []
+    env = engine_env(work / "run")
     try:
         for label in ("cold", "warm"):
-            env = engine_env(work / f"run-{label}", database)
-            envs.append(env)
-            with make_run(checkout, env, work / f"make-run-{label}.log") as (_, seconds):
+            # Cold: nothing cached, as on a new machine; warm: the .venv and the data of the cold run.
+            run_env = {**env, "PIP_NO_CACHE_DIR": "1"} if label == "cold" else env
+            with make_run(checkout, run_env, work / f"make-run-{label}.log") as (_, seconds):
                 results[f"ready_s_{label}"] = round(seconds, 1)
                 if label != "warm":
                     continue
@@ -234,12 +231,6 @@ def main() -> None:
                 time.sleep(2)
                 results["rss_after_load_mib"] = {k: round(v, 1) for k, v in rss(pids).items()}
     finally:
-        client = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
-        for env in envs:
-            keys = list(client.scan_iter(match=f"{env['REDIS_KEY_PREFIX']}*", count=1000))
-            for start in range(0, len(keys), 500):
-                client.delete(*keys[start:start + 500])
-        asyncio.run(drop_database(database))
         shutil.rmtree(work, ignore_errors=True)
     json.dump(results, sys.stdout, indent=2)
     print()

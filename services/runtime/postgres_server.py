@@ -67,6 +67,7 @@ def prepare(settings: RuntimeSettings) -> None:
     pgdata, shipped = settings.postgres_dir, binaries.postgres_version()
     datadir.check_postgres(pgdata, settings.data_dir, shipped)
     user = os_user(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     settings.log_dir.mkdir(parents=True, exist_ok=True)
     if user is not None:
         make_reachable(binaries.postgres_bin("postgres"), user)
