@@ -16,7 +16,8 @@
 -- ARGV: 1 group, 2 consumer, 3 max commands, 4 symbol,
 --       5 price multiplier, 6 price decimals, 7 quantity multiplier, 8 quantity decimals
 -- Returns {commands applied, last stream id, trades, new orders, rejected, cancels, invalid,
---          orders matched (each taker with a fill once, each maker once per fill)}
+--          orders matched (each taker with a fill once, each maker once per fill)},
+--         or the error HEALING while meta has a `healing` field (a heal is under way)
 
 local K_ORDERS, K_TRADES, K_EVENTS, K_BOOK = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local K_STATE, K_META = KEYS[11], KEYS[12]
@@ -31,6 +32,12 @@ local QTY_MULT, QTY_PLACES = tonumber(ARGV[7]), tonumber(ARGV[8])
 -- Notional (ticks x lots) can reach 1e20: it is kept as hi * LIMB + lo, each part exact.
 local LIMB = 1000000
 local MAKERS_PER_FETCH = 16
+
+-- A heal from PostgreSQL (services/matcher/heal.py) is rewriting this instrument's state: apply nothing
+-- until it has finished, not even reading (the read moves the group's position).
+if redis.call('HEXISTS', K_META, 'healing') == 1 then
+  return redis.error_reply('HEALING ' .. K_META .. ' is being healed from PostgreSQL')
+end
 
 local read = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'NOACK', 'COUNT', ARGV[3],
   'STREAMS', K_ORDERS, '>')

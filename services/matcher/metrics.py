@@ -28,10 +28,13 @@ class MatcherMetrics:
         self.depth = Gauge("current_orderbook_depth", "Resting orders in the book",
                            ["instrument", "side"], registry=r)
         self.levels = Gauge("orderbook_levels", "Price levels in the book", ["instrument", "side"], registry=r)
-        self.behind_database = Gauge(
-            "matcher_state_behind_database",
-            "1 when Redis came back older than PostgreSQL at start (sequences would repeat stored rows)",
+        self.heals = Counter(
+            "matcher_redis_heals", "Heals of Redis state found older than PostgreSQL (restored backup, lost writes)",
             ["instrument"], registry=r)
+        self.heal_missing = Gauge(
+            "matcher_heal_missing",
+            "What the last heal could tell was lost, held by neither the restored Redis nor PostgreSQL",
+            ["instrument", "kind"], registry=r)
         self.lag = Gauge("stream_group_lag", "Entries the group has not read yet", ["stream", "group"],
                          registry=r)
         self.pending = Gauge("stream_group_pending", "Entries read but not acknowledged", ["stream", "group"],

@@ -16,15 +16,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import msgspec
 from redis.asyncio import Redis
+from redis.typing import EncodableT, FieldT
 from sqlalchemy import and_, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
@@ -45,6 +46,7 @@ NOTHING_PERSISTED = frozenset({"3D000", "42P01"})
 DB_ERRORS = (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 CHUNK = 500  # orders (or levels) per pipeline while writing the book
 _PACK = msgspec.msgpack.Encoder()
+T = TypeVar("T")
 
 
 class UnusableRow(ValueError):
@@ -95,11 +97,13 @@ async def state_lost(redis: Redis, keys: InstrumentKeys) -> bool:
 
 # Reading PostgreSQL --------------------------------------------------------------------------------
 
-def _ms(value: datetime) -> int:
+def epoch_ms(value: datetime) -> int:
+    """A stored timestamp as ms since the epoch, as the Redis records hold it."""
     return (value - EPOCH) // timedelta(milliseconds=1)
 
 
-def _sequences_query(symbol: str) -> Any:
+def sequences_query(symbol: str) -> Any:
+    """(max trade seq, max event seq, max snapshot book seq, whether any order is stored) of an instrument."""
     return select(
         select(func.max(trades.c.seq)).where(trades.c.instrument == symbol).scalar_subquery(),
         select(func.max(order_events.c.seq)).where(order_events.c.instrument == symbol).scalar_subquery(),
@@ -149,7 +153,7 @@ def order_record(instrument: Instrument, row: Any, arrival: int) -> OrderRecord:
         order_id=row.order_id, client_id=row.client_id, client_order_id=row.client_order_id or "",
         side=row.side, type="limit", time_in_force="GTC", post_only=1 if row.post_only else 0,
         price_ticks=price, quantity_lots=quantity, filled_lots=filled, status=row.status,
-        reason=row.reason or "", created_at=_ms(row.created_at), updated_at=_ms(row.updated_at),
+        reason=row.reason or "", created_at=epoch_ms(row.created_at), updated_at=epoch_ms(row.updated_at),
         arrival_seq=arrival, notional_hi=notional // NOTIONAL_LIMB, notional_lo=notional % NOTIONAL_LIMB,
     )
 
@@ -162,14 +166,14 @@ async def load_persisted(engine: AsyncEngine, instrument: Instrument) -> Persist
             # One snapshot for the sequences and the orders, whatever a persister commits meanwhile.
             await conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
             async with conn.begin():
-                max_trade, max_event, max_book, any_order = (await conn.execute(_sequences_query(symbol))).one()
+                max_trade, max_event, max_book, any_order = (await conn.execute(sequences_query(symbol))).one()
                 if max_trade is None and max_event is None and max_book is None and not any_order:
                     return None
                 rows = (await conn.execute(_open_orders_query(symbol))).all()
     except DBAPIError as exc:
         if getattr(exc.orig, "sqlstate", None) in NOTHING_PERSISTED:
             logger.warning("no schema at the database: nothing persisted", extra={
-                "instrument": symbol, "database": _safe(engine), "error": str(exc.orig)})
+                "instrument": symbol, "database": safe_url(engine), "error": str(exc.orig)})
             return None
         raise
     event_seq = int(max_event or 0)
@@ -188,7 +192,7 @@ async def load_persisted(engine: AsyncEngine, instrument: Instrument) -> Persist
     return PersistedBook(sequences, records, skipped)
 
 
-def _safe(engine: AsyncEngine) -> str:
+def safe_url(engine: AsyncEngine) -> str:
     return engine.url.render_as_string(hide_password=True)
 
 
@@ -205,7 +209,7 @@ def _member(record: OrderRecord) -> str:
 
 
 async def write_book(redis: Redis, keys: InstrumentKeys, book: PersistedBook, chunk: int | None = None) -> None:
-    """Replace the instrument's book with `book`, meta last (the completion marker)."""
+    """Replace the instrument's book with `book` (its orders' records included); meta is the caller's."""
     chunk = chunk or CHUNK
     await redis.delete(keys.bid_orders, keys.ask_orders, keys.bid_levels, keys.ask_levels,
                        keys.bid_depth, keys.ask_depth)
@@ -228,12 +232,15 @@ async def write_book(redis: Redis, keys: InstrumentKeys, book: PersistedBook, ch
                 pipe.zadd(levels_key, {str(ticks): sign * ticks for ticks, _ in part})
                 pipe.hset(depth_key, mapping={str(ticks): str(lots) for ticks, lots in part})
                 await pipe.execute()
-    seq = book.sequences
-    await redis.hset(keys.meta, mapping={
-        "trade_seq": str(seq.trade_seq), "event_seq": str(seq.event_seq), "book_seq": str(seq.book_seq),
-        "arrival_seq": str(len(book.records)), "last_id": "0-0",
-        "recovered_at": str(time.time_ns() // 1_000_000),
-    })
+
+
+def meta_fields(sequences: Sequences, arrival_seq: int, last_id: str, stamp: str) -> dict[FieldT, EncodableT]:
+    """The meta hash match.lua resumes from, stamped with when and why (`stamp`) it was written."""
+    return {
+        "trade_seq": str(sequences.trade_seq), "event_seq": str(sequences.event_seq),
+        "book_seq": str(sequences.book_seq), "arrival_seq": str(arrival_seq), "last_id": last_id,
+        stamp: str(time.time_ns() // 1_000_000),
+    }
 
 
 # The whole recovery ------------------------------------------------------------------------------
@@ -243,24 +250,32 @@ def recovery_engine(database_url: str, connect_timeout_s: float = 5.0) -> AsyncE
     return create_async_engine(database_url, poolclass=NullPool, connect_args={"timeout": connect_timeout_s})
 
 
+async def until_answered(engine: AsyncEngine, instrument: Instrument, what: str,
+                         action: Callable[[], Awaitable[T]], backoff_initial_s: float, backoff_max_s: float,
+                         errors: tuple[type[BaseException], ...] = DB_ERRORS) -> T:
+    """`action()` retried with capped exponential backoff for as long as PostgreSQL does not answer."""
+    backoff, attempt = backoff_initial_s, 0
+    while True:
+        attempt += 1
+        try:
+            return await action()
+        except errors as exc:
+            # Matching over a book PostgreSQL has not given back would lose its orders and reuse
+            # sequences: wait for PostgreSQL instead, matching nothing for this instrument.
+            log = logger.error if attempt == 1 else logger.warning
+            log("postgresql unavailable: %s waits", what, extra={
+                "instrument": instrument.symbol, "database": safe_url(engine), "attempt": attempt,
+                "retry_in_s": backoff, "error": f"{type(exc).__name__}: {exc}"})
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, backoff_max_s)
+
+
 async def _load_with_retry(database_url: str, instrument: Instrument, backoff_initial_s: float,
                            backoff_max_s: float) -> PersistedBook | None:
     engine = recovery_engine(database_url)
-    backoff, attempt = backoff_initial_s, 0
     try:
-        while True:
-            attempt += 1
-            try:
-                return await load_persisted(engine, instrument)
-            except DB_ERRORS as exc:
-                # Starting with an empty book over persisted open orders would lose them and reuse
-                # sequences: wait for PostgreSQL instead, matching nothing for this instrument.
-                log = logger.error if attempt == 1 else logger.warning
-                log("postgresql unavailable: the book cannot be rebuilt, matching waits", extra={
-                    "instrument": instrument.symbol, "database": _safe(engine), "attempt": attempt,
-                    "retry_in_s": backoff, "error": f"{type(exc).__name__}: {exc}"})
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, backoff_max_s)
+        return await until_answered(engine, instrument, "the book cannot be rebuilt, matching",
+                                    lambda: load_persisted(engine, instrument), backoff_initial_s, backoff_max_s)
     finally:
         await engine.dispose()
 
@@ -283,6 +298,8 @@ async def recover_instrument(redis: Redis, instrument: Instrument, keys: Instrum
                     extra={"instrument": symbol})
         return None
     await write_book(redis, keys, book)
+    # Meta last: the completion marker of the rebuild.
+    await redis.hset(keys.meta, mapping=meta_fields(book.sequences, len(book.records), "0-0", "recovered_at"))
     bids = [r for r in book.records if r.side == "buy"]
     asks = [r for r in book.records if r.side == "sell"]
     seq = book.sequences
@@ -294,41 +311,3 @@ async def recover_instrument(redis: Redis, instrument: Instrument, keys: Instrum
     )
     logger.info("recovery finished: book rebuilt from postgresql", extra=asdict(done))
     return done
-
-
-async def redis_behind_database(redis: Redis, instrument: Instrument, keys: InstrumentKeys, database_url: str,
-                                connect_timeout_s: float = 2.0) -> bool | None:
-    """With Redis state present: whether PostgreSQL holds trade or event sequences beyond it; None when
-    PostgreSQL cannot be asked (matching never waits for this check).
-
-    Redis comes back older than PostgreSQL when it is restored from an RDB file, or from an AOF fsynced
-    every second after a host crash. Its next sequences would then repeat stored ones, and the persister's
-    ON CONFLICT DO NOTHING would drop those new trades and events without a word: this makes it loud.
-    """
-    meta_trade, meta_event = await redis.hmget(keys.meta, ["trade_seq", "event_seq"])
-    engine = recovery_engine(database_url, connect_timeout_s)
-    try:
-        async with engine.connect() as conn:
-            max_trade, max_event, _, _ = (await conn.execute(_sequences_query(instrument.symbol))).one()
-    except DBAPIError as exc:
-        if getattr(exc.orig, "sqlstate", None) in NOTHING_PERSISTED:
-            return False
-        logger.warning("could not compare redis with postgresql: %s", exc, extra={"instrument": instrument.symbol})
-        return None
-    except DB_ERRORS as exc:
-        logger.warning("could not compare redis with postgresql: %r", exc, extra={"instrument": instrument.symbol})
-        return None
-    finally:
-        await engine.dispose()
-    redis_seqs = (int(meta_trade or 0), int(meta_event or 0))
-    stored_seqs = (int(max_trade or 0), int(max_event or 0))
-    behind = stored_seqs[0] > redis_seqs[0] or stored_seqs[1] > redis_seqs[1]
-    if behind:
-        logger.critical(
-            "redis state is older than postgresql: new trades and events would reuse stored sequences and be "
-            "dropped by the persister; stop trading this instrument and restore Redis, or delete its matcher "
-            "state so that the book is rebuilt from postgresql", extra={
-                "event": "redis_behind_database", "instrument": instrument.symbol,
-                "redis_trade_seq": redis_seqs[0], "stored_trade_seq": stored_seqs[0],
-                "redis_event_seq": redis_seqs[1], "stored_event_seq": stored_seqs[1]})
-    return behind

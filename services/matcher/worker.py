@@ -14,8 +14,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from services.common.groups import group_lag
 from services.common.keys import MATCHER_GROUP, instrument_keys
 from services.matcher.engine import InstrumentMatcher
+from services.matcher.heal import heal_if_behind
 from services.matcher.metrics import MatcherMetrics
-from services.matcher.recovery import recover_instrument, redis_behind_database, state_lost
+from services.matcher.recovery import recover_instrument
 from services.matcher.settings import MatcherSettings
 
 logger = logging.getLogger(__name__)
@@ -56,13 +57,18 @@ class Matcher:
 
     async def _prepare_engine(self, engine: InstrumentMatcher) -> None:
         # Recovery comes first: match.lua cannot read before ensure_group re-creates the group, so no
-        # command of a wiped Redis is matched against an empty book.
+        # command of a wiped Redis is matched against an empty book. A Redis that kept older state is
+        # healed instead (match.lua refuses to run while a heal is under way).
+        symbol = engine.instrument.symbol
         rebuilt = await recover_instrument(self.redis, engine.instrument, engine.keys, self.settings.database_url,
                                            backoff_max_s=self.settings.recovery_backoff_max_s)
-        if rebuilt is None and not await state_lost(self.redis, engine.keys):
-            behind = await redis_behind_database(self.redis, engine.instrument, engine.keys,
-                                                 self.settings.database_url)
-            self.metrics.behind_database.labels(engine.instrument.symbol).set(1 if behind else 0)
+        if rebuilt is None:
+            healed = await heal_if_behind(self.redis, engine.instrument, engine.keys, self.settings.database_url,
+                                          backoff_max_s=self.settings.recovery_backoff_max_s)
+            if healed is not None:
+                self.metrics.heals.labels(symbol).inc()
+                for kind, count in healed.missing().items():
+                    self.metrics.heal_missing.labels(symbol, kind).set(count)
         await engine.prepare()
 
     async def run(self) -> None:
@@ -100,6 +106,11 @@ class Matcher:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
             except ResponseError as exc:
+                if str(exc).startswith("HEALING"):
+                    # A heal of this instrument was cut short (it left meta marked): redo it first.
+                    logger.error("instrument marked as being healed: healing again", extra={"instrument": symbol})
+                    down = True
+                    continue
                 if "NOGROUP" not in str(exc):
                     raise
                 # The group vanished with Redis's state in a restart the client's retries hid.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -12,6 +11,7 @@ import msgspec
 
 from services.common.instruments import Instrument
 from services.common.money import EXACT, parse_decimal
+from services.common.stream_ids import is_stream_id
 from services.common.wire import EventEntry, TradeEntry
 
 StreamKind = Literal["trades", "events"]
@@ -19,7 +19,6 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Events that change an order's state; cancel_rejected only reports on it.
 ORDER_CHANGING = frozenset({"accepted", "rejected", "partially_filled", "filled", "cancelled"})
 CARRIES_ORDER = frozenset({"accepted", "rejected"})
-STREAM_ID = re.compile(r"([0-9]{1,19})-([0-9]{1,19})")
 STATIC_FIELDS = ("client_order_id", "side", "type", "time_in_force", "post_only", "price", "created_at")
 
 
@@ -84,8 +83,7 @@ def _command_id(text: str | None) -> str | None:
     """A stream entry id `<ms>-<seq>` as the matcher wrote it; None when the event carries none."""
     if not text:
         return None
-    match = STREAM_ID.fullmatch(text)
-    if match is None or max(int(match[1]), int(match[2])) >= 2**63:
+    if not is_stream_id(text):
         raise MalformedEntry(f"command_id={text!r} is not a stream entry id")
     return text
 

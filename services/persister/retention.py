@@ -20,7 +20,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.db import orders
+from services.common.groups import needed_from
 from services.common.keys import InstrumentKeys
+from services.common.stream_ids import StreamId, format_stream_id
 from services.common.wire import FINAL_STATUSES, OrderRecord, text
 from services.persister.metrics import PersisterMetrics
 
@@ -47,22 +49,13 @@ class RetentionResult:
     evicted: int
 
 
-def _parse(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def _format(entry_id: tuple[int, int]) -> str:
-    return f"{entry_id[0]}-{entry_id[1]}"
-
-
 async def redis_now_ms(redis: Redis) -> int:
     """Redis's own clock: it is the clock that stamped the stream ids."""
     seconds, micros = await redis.time()
     return int(seconds) * 1000 + int(micros) // 1000
 
 
-async def stream_floor(redis: Redis, stream: str, age_floor: tuple[int, int]) -> tuple[int, int]:
+async def stream_floor(redis: Redis, stream: str, age_floor: StreamId) -> StreamId:
     """The lowest id any group of `stream` still needs, capped at `age_floor` (entries below it may go)."""
     floor = age_floor
     try:
@@ -70,23 +63,18 @@ async def stream_floor(redis: Redis, stream: str, age_floor: tuple[int, int]) ->
     except ResponseError:  # no such stream
         return floor
     for info in groups:
-        ms, seq = _parse(text(info["last-delivered-id"]))
-        floor = min(floor, (ms, seq + 1))  # everything up to last-delivered was delivered ...
-        if int(info["pending"]):  # ... but what is pending has not been acknowledged
-            summary = await redis.xpending(stream, text(info["name"]))
-            if summary["min"] is not None:
-                floor = min(floor, _parse(text(summary["min"])))
+        floor = min(floor, await needed_from(redis, stream, info))
     return floor
 
 
-async def trim_stream(redis: Redis, stream: str, age_floor: tuple[int, int]) -> int:
+async def trim_stream(redis: Redis, stream: str, age_floor: StreamId) -> int:
     """XTRIM `stream` exactly to its floor; the number of entries removed."""
     floor = await stream_floor(redis, stream, age_floor)
     if floor <= (0, 0):
         return 0
     # Exact, not `~`: each run only removes what one interval added, Redis frees whole nodes and just
     # marks the boundary node's entries deleted, and an exact floor is easy to reason about and test.
-    return int(await redis.xtrim(stream, minid=_format(floor), approximate=False))
+    return int(await redis.xtrim(stream, minid=format_stream_id(floor), approximate=False))
 
 
 async def persisted_final(db: AsyncEngine, candidates: dict[str, str]) -> list[str]:

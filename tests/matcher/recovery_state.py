@@ -67,6 +67,49 @@ async def enqueue(redis: Redis, keys: InstrumentKeys, commands: list[Command]) -
         await pipe.execute()
 
 
+async def enqueue_accepted(redis: Redis, keys: InstrumentKeys, commands: list[Command]) -> None:
+    """XADD the commands and, for new orders, write the `accepted` record, as ingest's accept.lua does."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for command in commands:
+            pipe.xadd(keys.orders, command)  # type: ignore[arg-type]
+            if command["cmd"] == "new":
+                created = int(command["created_at"])
+                record = OrderRecord(
+                    order_id=command["order_id"], client_id=command["client_id"],
+                    client_order_id=command["client_order_id"], side=command["side"],  # type: ignore[arg-type]
+                    type=command["type"], time_in_force=command["time_in_force"],  # type: ignore[arg-type]
+                    post_only=int(command["post_only"]), price_ticks=int(command["price_ticks"]),
+                    quantity_lots=int(command["quantity_lots"]), filled_lots=0, status="accepted", reason="",
+                    created_at=created, updated_at=created, arrival_seq=0, notional_hi=0, notional_lo=0)
+                pipe.hset(keys.order_state, command["order_id"], msgspec.msgpack.encode(record))
+        await pipe.execute()
+
+
+Backup = dict[bytes, tuple[bytes, int]]
+
+
+async def backup(redis: Redis, prefix: str, symbol: str) -> Backup:
+    """DUMP (and PTTL) of every key of the prefix that belongs to the instrument: an older copy to restore."""
+    names = [key async for key in redis.scan_iter(match=f"{prefix}*{{{symbol}}}*", count=1000)]
+    async with redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.dump(name)
+            pipe.pttl(name)
+        replies = await pipe.execute()
+    return {name: (replies[2 * n], int(replies[2 * n + 1])) for n, name in enumerate(names)}
+
+
+async def restore(redis: Redis, prefix: str, symbol: str, saved: Backup) -> None:
+    """Put the instrument's keys back as `saved` holds them (RESTORE REPLACE), deleting the ones made since."""
+    newer = [key async for key in redis.scan_iter(match=f"{prefix}*{{{symbol}}}*", count=1000) if key not in saved]
+    async with redis.pipeline(transaction=True) as pipe:
+        if newer:
+            pipe.delete(*newer)
+        for name, (dumped, pttl) in saved.items():
+            pipe.restore(name, max(pttl, 0), dumped, replace=True)
+        await pipe.execute()
+
+
 async def persist(redis: Redis, redis_url: str, prefix: str, db_url: str, instruments: Instruments) -> None:
     """Run a persister worker until every trade and event of the prefix is committed to the database."""
     async with workers(settings_for(redis_url, prefix, db_url, TWO_INSTRUMENTS), instruments):

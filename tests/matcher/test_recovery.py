@@ -29,7 +29,7 @@ from services.common.wire import EventEntry, OrderRecord, TradeEntry, fields_to_
 from services.matcher import recovery
 from services.matcher.engine import InstrumentMatcher
 from services.matcher.metrics import MatcherMetrics
-from services.matcher.recovery import recover_instrument, redis_behind_database, state_lost
+from services.matcher.recovery import recover_instrument, state_lost
 from services.matcher.worker import Matcher
 from tests.conftest import TWO_INSTRUMENTS
 from tests.matcher.harness import Harness
@@ -364,28 +364,3 @@ async def test_postgresql_unavailable_at_start_the_rebuild_waits_for_it(
         await proxy.close()
     assert done is not None and done.orders == len(scenario.before["BTC-USD"].records)
     await assert_same_as_before(redis, instruments, scenario)
-
-
-async def test_redis_older_than_postgresql_is_reported(
-        redis: Redis, key_prefix: str, instruments: Instruments, db: AsyncEngine, db_url: str,
-        caplog: pytest.LogCaptureFixture) -> None:
-    instrument = instruments["BTC-USD"]
-    harness = Harness(redis, instrument, key_prefix)
-    await harness.prepare()
-    await harness.new("sell", "100", "1", order_id="s1")
-    await harness.new("buy", "100", "1", order_id="b1")
-    await harness.run()  # Redis: trade seq 1, event seq 4
-    keys = instrument_keys(key_prefix, "BTC-USD")
-    assert await redis_behind_database(redis, instrument, keys, db_url) is False  # nothing stored yet
-
-    async with db.begin() as conn:  # PostgreSQL holds a trade Redis never saw: Redis came back older
-        await conn.execute(text(
-            "INSERT INTO trades VALUES "
-            "('BTC-USD-7', 'BTC-USD', 7, 100, 1, 'buy', 'x', 'y', 'x', 'y', 'a', 'b', now())"))
-    caplog.set_level(logging.WARNING, "services.matcher.recovery")
-    assert await redis_behind_database(redis, instrument, keys, db_url) is True
-    [report] = [r for r in caplog.records if r.levelno == logging.CRITICAL]
-    assert (report.redis_trade_seq, report.stored_trade_seq) == (1, 7)  # type: ignore[attr-defined]
-
-    assert await asyncio.wait_for(redis_behind_database(redis, instrument, keys, _closed_port_url()), 3) is None
-
