@@ -8,7 +8,9 @@ for the session on free ports with their data in a temporary directory: `make te
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -31,10 +33,14 @@ TWO_INSTRUMENTS = REPO_ROOT / "tests" / "data" / "two_instruments.toml"
 
 
 @pytest.fixture(scope="session")
-def own_servers(tmp_path_factory: pytest.TempPathFactory) -> RuntimeSettings:
+def own_servers() -> Iterator[RuntimeSettings]:
     """Where this session's own servers would run: free ports, data in a temporary directory."""
-    return RuntimeSettings(run_dir=tmp_path_factory.mktemp("engine-runtime"), redis_port=free_port(),
-                           postgres_port=free_port(), own_redis=True, own_postgres=True)
+    # Not pytest's tmp_path_factory: another pytest session on the machine removes all but its three
+    # newest base directories, which would delete a running server's data under it.
+    run_dir = Path(tempfile.mkdtemp(prefix="engine-test-servers-"))
+    yield RuntimeSettings(run_dir=run_dir, redis_port=free_port(), postgres_port=free_port(),
+                          own_redis=True, own_postgres=True)
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
