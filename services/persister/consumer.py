@@ -111,6 +111,10 @@ class Persister:
                     redis_down = False
                     logger.info("redis regained", extra={"event": "redis_regained"})
             except RedisError as exc:
+                # An XREADGROUP that ran just before the connection died delivered entries whose reply was
+                # lost: they are pending for this consumer, and '>' never returns them. Read own pending
+                # again first, rather than leave them to XAUTOCLAIM after claim_idle_ms.
+                pending_drained = False
                 if "NOGROUP" in str(exc):
                     # Redis restarted without its data: the streams begin again, so does the group.
                     logger.warning("consumer group missing; creating it again", extra={"event": "regroup"})

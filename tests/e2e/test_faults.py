@@ -1,0 +1,400 @@
+"""Supervision and durability under faults: the whole engine on its own Redis and PostgreSQL (`make run`),
+kill -9 of those servers under a steady flow of orders, and a stop/start that keeps the book.
+
+CONTRACT.md: an order answered 2xx survives kill -9 of any process, Redis and PostgreSQL included; a killed
+server is restarted by the supervisor and every service recovers by itself, losing and doubling nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import signal
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import websockets
+from redis.asyncio import Redis
+
+from services.common.keys import MATCHER_GROUP, PERSISTER_GROUP, instrument_keys
+from services.common.redis_conn import connect
+from tests.e2e.engine import RunningEngine, engine_env, http_ok
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(200)]
+
+logger = logging.getLogger(__name__)
+
+SYMBOL = "BTC-USD"
+KEYS = {"client-A": "demo-key-A", "client-B": "demo-key-B"}
+CLIENTS = 6
+RATE_PER_CLIENT = 50  # orders/s: 300/s in all
+RETRY_PAUSE_S = 0.1  # clients retry faster than Retry-After asks, so the longest outage is measured finely
+
+
+@dataclass(frozen=True)
+class OwnServers:
+    engine: RunningEngine
+    redis_url: str
+    database_url: str  # asyncpg's form
+
+
+def own_servers(engine: RunningEngine) -> OwnServers:
+    env = engine.env
+    return OwnServers(engine, f"redis://127.0.0.1:{env['ENGINE_REDIS_PORT']}/0",
+                      f"postgresql://postgres@127.0.0.1:{env['ENGINE_PG_PORT']}/trading")
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[RunningEngine]:
+    """`make run` on its own Redis and PostgreSQL (no URL given), data under tmp_path/data."""
+    running = RunningEngine(engine_env("", None, None, tmp_path), tmp_path)
+    running.start(timeout=90)
+    try:
+        yield running
+    finally:
+        running.kill_group()
+
+
+@contextlib.asynccontextmanager
+async def redis_of(servers: OwnServers) -> AsyncIterator[Redis]:
+    client = connect(servers.redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+# The flow ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Flow:
+    """What the order clients saw."""
+
+    statuses: Counter[int] = field(default_factory=Counter)
+    read_statuses: Counter[int] = field(default_factory=Counter)  # GETs from Redis and from PostgreSQL
+    bad: list[str] = field(default_factory=list)  # answers the contract forbids
+    acknowledged: dict[str, str] = field(default_factory=dict)  # idempotency key -> order id
+    retried: set[str] = field(default_factory=set)  # keys that needed more than one attempt
+    connection_errors: int = 0
+    max_outage_s: float = 0.0  # longest time one order took from its first attempt to its answer
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def order_body(rng: random.Random, n: int, client_id: str) -> dict[str, Any]:
+    """A limit order for BTC-USD: about 60% rest (bids under 50,000, asks over), 40% cross the spread."""
+    side = rng.choice(("buy", "sell"))
+    crossing = rng.random() < 0.4
+    offset = Decimal(rng.randint(1, 100))
+    if side == "buy":
+        price = Decimal(50_100) if crossing else Decimal(50_000) - offset
+    else:
+        price = Decimal(49_900) if crossing else Decimal(50_000) + offset
+    return {"idempotency_key": f"fault-{n}-{uuid.uuid4().hex}", "client_order_id": f"co-{n}",
+            "client_id": client_id, "instrument": SYMBOL, "side": side, "type": "limit",
+            "price": f"{price}.00", "quantity": f"0.0{rng.randint(1, 9)}"}
+
+
+async def place(http: httpx.AsyncClient, flow: Flow, body: dict[str, Any], headers: dict[str, str]) -> str:
+    """POST until 201/200, the same body and key each time; every answer recorded."""
+    key = body["idempotency_key"]
+    first = time.monotonic()
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            answer = await http.post("/orders", json=body, headers=headers)
+        except httpx.TransportError:
+            flow.connection_errors += 1
+            await asyncio.sleep(RETRY_PAUSE_S)
+            continue
+        flow.statuses[answer.status_code] += 1
+        if answer.status_code in (200, 201):
+            if attempts > 1:
+                flow.retried.add(key)
+                flow.max_outage_s = max(flow.max_outage_s, time.monotonic() - first)
+            if answer.status_code == 200 and answer.headers.get("idempotent-replayed") != "true":
+                flow.bad.append(f"200 without Idempotent-Replayed for {key}: {answer.text}")
+            order_id: str = answer.json()["order_id"]
+            return order_id
+        if answer.status_code == 503:
+            if not answer.headers.get("retry-after"):
+                flow.bad.append(f"503 without Retry-After: {answer.text}")
+            await asyncio.sleep(RETRY_PAUSE_S)
+            continue
+        flow.bad.append(f"{answer.status_code} for {key}: {answer.text}")
+        return ""
+
+
+async def order_client(base: str, flow: Flow, index: int) -> None:
+    rng = random.Random(index)
+    client_id = ("client-A", "client-B")[index % 2]
+    headers = {"Authorization": f"Bearer {KEYS[client_id]}"}
+    n = index
+    async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+        next_at = time.monotonic()
+        while not flow.stop.is_set():
+            body = order_body(rng, n, client_id)
+            order_id = await place(http, flow, body, headers)
+            if order_id:
+                flow.acknowledged[body["idempotency_key"]] = order_id
+                if body["idempotency_key"] in flow.retried:
+                    # The first answer may have been lost on the way: the same request again must name
+                    # the same order, whatever happened to the attempts before.
+                    again = await place(http, flow, body, headers)
+                    if again != order_id:
+                        flow.bad.append(f"{body['idempotency_key']} answered {order_id} then {again}")
+            n += CLIENTS
+            next_at += 1 / RATE_PER_CLIENT
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+
+async def reader_client(base: str, flow: Flow) -> None:
+    """GETs served from Redis (book, live order) and from PostgreSQL (trades, ticker): 200 or 503 only."""
+    headers = {"Authorization": "Bearer demo-broker"}
+    async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+        while not flow.stop.is_set():
+            paths = [f"/trades?instrument={SYMBOL}&limit=5", f"/orderbook?instrument={SYMBOL}&levels=5",
+                     f"/analytics/{SYMBOL}/ticker"]
+            if flow.acknowledged:
+                paths.append(f"/orders/{next(reversed(flow.acknowledged.values()))}")
+            for path in paths:
+                try:
+                    answer = await http.get(path, headers=headers)
+                except httpx.TransportError:
+                    flow.connection_errors += 1
+                    continue
+                flow.read_statuses[answer.status_code] += 1
+                if answer.status_code == 503 and not answer.headers.get("retry-after"):
+                    flow.bad.append(f"GET {path}: 503 without Retry-After")
+                elif answer.status_code not in (200, 503):
+                    flow.bad.append(f"GET {path}: {answer.status_code} {answer.text[:300]}")
+            await asyncio.sleep(0.05)
+
+
+@dataclass
+class Follower:
+    """A WebSocket client following trades, resuming with since_seq after every disconnect."""
+
+    url: str
+    seqs: list[int] = field(default_factory=list)
+    reconnects: int = 0
+    errors: list[str] = field(default_factory=list)  # e.g. a replay refused while Redis is away
+    ws: Any = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            since = self.seqs[-1] if self.seqs else 0
+            try:
+                async with websockets.connect(self.url, open_timeout=5) as ws:
+                    self.ws = ws
+                    await ws.send(json.dumps({"op": "subscribe", "channels": ["trades"], "instruments": [SYMBOL],
+                                              "since_seq": since}))
+                    async for frame in ws:
+                        if not self.receive(frame):
+                            break  # the subscription failed: connect and subscribe again
+            except (OSError, websockets.WebSocketException, TimeoutError):
+                pass
+            self.ws = None
+            if not stop.is_set():
+                self.reconnects += 1
+                await asyncio.sleep(0.2)
+
+    def receive(self, frame: str | bytes) -> bool:
+        decoded = json.loads(frame)
+        for message in decoded if isinstance(decoded, list) else [decoded]:
+            if message["type"] == "trade":
+                self.seqs.append(int(message["seq"]))
+            elif message["type"] == "error":
+                self.errors.append(message["message"])
+                return False
+        return True
+
+    async def drop(self) -> None:
+        """Close the connection as a flaky network would: the client resumes with since_seq."""
+        if self.ws is not None:
+            await self.ws.close()
+
+
+# Faults ---------------------------------------------------------------------------------------------
+
+
+async def wait_for(condition: Any, within: float, what: str, interval: float = 0.1) -> float:
+    """Poll `condition()` (sync or async) until true; the seconds it took."""
+    started = time.monotonic()
+    while time.monotonic() - started < within:
+        value = condition()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return time.monotonic() - started
+        await asyncio.sleep(interval)
+    raise AssertionError(f"not {what} after {within}s")
+
+
+async def kill_server(engine: RunningEngine, watcher: str, answers: Any, follower: Follower) -> float:
+    """kill -9 the server; the seconds until circus has restarted it and `answers()` holds."""
+    [pid] = await asyncio.to_thread(engine.pids, watcher)
+    os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    # The WebSocket client loses its connection too, and resubscribes while the server is away.
+    await follower.drop()
+
+    async def restarted() -> bool:
+        pids = await asyncio.to_thread(engine.pids, watcher)
+        return bool(pids) and pids != [pid] and bool(await answers())
+
+    await wait_for(restarted, 60, f"{watcher} restarted", interval=0.2)
+    return time.monotonic() - killed
+
+
+async def postgres_answers(url: str) -> bool:
+    try:
+        conn = await asyncpg.connect(url, timeout=2)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        return False
+    await conn.close()
+    return True
+
+
+# Checks ---------------------------------------------------------------------------------------------
+
+
+async def drained(redis: Redis) -> bool:
+    """The matcher has applied every command, the persister has written and acknowledged every entry."""
+    keys = instrument_keys("", SYMBOL)
+    for stream, group in ((keys.orders, MATCHER_GROUP), (keys.trades, PERSISTER_GROUP),
+                          (keys.events, PERSISTER_GROUP)):
+        infos = {info["name"].decode(): info for info in await redis.xinfo_groups(stream)}
+        info = infos.get(group)
+        if info is None or info.get("lag") is None or int(info["lag"]) or int(info["pending"]):
+            return False
+    return True
+
+
+async def check_stored(servers: OwnServers, redis: Redis, flow: Flow, follower: Follower
+                       ) -> tuple[dict[str, int], list[str]]:
+    """After the drain: the figures for the summary, and every way the stored state is wrong."""
+    keys = instrument_keys("", SYMBOL)
+    conn = await asyncpg.connect(servers.database_url)
+    try:
+        orders = await conn.fetch("SELECT order_id, client_order_id, filled_quantity FROM orders")
+        stored_trades = await conn.fetch("SELECT trade_id, seq, price, quantity, buy_order_id, sell_order_id "
+                                         "FROM trades WHERE instrument = $1 ORDER BY seq", SYMBOL)
+        fills = dict(await conn.fetch(
+            "SELECT order_id, sum(quantity) FROM (SELECT buy_order_id AS order_id, quantity FROM trades "
+            "UNION ALL SELECT sell_order_id, quantity FROM trades) f GROUP BY order_id"))
+    finally:
+        await conn.close()
+    problems: list[str] = []
+
+    acknowledged = set(flow.acknowledged.values())
+    if len(acknowledged) != len(flow.acknowledged):
+        problems.append("two idempotency keys were answered with one order id")
+    stored = {row["order_id"] for row in orders}
+    missing = acknowledged - stored
+    # An order nobody was told about, or a client_order_id stored twice: an attempt placed twice.
+    extra = stored - acknowledged
+    doubled = [c for c, n in Counter(row["client_order_id"] for row in orders).items() if n > 1]
+    if missing:
+        problems.append(f"{len(missing)} acknowledged orders missing from PostgreSQL: {sorted(missing)[:5]}")
+    if extra or doubled:
+        problems.append(f"doubled orders: {sorted(extra)[:5]}, client_order_ids {doubled[:5]}")
+    commands = Counter(f[b"order_id"].decode() for _, f in await redis.xrange(keys.orders) if f[b"cmd"] == b"new")
+    if set(commands) != acknowledged or max(commands.values()) != 1:
+        problems.append("the orders stream does not hold each acknowledged order exactly once")
+
+    seqs = [row["seq"] for row in stored_trades]
+    if seqs != list(range(1, len(seqs) + 1)):
+        problems.append("trade seqs in PostgreSQL have gaps or repeats")
+    in_redis = [(f[b"trade_id"].decode(), int(f[b"seq"]), Decimal(f[b"price"].decode()),
+                 Decimal(f[b"quantity"].decode()), f[b"buy_order_id"].decode(), f[b"sell_order_id"].decode())
+                for _, f in await redis.xrange(keys.trades)]
+    if [tuple(row) for row in stored_trades] != in_redis:
+        problems.append(f"PostgreSQL's {len(seqs)} trades differ from the Redis stream's {len(in_redis)}")
+    wrong_fills = [(row["order_id"], row["filled_quantity"], fills.get(row["order_id"], 0)) for row in orders
+                   if row["filled_quantity"] != fills.get(row["order_id"], 0)]
+    if wrong_fills:
+        problems.append(f"filled_quantity differs from the sum of the order's trades: {wrong_fills[:5]}")
+    if follower.seqs != seqs:
+        seen = Counter(follower.seqs)
+        twice = sorted(s for s, n in seen.items() if n > 1)
+        problems.append(f"the WebSocket client saw {len(follower.seqs)} trades, {len(seqs)} stored: missed "
+                        f"{sorted(set(seqs) - set(seen))[:10]}, twice {twice[:10]}")
+    return {"orders": len(acknowledged), "trades": len(seqs), "missing": len(missing),
+            "doubled": len(extra) + len(doubled)}, problems
+
+
+async def test_killing_redis_and_postgresql_under_load_loses_and_doubles_nothing(engine: RunningEngine) -> None:
+    servers = own_servers(engine)
+    flow = Flow()
+    follower = Follower(f"ws://127.0.0.1:{engine.env['BROADCASTER_PORT']}/stream")
+    follow_stop = asyncio.Event()
+    follow_task = asyncio.create_task(follower.run(follow_stop))
+    clients = [asyncio.create_task(order_client(engine.ingest, flow, i)) for i in range(CLIENTS)]
+    clients.append(asyncio.create_task(reader_client(engine.ingest, flow)))
+    outages: list[str] = []
+
+    async def ingest_answers() -> bool:
+        return await asyncio.to_thread(http_ok, f"{engine.ingest}/readyz")
+
+    async def postgres_up() -> bool:
+        return await postgres_answers(servers.database_url)
+
+    try:
+        await asyncio.sleep(4)
+        for watcher, answers in (("redis", ingest_answers), ("redis", ingest_answers), ("postgres", postgres_up)):
+            took = await kill_server(engine, watcher, answers, follower)
+            outages.append(f"{watcher} {took:.1f}s")
+            await asyncio.sleep(4)
+        await asyncio.sleep(2)
+    finally:
+        flow.stop.set()
+        await asyncio.gather(*clients)
+    stopped = time.monotonic()
+
+    async with redis_of(servers) as redis:
+        await wait_for(lambda: drained(redis), 60, "drained")
+        drain_s = time.monotonic() - stopped
+        top = (await redis.xrevrange(instrument_keys("", SYMBOL).trades, count=1))
+        top_seq = int(top[0][1][b"seq"]) if top else 0
+        await wait_for(lambda: bool(follower.seqs) and follower.seqs[-1] >= top_seq, 20, "WebSocket caught up")
+        follow_stop.set()
+        follow_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follow_task
+        figures, problems = await check_stored(servers, redis, flow, follower)
+    # Reads from PostgreSQL work again: ingest's pool replaced the connections that died with the server.
+    async with httpx.AsyncClient(base_url=engine.ingest, timeout=10) as http:
+        newest = await http.get("/trades", params={"instrument": SYMBOL, "limit": "1"})
+
+    summary = (f"fault summary: orders acknowledged {figures['orders']}, trades {figures['trades']}, "
+               f"kills {len(outages)} ({', '.join(outages)} until restarted and answering), "
+               f"missing {figures['missing']}, doubled {figures['doubled']}, drain {drain_s:.1f}s, "
+               f"POST statuses {dict(flow.statuses)}, 503s {flow.statuses[503]}, GET statuses "
+               f"{dict(flow.read_statuses)}, connection errors {flow.connection_errors}, retried orders "
+               f"{len(flow.retried)}, max outage seen by a client {flow.max_outage_s:.1f}s, WebSocket "
+               f"reconnects {follower.reconnects} (replays refused while Redis was away {len(follower.errors)})")
+    logger.warning(summary)
+    print(summary)
+    assert not problems, problems
+    assert not flow.bad, flow.bad[:10]
+    assert set(flow.statuses) <= {200, 201, 503}
+    # The only error a client may see: its replay refused while Redis was away (it subscribed again).
+    assert all(e.startswith(f"cannot replay the trades of {SYMBOL}") for e in follower.errors), follower.errors
+    assert newest.status_code == 200 and newest.json()[0]["seq"] == figures["trades"], newest.text
+    # Entries a lost XREADGROUP reply left pending must not wait for XAUTOCLAIM (30 s) to be persisted.
+    assert drain_s < 10
