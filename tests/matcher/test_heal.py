@@ -92,7 +92,7 @@ async def _pg(db: AsyncEngine, query: str, **params: object) -> list[tuple[Any, 
 
 
 async def assert_postgresql_consistent(db: AsyncEngine, redis: Redis, instruments: Instruments,
-                                       keys: InstrumentKeys) -> None:
+                                       keys: InstrumentKeys, min_levels: int = 10) -> None:
     """Gapless unique sequences, no order applied twice, and the book is what PostgreSQL holds open."""
     for table in ("trades", "order_events"):
         [(count, distinct, top)] = await _pg(db, f"SELECT count(*), count(DISTINCT seq), max(seq) FROM {table} "
@@ -104,7 +104,7 @@ async def assert_postgresql_consistent(db: AsyncEngine, redis: Redis, instrument
     state = await capture(redis, instruments[keys.symbol], keys)
     book = {("buy", Decimal(lv.price), Decimal(lv.quantity)) for lv in state.book.bids} | \
         {("sell", Decimal(lv.price), Decimal(lv.quantity)) for lv in state.book.asks}
-    assert levels == book and len(book) > 10
+    assert levels == book and len(book) >= min_levels
 
 
 def _same_records(records: dict[str, OrderRecord]) -> dict[str, OrderRecord]:
