@@ -41,6 +41,7 @@ SYMBOL = "BTC-USD"
 KEYS = {"client-A": "demo-key-A", "client-B": "demo-key-B"}
 CLIENTS = 6
 RATE_PER_CLIENT = 50  # orders/s: 300/s in all
+BROKER = {"Authorization": "Bearer demo-broker"}  # reads any client's orders
 RETRY_PAUSE_S = 0.1  # clients retry faster than Retry-After asks, so the longest outage is measured finely
 
 
@@ -164,7 +165,6 @@ async def order_client(base: str, flow: Flow, index: int) -> None:
 
 async def reader_client(base: str, flow: Flow) -> None:
     """GETs served from Redis (book, live order) and from PostgreSQL (trades, ticker): 200 or 503 only."""
-    headers = {"Authorization": "Bearer demo-broker"}
     async with httpx.AsyncClient(base_url=base, timeout=10) as http:
         while not flow.stop.is_set():
             paths = [f"/trades?instrument={SYMBOL}&limit=5", f"/orderbook?instrument={SYMBOL}&levels=5",
@@ -173,7 +173,7 @@ async def reader_client(base: str, flow: Flow) -> None:
                 paths.append(f"/orders/{next(reversed(flow.acknowledged.values()))}")
             for path in paths:
                 try:
-                    answer = await http.get(path, headers=headers)
+                    answer = await http.get(path, headers=BROKER)
                 except httpx.TransportError:
                     flow.connection_errors += 1
                     continue
@@ -398,3 +398,76 @@ async def test_killing_redis_and_postgresql_under_load_loses_and_doubles_nothing
     assert newest.status_code == 200 and newest.json()[0]["seq"] == figures["trades"], newest.text
     # Entries a lost XREADGROUP reply left pending must not wait for XAUTOCLAIM (30 s) to be persisted.
     assert drain_s < 10
+
+
+# Stop and start ---------------------------------------------------------------------------------------
+
+
+async def settled(http: httpx.AsyncClient, order_ids: list[str], statuses: dict[str, str]) -> dict[str, Any]:
+    """The orders as GET /orders/{id} shows them, once the matcher has given each its expected status."""
+    views: dict[str, Any] = {}
+
+    async def all_there() -> bool:
+        for order_id in order_ids:
+            views[order_id] = (await http.get(f"/orders/{order_id}", headers=BROKER)).json()
+        return all(views[o]["status"] == statuses[o] for o in order_ids)
+
+    await wait_for(all_there, 10, f"orders {statuses}")
+    return views
+
+
+async def test_stop_and_start_keep_the_book_and_the_open_orders(engine: RunningEngine) -> None:
+    def limit(client: str, side: str, price: str, quantity: str) -> dict[str, str]:
+        return {"client_id": client, "instrument": SYMBOL, "side": side, "type": "limit", "price": price,
+                "quantity": quantity}
+
+    async with httpx.AsyncClient(base_url=engine.ingest, timeout=10) as http:
+        placed: dict[str, str] = {}
+        for name, body in (("b1", limit("client-A", "buy", "49990.00", "0.3")),
+                           ("b2", limit("client-A", "buy", "49980.00", "0.2")),
+                           ("s1", limit("client-B", "sell", "50010.00", "0.1")),
+                           ("s2", limit("client-B", "sell", "50010.00", "0.2")),
+                           ("s3", limit("client-B", "sell", "50020.00", "0.5")),
+                           ("hit", limit("client-B", "sell", "49990.00", "0.1"))):  # leaves b1 partially filled
+            answer = await http.post("/orders", json=body, headers=BROKER)
+            assert answer.status_code == 201, answer.text
+            placed[name] = answer.json()["order_id"]
+            if name == "s3":  # b1 rests before the sell that hits it
+                await settled(http, [placed["b1"]], {placed["b1"]: "open"})
+        expected = {placed[n]: "open" for n in ("b2", "s1", "s2", "s3")}
+        expected |= {placed["b1"]: "partially_filled", placed["hit"]: "filled"}
+        before = await settled(http, list(placed.values()), expected)
+        book_before = (await http.get("/orderbook", params={"instrument": SYMBOL, "levels": "50"})).json()
+    assert book_before["bids"] == [{"price": "49990.00", "quantity": "0.2", "cumulative": "0.2"},
+                                   {"price": "49980.00", "quantity": "0.2", "cumulative": "0.4"}]
+    assert [(a["price"], a["quantity"]) for a in book_before["asks"]] == [("50010.00", "0.3"), ("50020.00", "0.5")]
+
+    redis_pid = (await asyncio.to_thread(engine.pids, "redis"))[0]
+    await asyncio.to_thread(engine.make, "stop")
+    assert engine.process is not None
+    assert await asyncio.to_thread(engine.process.wait, 60) in (0, 2)
+    assert not http_ok(f"{engine.ingest}/healthz")
+    await asyncio.to_thread(engine.start, 90)  # the same ENGINE_RUN_DIR and ports
+    assert (await asyncio.to_thread(engine.pids, "redis"))[0] != redis_pid
+
+    async with httpx.AsyncClient(base_url=engine.ingest, timeout=10) as http:
+        book_after = (await http.get("/orderbook", params={"instrument": SYMBOL, "levels": "50"})).json()
+        assert book_after == book_before
+        after = {o: (await http.get(f"/orders/{o}", headers=BROKER)).json() for o in placed.values()}
+        assert after == before
+
+        # A buy crossing the asks trades with the orders from before the stop, in price-time priority.
+        taker = await http.post("/orders", json=limit("client-A", "buy", "50010.00", "0.15"), headers=BROKER)
+        assert taker.status_code == 201, taker.text
+        statuses = {placed["s1"]: "filled", placed["s2"]: "partially_filled", taker.json()["order_id"]: "filled"}
+        views = await settled(http, list(statuses), statuses)
+        assert views[placed["s2"]]["filled_quantity"] == "0.05"
+
+        async def trades_stored() -> bool:
+            return len((await http.get("/trades", params={"instrument": SYMBOL})).json()) == 3
+
+        await wait_for(trades_stored, 20, "three trades persisted")
+        trades = (await http.get("/trades", params={"instrument": SYMBOL})).json()
+    # Newest first; sequences go on from before the stop.
+    assert [(t["seq"], t["sell_order_id"], t["quantity"]) for t in trades] == [
+        (3, placed["s2"], "0.05"), (2, placed["s1"], "0.1"), (1, placed["hit"], "0.1")]
