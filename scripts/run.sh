@@ -79,8 +79,8 @@ else
 fi
 CIRCUSD=$!
 echo "$CIRCUSD" >"$RUN_DIR/circusd.pid"
-interrupted() { trap - INT TERM; echo "stopping the engine"; stop_engine; wait_gone "$CIRCUSD"; rm -f "$RUN_DIR/circusd.pid"; exit 0; }
-trap interrupted INT TERM
+interrupted() { trap - INT TERM HUP; echo "stopping the engine"; stop_engine; wait_gone "$CIRCUSD"; rm -f "$RUN_DIR/circusd.pid"; exit 0; }
+trap interrupted INT TERM HUP
 
 for _ in $(seq 1 100); do circus_up && break; sleep 0.1; done
 if [[ -n $ENGINE_DATA_WATCHERS ]]; then echo "data services: $ENGINE_DATA_WATCHERS (data in $RUN_DIR/data, logs in $ENGINE_LOG_DIR)"; fi
@@ -100,7 +100,7 @@ if [[ $ENGINE_DATA_WATCHERS == *postgres* ]]; then echo "  postgresql   ${DATABA
 echo "  process manager: circusctl --endpoint $CIRCUS_ENDPOINT status"
 
 if [[ $1 == background ]]; then
-  trap - INT TERM
+  trap - INT TERM HUP
   echo "started in the background (pid $CIRCUSD); logs in $RUN_DIR/engine.log; \`make stop\` stops it"
   exit 0
 fi

@@ -120,6 +120,11 @@ class RunningEngine:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
+            # circusd runs in a session of its own (run.sh stops the services before the data servers):
+            # without it, nothing would be left to respawn the processes killed below.
+            pid_file = self.run_dir / "circusd.pid"
+            if pid_file.is_file() and alive(int(pid_file.read_text())):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
         self.wait_gone(workers, 15)
         for pid in workers:
             if alive(pid):

@@ -48,8 +48,9 @@ async def _outcome(harness: Harness) -> tuple[object, ...]:
     return trades, events, records, await harness.book()
 
 
-async def test_killed_matcher_loses_and_doubles_nothing(redis: Redis, key_prefix: str, instruments: Instruments,
-                                                        tmp_path: Path, postgres_server_url: str) -> None:
+async def test_killed_matcher_loses_and_doubles_nothing(redis: Redis, redis_url: str, key_prefix: str,
+                                                        instruments: Instruments, tmp_path: Path,
+                                                        postgres_server_url: str) -> None:
     instrument = instruments["BTC-USD"]
     reference = Harness(redis, instrument, key_prefix + "ref:")
     await reference.prepare()
@@ -63,7 +64,7 @@ async def test_killed_matcher_loses_and_doubles_nothing(redis: Redis, key_prefix
     # Its first start finds no meta and asks PostgreSQL for a book to rebuild: a database that does not
     # exist holds none (never the default one, which a live engine may be using).
     absent = with_database(postgres_server_url, f"absent_{uuid.uuid4().hex[:12]}")
-    env = {"REDIS_KEY_PREFIX": key_prefix + "crash:", "INSTRUMENTS_FILE": str(TWO_INSTRUMENTS),
+    env = {"REDIS_URL": redis_url, "REDIS_KEY_PREFIX": key_prefix + "crash:", "INSTRUMENTS_FILE": str(TWO_INSTRUMENTS),
            "MATCHER_METRICS_PORT": str(port), "MATCHER_BATCH": "2", "DATABASE_URL": absent}
     kills = 0
     while True:
