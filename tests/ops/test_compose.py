@@ -159,7 +159,7 @@ def test_persister_scales_with_distinct_stable_names(services: dict[str, dict[st
 def test_redis_is_durable(services: dict[str, dict[str, Any]]) -> None:
     command = services["redis"]["command"]
     assert command[command.index("--appendonly") + 1] == "yes"
-    assert command[command.index("--appendfsync") + 1] == "everysec"
+    assert command[command.index("--appendfsync") + 1] == "always"
     assert "redis-data:/data" in services["redis"]["volumes"]
     text = COMPOSE.read_text()
     assert "fsync" in text[: text.index("command: [\"redis-server\"")], "the fsync policy is documented"
