@@ -26,10 +26,17 @@ CIRCUSCTL=("$ROOT/$VENV/bin/circusctl" --endpoint "$CIRCUS_ENDPOINT" --timeout 3
 circus_up() { "$ROOT/$VENV/bin/circusctl" --endpoint "$CIRCUS_ENDPOINT" --timeout 2 status >/dev/null 2>&1; }
 
 # The services first, all at once (each finishes and acknowledges its batch), then circus and the data services.
+# One `stop` for the four: circus runs one command at a time, so parallel `circusctl stop` calls failed with
+# ConflictError, and `quit` then stopped Redis and PostgreSQL under services still finishing their batch.
+# Retried on that conflict: circus's own periodic check can hold the arbiter for a moment.
 stop_engine() {
-  local pids=()
-  for service in "${SERVICES[@]}"; do "${CIRCUSCTL[@]}" stop "$service" --waiting >/dev/null 2>&1 & pids+=($!); done
-  wait "${pids[@]}" 2>/dev/null || true
+  local services out
+  services="^($(IFS='|'; echo "${SERVICES[*]}"))\$"
+  for _ in 1 2 3 4 5; do
+    out=$("${CIRCUSCTL[@]}" stop "$services" --match regex --waiting 2>&1) && break
+    [[ $out == *"already running"* ]] || break
+    sleep 0.2
+  done
   "${CIRCUSCTL[@]}" quit --waiting >/dev/null 2>&1 || true
 }
 

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import random
+import re
 import signal
 import time
 import uuid
@@ -447,6 +448,9 @@ async def test_stop_and_start_keep_the_book_and_the_open_orders(engine: RunningE
     assert engine.process is not None
     assert await asyncio.to_thread(engine.process.wait, 60) in (0, 2)
     assert not http_ok(f"{engine.ingest}/healthz")
+    # The services stop first (each finishes its batch on a live Redis and PostgreSQL), then the data servers.
+    stopped = re.findall(r"circus\[\d+\] \[INFO\] (\w+) stopped", engine.log.read_text())
+    assert sorted(stopped[:4]) == ["broadcaster", "ingest", "matcher", "persister"], stopped
     await asyncio.to_thread(engine.start, 90)  # the same ENGINE_RUN_DIR and ports
     assert (await asyncio.to_thread(engine.pids, "redis"))[0] != redis_pid
 
