@@ -91,6 +91,8 @@ class Flow:
     bad: list[str] = field(default_factory=list)  # answers the contract forbids
     acknowledged: dict[str, str] = field(default_factory=dict)  # idempotency key -> order id
     retried: set[str] = field(default_factory=set)  # keys that needed more than one attempt
+    cancel_statuses: Counter[int] = field(default_factory=Counter)
+    cancelled: set[str] = field(default_factory=set)  # orders a cancel answered 200 for
     connection_errors: int = 0
     max_outage_s: float = 0.0  # longest time one order took from its first attempt to its answer
     stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -141,11 +143,36 @@ async def place(http: httpx.AsyncClient, flow: Flow, body: dict[str, Any], heade
         return ""
 
 
+async def cancel(http: httpx.AsyncClient, flow: Flow, order_id: str, headers: dict[str, str]) -> None:
+    """Cancel until answered other than 503: 200 cancelled, 202 pending, 409 final (filled, or cancelled by an
+    attempt whose answer was a 503)."""
+    while True:
+        try:
+            answer = await http.post(f"/orders/{order_id}/cancel", headers=headers)
+        except httpx.TransportError:
+            flow.connection_errors += 1
+            await asyncio.sleep(RETRY_PAUSE_S)
+            continue
+        flow.cancel_statuses[answer.status_code] += 1
+        if answer.status_code == 503:
+            if not answer.headers.get("retry-after"):
+                flow.bad.append(f"cancel: 503 without Retry-After: {answer.text}")
+            await asyncio.sleep(RETRY_PAUSE_S)
+            continue
+        if answer.status_code == 200:
+            flow.cancelled.add(order_id)
+        elif answer.status_code not in (202, 409):
+            flow.bad.append(f"cancel of {order_id}: {answer.status_code} {answer.text}")
+        return
+
+
 async def order_client(base: str, flow: Flow, index: int) -> None:
+    """Orders at RATE_PER_CLIENT, and a cancel of one of its earlier orders after every tenth."""
     rng = random.Random(index)
     client_id = ("client-A", "client-B")[index % 2]
     headers = {"Authorization": f"Bearer {KEYS[client_id]}"}
     n = index
+    mine: list[str] = []
     async with httpx.AsyncClient(base_url=base, timeout=10) as http:
         next_at = time.monotonic()
         while not flow.stop.is_set():
@@ -153,12 +180,15 @@ async def order_client(base: str, flow: Flow, index: int) -> None:
             order_id = await place(http, flow, body, headers)
             if order_id:
                 flow.acknowledged[body["idempotency_key"]] = order_id
+                mine.append(order_id)
                 if body["idempotency_key"] in flow.retried:
                     # The first answer may have been lost on the way: the same request again must name
                     # the same order, whatever happened to the attempts before.
                     again = await place(http, flow, body, headers)
                     if again != order_id:
                         flow.bad.append(f"{body['idempotency_key']} answered {order_id} then {again}")
+            if len(flow.acknowledged) % 10 == 0 and mine:
+                await cancel(http, flow, mine.pop(rng.randrange(len(mine))), headers)
             n += CLIENTS
             next_at += 1 / RATE_PER_CLIENT
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
@@ -246,13 +276,14 @@ async def wait_for(condition: Any, within: float, what: str, interval: float = 0
     raise AssertionError(f"not {what} after {within}s")
 
 
-async def kill_server(engine: RunningEngine, watcher: str, answers: Any, follower: Follower) -> float:
+async def kill_server(engine: RunningEngine, watcher: str, answers: Any, follower: Follower | None) -> float:
     """kill -9 the server; the seconds until circus has restarted it and `answers()` holds."""
     [pid] = await asyncio.to_thread(engine.pids, watcher)
     os.kill(pid, signal.SIGKILL)
     killed = time.monotonic()
-    # The WebSocket client loses its connection too, and resubscribes while the server is away.
-    await follower.drop()
+    if follower is not None:
+        # The WebSocket client loses its connection too, and resubscribes while the server is away.
+        await follower.drop()
 
     async def restarted() -> bool:
         pids = await asyncio.to_thread(engine.pids, watcher)
@@ -292,7 +323,7 @@ async def check_stored(servers: OwnServers, redis: Redis, flow: Flow, follower: 
     keys = instrument_keys("", SYMBOL)
     conn = await asyncpg.connect(servers.database_url)
     try:
-        orders = await conn.fetch("SELECT order_id, client_order_id, filled_quantity FROM orders")
+        orders = await conn.fetch("SELECT order_id, client_order_id, filled_quantity, status FROM orders")
         stored_trades = await conn.fetch("SELECT trade_id, seq, price, quantity, buy_order_id, sell_order_id "
                                          "FROM trades WHERE instrument = $1 ORDER BY seq", SYMBOL)
         fills = dict(await conn.fetch(
@@ -330,6 +361,10 @@ async def check_stored(servers: OwnServers, redis: Redis, flow: Flow, follower: 
                    if row["filled_quantity"] != fills.get(row["order_id"], 0)]
     if wrong_fills:
         problems.append(f"filled_quantity differs from the sum of the order's trades: {wrong_fills[:5]}")
+    not_cancelled = [row["order_id"] for row in orders if row["order_id"] in flow.cancelled
+                     and row["status"] != "cancelled"]
+    if not_cancelled:
+        problems.append(f"orders answered 200 to a cancel are not cancelled in PostgreSQL: {not_cancelled[:5]}")
     if follower.seqs != seqs:
         seen = Counter(follower.seqs)
         twice = sorted(s for s, n in seen.items() if n > 1)
@@ -357,8 +392,10 @@ async def test_killing_redis_and_postgresql_under_load_loses_and_doubles_nothing
 
     try:
         await asyncio.sleep(4)
-        for watcher, answers in (("redis", ingest_answers), ("redis", ingest_answers), ("postgres", postgres_up)):
-            took = await kill_server(engine, watcher, answers, follower)
+        # The WebSocket client stays connected through the second Redis restart, and reconnects in the others.
+        for watcher, answers, drop in (("redis", ingest_answers, follower), ("redis", ingest_answers, None),
+                                       ("postgres", postgres_up, follower)):
+            took = await kill_server(engine, watcher, answers, drop)
             outages.append(f"{watcher} {took:.1f}s")
             await asyncio.sleep(4)
         await asyncio.sleep(2)
@@ -386,7 +423,8 @@ async def test_killing_redis_and_postgresql_under_load_loses_and_doubles_nothing
                f"kills {len(outages)} ({', '.join(outages)} until restarted and answering), "
                f"missing {figures['missing']}, doubled {figures['doubled']}, drain {drain_s:.1f}s, "
                f"POST statuses {dict(flow.statuses)}, 503s {flow.statuses[503]}, GET statuses "
-               f"{dict(flow.read_statuses)}, connection errors {flow.connection_errors}, retried orders "
+               f"{dict(flow.read_statuses)}, cancel statuses {dict(flow.cancel_statuses)}, "
+               f"connection errors {flow.connection_errors}, retried orders "
                f"{len(flow.retried)}, max outage seen by a client {flow.max_outage_s:.1f}s, WebSocket "
                f"reconnects {follower.reconnects} (replays refused while Redis was away {len(follower.errors)})")
     logger.warning(summary)
