@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.processes import REPO_ROOT, free_port, reserve
@@ -129,6 +131,17 @@ class RunningEngine:
         for pid in workers:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def running_engine(env: dict[str, str], run_dir: Path, timeout: float = 60) -> Iterator[RunningEngine]:
+    """`make run` started and ready; stopped (or killed) at the end whatever the test left behind."""
+    engine = RunningEngine(env, run_dir)
+    engine.start(timeout)
+    try:
+        yield engine
+    finally:
+        engine.kill_group()
 
 
 def alive(pid: int) -> bool:

@@ -32,7 +32,7 @@ from redis.asyncio import Redis
 
 from services.common.keys import MATCHER_GROUP, PERSISTER_GROUP, instrument_keys
 from services.common.redis_conn import connect
-from tests.e2e.engine import RunningEngine, engine_env, http_ok
+from tests.e2e.engine import RunningEngine, engine_env, http_ok, running_engine
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(200)]
 
@@ -62,12 +62,8 @@ def own_servers(engine: RunningEngine) -> OwnServers:
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[RunningEngine]:
     """`make run` on its own Redis and PostgreSQL (no URL given), data under tmp_path/data."""
-    running = RunningEngine(engine_env("", None, None, tmp_path), tmp_path)
-    running.start(timeout=90)
-    try:
+    with running_engine(engine_env("", None, None, tmp_path), tmp_path, timeout=90) as running:
         yield running
-    finally:
-        running.kill_group()
 
 
 @contextlib.asynccontextmanager

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 
 from services.common.db import drop_database, with_database
 from services.common.keys import PERSISTER_GROUP, instrument_keys
-from tests.e2e.engine import RunningEngine, alive, engine_env, http_ok
+from tests.e2e.engine import RunningEngine, alive, engine_env, http_ok, running_engine
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -34,12 +34,8 @@ async def engine_db(postgres_server_url: str) -> AsyncIterator[str]:
 
 @pytest.fixture
 def running(key_prefix: str, redis_url: str, engine_db: str, tmp_path: Path) -> Iterator[RunningEngine]:
-    engine = RunningEngine(engine_env(key_prefix, redis_url, engine_db, tmp_path), tmp_path)
-    engine.start()
-    try:
+    with running_engine(engine_env(key_prefix, redis_url, engine_db, tmp_path), tmp_path) as engine:
         yield engine
-    finally:
-        engine.kill_group()
 
 
 async def active_consumers(redis: Redis, stream: str, idle_ms: int = 3000) -> int:

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from tests.e2e.engine import RunningEngine, engine_env
+from tests.e2e.engine import RunningEngine, engine_env, running_engine
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -20,12 +20,8 @@ SELL = {"client_id": "client-B", "instrument": "BTC-USD", "side": "sell", "type"
 
 @pytest.fixture
 def own(key_prefix: str, tmp_path: Path) -> Iterator[RunningEngine]:
-    engine = RunningEngine(engine_env(key_prefix, None, None, tmp_path), tmp_path)
-    engine.start()
-    try:
+    with running_engine(engine_env(key_prefix, None, None, tmp_path), tmp_path) as engine:
         yield engine
-    finally:
-        engine.kill_group()
 
 
 async def test_orders_land_on_the_engines_own_durable_servers(own: RunningEngine, redis: Redis,
