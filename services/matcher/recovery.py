@@ -9,6 +9,8 @@ The rebuild is idempotent: it clears the book keys, writes the orders, levels an
 the meta hash last. Meta is the completion marker: a rebuild cut short leaves meta missing, so the
 next start rebuilds again from scratch. The order state hash and the orders stream are left alone:
 ingest may already have accepted new orders into them, and they are applied after the rebuild.
+A Redis that kept older state instead of losing it (meta present, PostgreSQL ahead) is healed by
+heal.py, which reuses this module's reads and book writing.
 """
 
 from __future__ import annotations

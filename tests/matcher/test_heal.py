@@ -281,13 +281,14 @@ async def test_a_heal_cut_short_blocks_matching_and_is_redone(
     running = asyncio.create_task(matcher.run())
     try:
         for _ in range(200):
-            if await group_lag(redis, keys.orders, MATCHER_GROUP) == (0, 0):
+            if _healed(caplog) and await group_lag(redis, keys.orders, MATCHER_GROUP) == (0, 0):
                 break
             await asyncio.sleep(0.05)
     finally:
+        matcher.stop()  # as the process does: a cancel inside redis-py's wait_for can be swallowed
         running.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await running
+            await asyncio.wait_for(running, 10)
     assert not await redis.hexists(keys.meta, HEALING)
     [line] = _healed(caplog)
     assert line.trade_seq == int(newer.meta["trade_seq"]) and line.event_seq == int(newer.meta["event_seq"])

@@ -246,9 +246,10 @@ async def test_redis_wiped_under_a_running_matcher(
                 await asyncio.sleep(0.05)
             assert await group_lag(redis, keys.orders, MATCHER_GROUP) == (0, 0)
     finally:
+        matcher.stop()  # as the process does: a cancel inside redis-py's wait_for can be swallowed
         running.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await running
+            await asyncio.wait_for(running, 10)
     messages = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("matcher group missing") for m in messages)
     assert sum(m.startswith("recovery finished") for m in messages) == 2
