@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import shutil
-import subprocess
-import time
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +13,9 @@ from redis.asyncio import Redis
 from services.common.durability import classify, read_durability, report_durability
 from services.common.redis_conn import connect
 from services.common.wire import text
+from services.runtime.binaries import redis_server
+from services.runtime.probes import redis_answers
+from services.runtime.process import ServerProcess
 from tests.processes import free_port
 
 # (appendonly, appendfsync, save) -> (durable, words the exposure must contain)
@@ -61,27 +62,21 @@ async def test_the_shared_redis_is_read_as_configured(redis: Redis, caplog: pyte
 
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[object]:
-    """start(*args) -> URL of a redis-server of this test's own, started with `args` (skipped without one)."""
-    binary = shutil.which("redis-server") or shutil.which("valkey-server")
-    if binary is None:
-        pytest.skip("no redis-server binary to start a private server with")
-    started: list[subprocess.Popen[bytes]] = []
+    """start(*args) -> URL of a Redis-compatible server of this test's own (the engine's shipped binary)."""
+    started: list[ServerProcess] = []
 
     def start(*args: str) -> str:
         port = free_port()
-        process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
-                                    *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        started.append(process)
-        deadline = time.monotonic() + 10
-        while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout != b"PONG\n":
-            assert time.monotonic() < deadline and process.poll() is None, "private redis-server did not start"
-            time.sleep(0.02)
-        return f"redis://127.0.0.1:{port}/0"
+        url = f"redis://127.0.0.1:{port}/0"
+        argv = [str(redis_server()), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path), *args]
+        started.append(ServerProcess("redis", argv, url, redis_answers, tmp_path / f"redis-{port}.log",
+                                     signal.SIGTERM).start(timeout_s=10))
+        return url
 
     yield start
-    for process in started:
-        process.terminate()
-        process.wait(10)
+    for server in started:
+        server.stop()
+
 
 
 async def test_a_fully_durable_redis_and_one_that_refuses_config(private_redis: object,
