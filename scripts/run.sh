@@ -78,11 +78,13 @@ PLAN=$("$ENGINE_PYTHON" -m services.runtime plan)
 eval "$PLAN"
 
 # circusd in a session of its own: Ctrl-C reaches this script, which stops the services before the data services.
+# (Python's os.setsid rather than setsid(1), which macOS lacks.)
+DETACHED=("$ENGINE_PYTHON" -c 'import os, sys; os.setsid(); os.execv(sys.argv[1], sys.argv[1:])')
 if [[ $1 == foreground ]]; then
-  setsid "$ROOT/$VENV/bin/circusd" "$ENGINE_CIRCUS_INI" </dev/null &
+  "${DETACHED[@]}" "$ROOT/$VENV/bin/circusd" "$ENGINE_CIRCUS_INI" </dev/null &
 else
   # circusd's output (with the services' own log lines) goes to the file.
-  setsid nohup "$ROOT/$VENV/bin/circusd" "$ENGINE_CIRCUS_INI" >>"$RUN_DIR/engine.log" 2>&1 </dev/null &
+  nohup "${DETACHED[@]}" "$ROOT/$VENV/bin/circusd" "$ENGINE_CIRCUS_INI" >>"$RUN_DIR/engine.log" 2>&1 </dev/null &
 fi
 CIRCUSD=$!
 echo "$CIRCUSD" >"$RUN_DIR/circusd.pid"

