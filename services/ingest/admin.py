@@ -10,7 +10,7 @@ from services.common.instruments import Instrument
 from services.common.snapshots import latest_snapshot, take_snapshot
 from services.ingest.context import IngestContext
 from services.ingest.errors import ErrorDetail, forbidden, invalid, json_response, not_found
-from services.ingest.records import database_unavailable
+from services.ingest.pg_reads import database_unavailable
 
 
 def _require_admin(ctx: IngestContext, request: Request) -> None:

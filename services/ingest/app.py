@@ -15,7 +15,7 @@ from starlette.types import ASGIApp
 
 from services.ingest import health
 from services.ingest.admin import get_latest_snapshot, post_snapshots
-from services.ingest.analytics import get_candles, get_ticker
+from services.ingest.analytics_routes import get_candles, get_ticker
 from services.ingest.context import IngestContext
 from services.ingest.errors import ErrorBody, json_response
 from services.ingest.fast_orders import OrdersFastPath

@@ -10,11 +10,11 @@ from starlette.responses import Response
 
 from services.common.book import BookSnapshot
 from services.common.snapshots import SnapshotInfo
-from services.ingest.analytics import CandleView, TickerView
+from services.ingest.analytics_routes import CandleView, TickerView
 from services.ingest.errors import ErrorBody, raw_json_response
 from services.ingest.health import Readiness
+from services.ingest.pg_reads import TradeView
 from services.ingest.positions import PositionsView
-from services.ingest.records import TradeView
 from services.ingest.settlement import SettlementRequest
 from services.ingest.validation import OrderRequest
 from services.ingest.views import CancelRequested, OrderView

@@ -12,7 +12,7 @@ from services.ingest.context import IngestContext
 from services.ingest.errors import forbidden, json_response, not_found
 from services.ingest.handling import order_id_of
 from services.ingest.orders_store import Found
-from services.ingest.records import stored_order
+from services.ingest.pg_reads import stored_order
 from services.ingest.views import CancelRequested, OrderView, render
 
 logger = logging.getLogger(__name__)

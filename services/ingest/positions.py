@@ -15,7 +15,7 @@ from services.analytics.times import now_ms
 from services.common.instruments import Instrument
 from services.common.money import plain
 from services.common.times import iso
-from services.ingest.analytics import read, time_param, vwap_text
+from services.ingest.analytics_routes import read, time_param, vwap_text
 from services.ingest.context import IngestContext
 from services.ingest.errors import forbidden, json_response, not_found
 

@@ -12,7 +12,7 @@ from services.analytics.times import parse_date
 from services.ingest.context import IngestContext
 from services.ingest.errors import ErrorDetail, bad_request, forbidden, invalid, json_response
 from services.ingest.handling import read_body
-from services.ingest.records import database_unavailable
+from services.ingest.pg_reads import database_unavailable
 
 
 class SettlementRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

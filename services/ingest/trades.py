@@ -9,7 +9,7 @@ from starlette.responses import Response
 
 from services.ingest.context import IngestContext
 from services.ingest.errors import ErrorDetail, invalid, json_response
-from services.ingest.records import recent_trades
+from services.ingest.pg_reads import recent_trades
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000

@@ -21,7 +21,7 @@ from services.common.money import EXACT, fixed, plain
 from services.common.times import iso
 from services.ingest.context import IngestContext
 from services.ingest.errors import ErrorDetail, invalid, json_response
-from services.ingest.records import database_unavailable
+from services.ingest.pg_reads import database_unavailable
 
 INTERVALS = {"1m": MINUTE, "5m": 5 * MINUTE, "15m": 15 * MINUTE, "1h": HOUR, "1d": DAY}
 DEFAULT_INTERVAL = "1m"
