@@ -88,7 +88,7 @@ async def run(settings: PersisterSettings, instruments: Instruments,
             settings.retention_interval_s, settings.consumer, stop))
     try:
         streams = GroupStreams(redis, stream_refs(settings.key_prefix, instruments), settings.consumer)
-        await Persister(settings, streams, Writer(engine, settings.write_mode), metrics, health).run(stop)
+        await Persister(settings, streams, Writer(engine), metrics, health).run(stop)
     finally:
         for task in (snapshots, retention):
             if task is not None:

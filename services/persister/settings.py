@@ -15,7 +15,6 @@ from services.common.env import (
     redis_key_prefix,
     redis_url,
 )
-from services.persister.writer import WRITE_MODES, WriteMode
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +37,6 @@ class PersisterSettings:
     backoff_max_s: float
     lag_every_s: float
     db_pool_size: int
-    write_mode: WriteMode = "copy"
     # After a read that did not fill a batch, wait this long before the next one so entries gather:
     # fewer, larger transactions cost the persister, Redis and PostgreSQL far less CPU per entry.
     linger_ms: int = 20
@@ -85,20 +83,11 @@ class PersisterSettings:
             backoff_max_s=backoff_max,
             lag_every_s=env_float("PERSISTER_LAG_EVERY_S", 1.0),
             db_pool_size=env_int("PERSISTER_DB_POOL", 2, minimum=1),
-            write_mode=_write_mode(),
             snapshot_interval_s=env_float("PERSISTER_SNAPSHOT_INTERVAL_S", 60.0),
             retention_interval_s=_non_negative("PERSISTER_RETENTION_INTERVAL_S", 30.0),
             stream_retention_s=_non_negative("STREAM_RETENTION_S", 3600.0),
             order_retention_s=_non_negative("ORDER_RETENTION_S", 3600.0),
         )
-
-
-def _write_mode() -> WriteMode:
-    mode = env_str("PERSISTER_WRITE_MODE", "copy")
-    for known in WRITE_MODES:
-        if mode == known:
-            return known
-    raise SettingsError(f"PERSISTER_WRITE_MODE={mode!r} must be one of {', '.join(WRITE_MODES)}")
 
 
 def _non_negative(name: str, default: float) -> float:

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.analytics.times import HOUR, floor_to, now_ms
 from services.persister.records import WriteSet
-from services.persister.writer import WriteMode, Writer
+from services.persister.writer import Writer
 from tests.ingest import conftest as ingest
 from tests.ingest.conftest import Engine, EngineFactory
 
@@ -32,9 +32,9 @@ def trade(instrument: str, seq: int, at: dt.datetime, price: str, quantity: str,
     }
 
 
-async def write(db: AsyncEngine, rows: list[dict[str, Any]], mode: WriteMode = "copy") -> None:
+async def write(db: AsyncEngine, rows: list[dict[str, Any]]) -> None:
     """One persister batch of these trades (sorted by trade_id, as WriteSet.of does)."""
-    await Writer(db, mode).write(WriteSet(sorted(rows, key=lambda r: r["trade_id"]), [], []))
+    await Writer(db).write(WriteSet(sorted(rows, key=lambda r: r["trade_id"]), [], []))
 
 
 def base_hour() -> dt.datetime:

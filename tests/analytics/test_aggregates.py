@@ -17,7 +17,6 @@ from services.analytics import from_trades, market, positions
 from services.analytics.times import DAY, HOUR, MINUTE, MS, ceil_to, floor_to, now_ms
 from services.common.db import downgrade, migrate, trades
 from services.common.instruments import Instruments
-from services.persister.writer import WriteMode
 from tests.analytics.conftest import trade, write
 
 CLIENTS = ("client-A", "client-B", "client-C", "client-D")
@@ -39,9 +38,9 @@ def burst(rng: random.Random, instruments: Instruments, count: int, start: dt.da
     return rows
 
 
-async def _worker(db: AsyncEngine, batches: list[list[dict[str, Any]]], modes: list[WriteMode]) -> None:
-    for batch, mode in zip(batches, modes, strict=True):
-        await write(db, batch, mode)
+async def _worker(db: AsyncEngine, batches: list[list[dict[str, Any]]]) -> None:
+    for batch in batches:
+        await write(db, batch)
 
 
 async def assert_aggregates_match(db: AsyncEngine, rng: random.Random, start: dt.datetime, end: dt.datetime) -> None:
@@ -82,8 +81,7 @@ async def test_aggregates_equal_the_trades_after_a_random_burst(db: AsyncEngine,
     # and so must the aggregates.
     batches += rng.sample(batches, len(batches) // 4)
     rng.shuffle(batches)
-    modes: list[WriteMode] = [rng.choice(("copy", "executemany")) for _ in batches]
-    await asyncio.gather(*(_worker(db, batches[i::3], modes[i::3]) for i in range(3)))
+    await asyncio.gather(*(_worker(db, batches[i::3]) for i in range(3)))
     await assert_aggregates_match(db, rng, start, start + 3 * HOUR)
 
 

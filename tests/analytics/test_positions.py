@@ -15,7 +15,7 @@ def side(quantity: str, quote: str, vwap: str | None) -> dict[str, str | None]:
 
 
 async def test_positions_net_every_asset_over_all_instruments(app: Engine, db: AsyncEngine) -> None:
-    await write(db, hand_made(base_hour()), mode="executemany")
+    await write(db, hand_made(base_hour()))
     a = (await app.client.get("/clients/client-A/positions", headers=KEY_A)).json()
     assert a.pop("as_of").endswith("Z")
     assert a == {

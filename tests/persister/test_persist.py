@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 
-import pytest
 from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -14,7 +13,7 @@ from services.common.keys import PERSISTER_GROUP, instrument_keys
 from services.common.wire import fields_to_dict
 from services.persister.app import stream_refs
 from services.persister.records import Entry, WriteSet, decode
-from services.persister.writer import WRITE_MODES, WriteMode, Writer
+from services.persister.writer import Writer
 from tests.conftest import TWO_INSTRUMENTS
 from tests.persister.runner import workers
 from tests.persister.workload import (
@@ -71,9 +70,8 @@ async def test_every_trade_once_and_exact_orders(redis: Redis, redis_url: str, k
     assert await stored(db) == want
 
 
-@pytest.mark.parametrize("mode", WRITE_MODES)
 async def test_events_in_any_order_give_the_same_orders(redis: Redis, key_prefix: str, instruments: Instruments,
-                                                        make_db: object, mode: WriteMode) -> None:
+                                                        make_db: object) -> None:
     """Workers commit in any order: an update landing before its accepted event, or an old event after a
     newer one, must end in the same rows as writing the events in sequence."""
     await produce(redis, instruments, key_prefix, 250, seed=2)
@@ -86,7 +84,7 @@ async def test_events_in_any_order_give_the_same_orders(redis: Redis, key_prefix
     for attempt in range(3):
         engine = create_async_engine(await make_db())  # type: ignore[operator]
         try:
-            writer = Writer(engine, mode)
+            writer = Writer(engine)
             shuffled = list(decoded)
             rng.shuffle(shuffled)
             if attempt == 2:
