@@ -1,4 +1,4 @@
-"""Load N synthetic trades into DATABASE_URL quickly (COPY), through the persister's own statement, so the
+"""Load N synthetic trades into DATABASE_URL quickly, through the persister's own Writer (COPY), so the
 analytics aggregates are maintained exactly as in production. Seeded: the same arguments load the same trades.
 
     .venv/bin/python scripts/load_trades.py [--trades 1000000] [--days 7] [--clients 100] [--seed 1]
@@ -18,26 +18,26 @@ import sys
 import time
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import asyncpg
-from sqlalchemy.engine import make_url
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
-from services.analytics.aggregates import record_trades
 from services.analytics.times import MS, now_ms
-from services.common.db import database_url, migrate, trades
+from services.common.db import database_url, migrate
 from services.common.env import instruments_file
 from services.common.instruments import Instrument, load_instruments
+from services.common.wire import Side
+from services.persister.records import WriteSet
+from services.persister.rows import TradeRow
+from services.persister.writer import Writer
 
-STAGE = "load_trades_stage"
-COLUMNS = [c.name for c in trades.c]
 CHUNK = 100_000
 
 
 def generate(rng: random.Random, instrument: Instrument, count: int, first_seq: int, start: dt.datetime,
-             span: dt.timedelta, clients: int) -> list[tuple[Any, ...]]:
+             span: dt.timedelta, clients: int) -> list[TradeRow]:
     """`count` trades of one instrument, evenly spread over [start, start + span), in seq order."""
     mid = min(instrument.max_ticks // 2, instrument.price_ticks(Decimal(50_000)))
     ticks, step = mid, max(1, mid // 20_000)
@@ -49,9 +49,9 @@ def generate(rng: random.Random, instrument: Instrument, count: int, first_seq: 
         ticks = min(instrument.max_ticks, max(1, ticks + rng.randint(-step, step)))
         buyer = rng.randint(1, clients)
         seller = buyer if rng.random() < 0.01 else rng.randint(1, clients)
-        taker = "buy" if rng.random() < 0.5 else "sell"
+        taker: Side = "buy" if rng.random() < 0.5 else "sell"
         at = start + spacing * n
-        rows.append((
+        rows.append(TradeRow(
             f"{instrument.symbol}-{seq}", instrument.symbol, seq, Decimal(ticks) * instrument.tick,
             Decimal(rng.randint(instrument.min_lots, lots_max)) * instrument.lot, taker,
             f"L{seq}-t", f"L{seq}-m", f"L{seq}-b", f"L{seq}-s", f"client-{buyer}", f"client-{seller}",
@@ -66,27 +66,27 @@ async def load(url: str, count: int, days: float, clients: int, seed: int, instr
     rng = random.Random(seed)
     end = now_ms()
     span = dt.timedelta(days=days)
-    conn = await asyncpg.connect(make_url(url).set(drivername="postgresql").render_as_string(hide_password=False))
-    statement = str(record_trades(STAGE))
+    engine = create_async_engine(url)
+    writer = Writer(engine)
     try:
         symbols = sorted(instruments)
         per = [count // len(symbols) + (1 if i < count % len(symbols) else 0) for i in range(len(symbols))]
         for symbol, n in zip(symbols, per, strict=True):
-            last = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM trades WHERE instrument = $1", symbol)
+            async with engine.connect() as conn:
+                last = (await conn.execute(text("SELECT coalesce(max(seq), 0) FROM trades WHERE instrument = :i"),
+                                           {"i": symbol})).scalar_one()
             started = time.monotonic()
             rows = generate(rng, instruments[symbol], n, int(last) + 1, end - span, span, clients)
             generated = time.monotonic()
             for offset in range(0, len(rows), CHUNK):
-                async with conn.transaction():
-                    await conn.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {STAGE} (LIKE trades) "
-                                       "ON COMMIT DELETE ROWS")
-                    await conn.copy_records_to_table(STAGE, records=rows[offset:offset + CHUNK], columns=COLUMNS)
-                    await conn.execute(statement)
+                await writer.write(WriteSet(rows[offset:offset + CHUNK], [], []))
             print(f"{symbol}: {n:,} trades (generated in {generated - started:.1f} s, "
                   f"written in {time.monotonic() - generated:.1f} s)", flush=True)
-        await conn.execute("ANALYZE trades; ANALYZE candles_1m; ANALYZE client_positions_1h")
+        async with engine.begin() as conn:
+            for table in ("trades", "candles_1m", "client_positions_1h"):
+                await conn.exec_driver_sql(f"ANALYZE {table}")
     finally:
-        await conn.close()
+        await engine.dispose()
 
 
 def main() -> None:

@@ -1,27 +1,25 @@
 """Incremental aggregates, kept in the persister's batch transaction: 1-minute candles per instrument and
 hourly positions per client and instrument, both fed only by the trades the batch really inserted.
 
-One statement per batch: the trades INSERT ... ON CONFLICT DO NOTHING RETURNING feeds the two upserts
-(data-modifying CTEs), so a redelivered batch adds nothing twice. Every merge is commutative (sums,
-min/max, the earliest/latest trade by (executed_at, seq)), so concurrent workers may commit in any
-order; rows are upserted in key order, so they lock in one order too.
+The aggregate tables are this package's: it reads them (market.py, positions.py), reconciles them
+(settlement.py) and writes them here. The persister inserts a batch's trades, keeps the ones that were
+new, and calls add_trades() in the same transaction, so a redelivered batch adds nothing twice. Every
+merge is commutative (sums, min/max, the earliest/latest trade by (executed_at, seq)), so concurrent
+workers may commit in any order; rows are upserted in key order, so they lock in one order too.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import TextClause, text
-
-from services.common.db import trades
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 EPOCH = "TIMESTAMPTZ '1970-01-01 00:00:00+00'"
-_COLUMNS = [c.name for c in trades.c]
 
+# One statement, both upserts (the candles one as a data-modifying CTE): one round trip per batch.
 _TEMPLATE = f"""
 WITH new AS (
-    INSERT INTO trades ({", ".join(_COLUMNS)})
-    {{source}}
-    ON CONFLICT (trade_id) DO NOTHING
-    RETURNING trade_id, instrument, seq, price, quantity, buyer_client_id, seller_client_id, executed_at
+    SELECT trade_id, instrument, seq, price, quantity, buyer_client_id, seller_client_id, executed_at
+    FROM {{new_trades}}
 ), candles AS (
     INSERT INTO candles_1m AS c
     SELECT instrument, date_bin('1 minute', executed_at, {EPOCH}) AS bucket,
@@ -68,6 +66,7 @@ ON CONFLICT (client_id, instrument, hour_start) DO UPDATE SET
 """
 
 
-def record_trades(stage: str) -> TextClause:
-    """Insert the trades of the staging table `stage` (a batch) and fold the new ones into the aggregates."""
-    return text(_TEMPLATE.format(source=f"SELECT {', '.join(_COLUMNS)} FROM {stage} ORDER BY trade_id"))
+async def add_trades(conn: AsyncConnection, new_trades: str) -> None:
+    """Fold the trades of table `new_trades` (shaped like `trades`; only trades just inserted) into the
+    aggregates, in the caller's transaction."""
+    await conn.execute(text(_TEMPLATE.format(new_trades=new_trades)))

@@ -30,16 +30,16 @@ def _log_outcomes(written: list[Decoded]) -> None:
     for d in written:
         if d.trade is not None:
             t = d.trade
-            logger.info("trade %s", t["trade_id"], extra={
-                "event": "trade", "trade_id": t["trade_id"], "instrument": t["instrument"], "seq": t["seq"],
-                "price": str(t["price"]), "quantity": str(t["quantity"]), "taker_side": t["taker_side"],
-                "buy_order_id": t["buy_order_id"], "sell_order_id": t["sell_order_id"]})
-        elif d.event is not None and d.event["event"] in LOGGED_EVENTS:
+            logger.info("trade %s", t.trade_id, extra={
+                "event": "trade", "trade_id": t.trade_id, "instrument": t.instrument, "seq": t.seq,
+                "price": str(t.price), "quantity": str(t.quantity), "taker_side": t.taker_side,
+                "buy_order_id": t.buy_order_id, "sell_order_id": t.sell_order_id})
+        elif d.event is not None and d.event.event in LOGGED_EVENTS:
             e = d.event
-            logger.info("order %s", e["event"], extra={
-                "event": e["event"], "order_id": e["order_id"], "client_id": e["client_id"],
-                "instrument": e["instrument"], "status": e["status"], "reason": e["reason"],
-                "filled_quantity": str(e["filled_quantity"]), "seq": e["seq"]})
+            logger.info("order %s", e.event, extra={
+                "event": e.event, "order_id": e.order_id, "client_id": e.client_id,
+                "instrument": e.instrument, "status": e.status, "reason": e.reason,
+                "filled_quantity": str(e.filled_quantity), "seq": e.seq})
 
 
 class ShuttingDown(Exception):

@@ -1,11 +1,12 @@
-"""Stream entries -> rows: decoding the trades and events streams, folding events into order rows."""
+"""Stream entries -> rows (services/persister/rows.py): decoding the trades and events streams, folding
+events into order rows."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Literal
 
 import msgspec
 
@@ -13,13 +14,13 @@ from services.common.instruments import Instrument
 from services.common.money import EXACT, parse_decimal
 from services.common.stream_ids import is_stream_id
 from services.common.wire import EventEntry, TradeEntry
+from services.persister.rows import STATIC_FIELDS, EventRow, OrderRow, TradeRow
 
 StreamKind = Literal["trades", "events"]
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Events that change an order's state; cancel_rejected only reports on it.
 ORDER_CHANGING = frozenset({"accepted", "rejected", "partially_filled", "filled", "cancelled"})
 CARRIES_ORDER = frozenset({"accepted", "rejected"})
-STATIC_FIELDS = ("client_order_id", "side", "type", "time_in_force", "post_only", "price", "created_at")
 
 
 class MalformedEntry(ValueError):
@@ -50,9 +51,9 @@ class Decoded:
     """The rows one entry contributes: a trade, or an order event plus (maybe) an order state."""
 
     entry: Entry
-    trade: dict[str, Any] | None = None
-    event: dict[str, Any] | None = None
-    order: dict[str, Any] | None = None
+    trade: TradeRow | None = None
+    event: EventRow | None = None
+    order: OrderRow | None = None
 
 
 def _decimal(name: str, text: str) -> Decimal:
@@ -108,14 +109,14 @@ def decode_trade(entry: Entry) -> Decoded:
         raise MalformedEntry(str(exc)) from exc
     if t.instrument != entry.stream.instrument.symbol:
         raise MalformedEntry(f"instrument={t.instrument!r} on {entry.stream.key!r}")
-    return Decoded(entry, trade={
-        "trade_id": t.trade_id, "instrument": t.instrument, "seq": _seq(t.seq),
-        "price": _decimal("price", t.price), "quantity": _decimal("quantity", t.quantity),
-        "taker_side": t.taker_side, "taker_order_id": t.taker_order_id, "maker_order_id": t.maker_order_id,
-        "buy_order_id": t.buy_order_id, "sell_order_id": t.sell_order_id,
-        "buyer_client_id": t.buyer_client_id, "seller_client_id": t.seller_client_id,
-        "executed_at": _ms("ts", t.ts),
-    })
+    return Decoded(entry, trade=TradeRow(
+        trade_id=t.trade_id, instrument=t.instrument, seq=_seq(t.seq),
+        price=_decimal("price", t.price), quantity=_decimal("quantity", t.quantity),
+        taker_side=t.taker_side, taker_order_id=t.taker_order_id, maker_order_id=t.maker_order_id,
+        buy_order_id=t.buy_order_id, sell_order_id=t.sell_order_id,
+        buyer_client_id=t.buyer_client_id, seller_client_id=t.seller_client_id,
+        executed_at=_ms("ts", t.ts),
+    ))
 
 
 def decode_event(entry: Entry) -> Decoded:
@@ -130,27 +131,27 @@ def decode_event(entry: Entry) -> Decoded:
     filled = _decimal("filled_quantity", e.filled_quantity)
     remaining = _decimal("remaining_quantity", e.remaining_quantity)
     quote = _decimal("filled_quote", e.filled_quote)
-    event = {
-        "instrument": e.instrument, "seq": seq, "event": e.event, "order_id": e.order_id or None,
-        "client_id": e.client_id, "status": e.status, "filled_quantity": filled,
-        "remaining_quantity": remaining, "filled_quote": quote, "reason": e.reason or None, "ts": ts,
-        "command_id": _command_id(e.command_id),
-    }
+    event = EventRow(
+        instrument=e.instrument, seq=seq, event=e.event, order_id=e.order_id or None,
+        client_id=e.client_id, status=e.status, filled_quantity=filled,
+        remaining_quantity=remaining, filled_quote=quote, reason=e.reason or None, ts=ts,
+        command_id=_command_id(e.command_id),
+    )
     if e.event not in ORDER_CHANGING or not e.order_id:
         return Decoded(entry, event=event)
-    order: dict[str, Any] = {
-        "order_id": e.order_id, "client_id": e.client_id, "instrument": e.instrument,
-        "quantity": EXACT.add(filled, remaining), "filled_quantity": filled, "remaining_quantity": remaining,
-        "filled_quote": quote, "average_price": average_price(instrument, quote, filled),
-        "status": e.status, "reason": e.reason or None, "updated_at": ts, "last_event_seq": seq,
-        **dict.fromkeys(STATIC_FIELDS),
-    }
+    order = OrderRow(
+        order_id=e.order_id, client_order_id=None, client_id=e.client_id, instrument=e.instrument,
+        side=None, type=None, time_in_force=None, post_only=None, price=None,
+        quantity=EXACT.add(filled, remaining), filled_quantity=filled, remaining_quantity=remaining,
+        filled_quote=quote, average_price=average_price(instrument, quote, filled),
+        status=e.status, reason=e.reason or None, created_at=None, updated_at=ts, last_event_seq=seq,
+    )
     if e.event in CARRIES_ORDER:
         if e.side is None or e.type is None or e.time_in_force is None or e.quantity is None \
                 or e.created_at is None or e.post_only not in ("0", "1"):
             raise MalformedEntry(f"{e.event} event of {e.order_id!r} lacks the order's fields")
-        order.update(
-            client_order_id=e.client_order_id or None, side=e.side, type=e.type,
+        order = msgspec.structs.replace(
+            order, client_order_id=e.client_order_id or None, side=e.side, type=e.type,
             time_in_force=e.time_in_force, post_only=e.post_only == "1",
             price=_decimal("price", e.price) if e.price else None,
             quantity=_decimal("quantity", e.quantity), created_at=_ms("created_at", e.created_at),
@@ -163,34 +164,31 @@ def decode(entry: Entry) -> Decoded:
     return decode_trade(entry) if entry.stream.kind == "trades" else decode_event(entry)
 
 
-def _merge_orders(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+def _merge_orders(a: OrderRow, b: OrderRow) -> OrderRow:
     """One row standing for two events of an order: the newer state, the order's fields from either."""
-    newer, older = (a, b) if a["last_event_seq"] >= b["last_event_seq"] else (b, a)
-    if newer["side"] is not None or older["side"] is None:
+    newer, older = (a, b) if a.last_event_seq >= b.last_event_seq else (b, a)
+    if newer.side is not None or older.side is None:
         return newer
-    merged = dict(newer)
-    for name in STATIC_FIELDS:
-        merged[name] = older[name]
-    merged["quantity"] = older["quantity"]
-    return merged
+    static = {name: getattr(older, name) for name in STATIC_FIELDS}
+    return msgspec.structs.replace(newer, quantity=older.quantity, **static)
 
 
 @dataclass(frozen=True, slots=True)
 class WriteSet:
     """The rows of a batch, each table's rows sorted by key so concurrent workers lock in one order."""
 
-    trades: list[dict[str, Any]]
-    events: list[dict[str, Any]]
-    orders: list[dict[str, Any]]
+    trades: list[TradeRow]
+    events: list[EventRow]
+    orders: list[OrderRow]
 
     @classmethod
     def of(cls, decoded: list[Decoded]) -> WriteSet:
-        trades = sorted((d.trade for d in decoded if d.trade is not None), key=lambda r: r["trade_id"])
-        events = sorted((d.event for d in decoded if d.event is not None),
-                        key=lambda r: (r["instrument"], r["seq"]))
-        orders: dict[str, dict[str, Any]] = {}
+        """The rows of these entries: one order row per order, each table sorted by its key."""
+        trades = sorted((d.trade for d in decoded if d.trade is not None), key=lambda r: r.trade_id)
+        events = sorted((d.event for d in decoded if d.event is not None), key=lambda r: (r.instrument, r.seq))
+        orders: dict[str, OrderRow] = {}
         for d in decoded:
             if d.order is not None:
-                known = orders.get(d.order["order_id"])
-                orders[d.order["order_id"]] = d.order if known is None else _merge_orders(known, d.order)
+                known = orders.get(d.order.order_id)
+                orders[d.order.order_id] = d.order if known is None else _merge_orders(known, d.order)
         return cls(trades, events, [orders[k] for k in sorted(orders)])

@@ -1,4 +1,6 @@
-"""Database writes: one transaction per batch, every statement idempotent.
+"""Database writes: one transaction per batch, every statement idempotent. Every statement the persister
+runs on `trades`, `order_events` and `orders` is here; the analytics aggregates are analytics' own
+(services/analytics/aggregates.py), called in the same transaction.
 
 Each table's rows are COPied into a session-temporary staging table, then one INSERT ... SELECT ... ON
 CONFLICT per table moves them in (COPY measured faster than an executemany of the same statements:
@@ -7,19 +9,21 @@ CONFLICT per table moves them in (COPY measured faster than an executemany of th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from sqlalchemy import Executable, Table, case, column, func, select
+from sqlalchemy import Executable, Table, TableClause, case, column, delete, func, select
 from sqlalchemy import table as table_clause
 from sqlalchemy.dialects.postgresql import Insert, insert
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.analytics.aggregates import record_trades
+from services.analytics.aggregates import add_trades
 from services.common.db import order_events, orders, trades
-from services.persister.records import STATIC_FIELDS, WriteSet
+from services.persister.records import WriteSet
+from services.persister.rows import STATIC_FIELDS, EventRow, OrderRow, Row, TradeRow, column_names, records
 
 
 class DatabaseUnavailable(Exception):
@@ -30,19 +34,30 @@ class EntryRejected(Exception):
     """PostgreSQL refused the batch's data itself (a data or constraint error): isolate the culprit."""
 
 
-def _stage(target: Table) -> str:
-    return f"persister_stage_{target.name}"
+def _stage(target: Table) -> TableClause:
+    return table_clause(f"persister_stage_{target.name}", *(column(c.name) for c in target.c))
 
 
 def _source(target: Table) -> Any:
     """The staging table's rows, in key order."""
-    stage = table_clause(_stage(target), *(column(c.name) for c in target.c))
+    stage = _stage(target)
     return select(stage).order_by(*(stage.c[c.name] for c in target.primary_key))
 
 
 def _insert_ignoring(target: Table, keys: list[str]) -> Insert:
     stmt = insert(target).from_select([c.name for c in target.c], _source(target))
     return stmt.on_conflict_do_nothing(index_elements=keys)
+
+
+def _trades_insert() -> Executable:
+    """Insert the staged trades, then leave staged only the ones that were new: the aggregates count those.
+
+    A trade already stored (a batch delivered again, another worker's copy) is skipped by ON CONFLICT and
+    dropped from the stage by the same statement, so the aggregates never count it twice.
+    """
+    stage = _stage(trades)
+    new = _insert_ignoring(trades, ["trade_id"]).returning(trades.c.trade_id).cte("new")
+    return delete(stage).where(stage.c.trade_id.not_in(select(new.c.trade_id)))
 
 
 def _orders_upsert() -> Insert:
@@ -64,13 +79,22 @@ def _orders_upsert() -> Insert:
     return stmt.on_conflict_do_update(index_elements=["order_id"], set_=set_, where=newer | completing)
 
 
-# (table, statement fed by its staging table). Trades also update the analytics aggregates in the same
-# statement, from the rows it really inserted.
-STATEMENTS: dict[str, tuple[Table, Executable]] = {
-    "trades": (trades, record_trades(_stage(trades))),
-    "events": (order_events, _insert_ignoring(order_events, ["instrument", "seq"])),
-    "orders": (orders, _orders_upsert()),
-}
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """A table, the Struct of its rows, and the statement that moves its staged rows in."""
+
+    table: Table
+    row: type[Row]
+    statement: Executable
+
+    @property
+    def stage(self) -> str:
+        return _stage(self.table).name
+
+
+TRADES = _Target(trades, TradeRow, _trades_insert())
+EVENTS = _Target(order_events, EventRow, _insert_ignoring(order_events, ["instrument", "seq"]))
+ORDERS = _Target(orders, OrderRow, _orders_upsert())
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,30 +126,27 @@ class Writer:
         """Write the batch in one transaction; DatabaseUnavailable or EntryRejected when it did not commit."""
         try:
             async with self.engine.begin() as conn:
-                for name, batch in (("trades", rows.trades), ("events", rows.events), ("orders", rows.orders)):
-                    if not batch:
-                        continue
-                    target, statement = STATEMENTS[name]
-                    await self._copy(conn, target, batch)
-                    await conn.execute(statement)
+                if rows.trades:
+                    await self._copy(conn, TRADES, rows.trades)
+                    await conn.execute(TRADES.statement)
+                    await add_trades(conn, TRADES.stage)
+                if rows.events:
+                    await self._copy(conn, EVENTS, rows.events)
+                    await conn.execute(EVENTS.statement)
+                if rows.orders:
+                    await self._copy(conn, ORDERS, rows.orders)
+                    await conn.execute(ORDERS.statement)
         except (TimeoutError, SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             raise _classify(exc) from exc
         return Written(len(rows.trades), len(rows.events), len(rows.orders))
 
     @staticmethod
-    async def _create_stage(conn: AsyncConnection, target: Table) -> None:
-        # Through SQLAlchemy, so that its BEGIN has been sent before the COPY: a COPY outside the
-        # transaction would commit on its own, and ON COMMIT DELETE ROWS would empty the stage at once.
+    async def _copy(conn: AsyncConnection, target: _Target, batch: Sequence[Row]) -> None:
+        # The CREATE goes through SQLAlchemy, so that its BEGIN has been sent before the COPY: a COPY outside
+        # the transaction would commit on its own, and ON COMMIT DELETE ROWS would empty the stage at once.
         # Every time, not once per session: a rolled-back batch takes the table's creation with it.
-        await conn.exec_driver_sql(f"CREATE TEMPORARY TABLE IF NOT EXISTS {_stage(target)} (LIKE {target.name}) "
+        await conn.exec_driver_sql(f"CREATE TEMPORARY TABLE IF NOT EXISTS {target.stage} (LIKE {target.table.name}) "
                                    "ON COMMIT DELETE ROWS")
-
-    @classmethod
-    async def _copy(cls, conn: AsyncConnection, target: Table, batch: list[dict[str, Any]]) -> None:
-        stage = _stage(target)
-        await cls._create_stage(conn, target)
         raw = await conn.get_raw_connection()
         driver: asyncpg.Connection = raw.driver_connection
-        names = [c.name for c in target.c]
-        await driver.copy_records_to_table(stage, records=[tuple(row.get(n) for n in names) for row in batch],
-                                           columns=names)
+        await driver.copy_records_to_table(target.stage, records=records(batch), columns=column_names(target.row))

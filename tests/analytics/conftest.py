@@ -5,13 +5,14 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncIterator
 from decimal import Decimal
-from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.analytics.times import HOUR, floor_to, now_ms
+from services.common.wire import Side
 from services.persister.records import WriteSet
+from services.persister.rows import TradeRow
 from services.persister.writer import Writer
 from tests.ingest import conftest as ingest
 from tests.ingest.conftest import Engine, EngineFactory
@@ -22,19 +23,19 @@ make_engine = ingest.make_engine
 
 
 def trade(instrument: str, seq: int, at: dt.datetime, price: str, quantity: str, buyer: str, seller: str,
-          taker_side: str = "buy") -> dict[str, Any]:
+          taker_side: Side = "buy") -> TradeRow:
     """One trades row as the persister writes it."""
-    return {
-        "trade_id": f"{instrument}-{seq}", "instrument": instrument, "seq": seq, "price": Decimal(price),
-        "quantity": Decimal(quantity), "taker_side": taker_side, "taker_order_id": f"o-{seq}-t",
-        "maker_order_id": f"o-{seq}-m", "buy_order_id": f"o-{seq}-b", "sell_order_id": f"o-{seq}-s",
-        "buyer_client_id": buyer, "seller_client_id": seller, "executed_at": at,
-    }
+    return TradeRow(
+        trade_id=f"{instrument}-{seq}", instrument=instrument, seq=seq, price=Decimal(price),
+        quantity=Decimal(quantity), taker_side=taker_side, taker_order_id=f"o-{seq}-t",
+        maker_order_id=f"o-{seq}-m", buy_order_id=f"o-{seq}-b", sell_order_id=f"o-{seq}-s",
+        buyer_client_id=buyer, seller_client_id=seller, executed_at=at,
+    )
 
 
-async def write(db: AsyncEngine, rows: list[dict[str, Any]]) -> None:
+async def write(db: AsyncEngine, rows: list[TradeRow]) -> None:
     """One persister batch of these trades (sorted by trade_id, as WriteSet.of does)."""
-    await Writer(db).write(WriteSet(sorted(rows, key=lambda r: r["trade_id"]), [], []))
+    await Writer(db).write(WriteSet(sorted(rows, key=lambda r: r.trade_id), [], []))
 
 
 def base_hour() -> dt.datetime:
@@ -42,7 +43,7 @@ def base_hour() -> dt.datetime:
     return floor_to(now_ms() - 3 * HOUR, HOUR)
 
 
-def hand_made(b0: dt.datetime) -> list[dict[str, Any]]:
+def hand_made(b0: dt.datetime) -> list[TradeRow]:
     """Several buckets, both sides, partial fills, a self-trade (client-B), two instruments, one trade
     older than 24 h. The expected answers in the tests are worked out by hand from these."""
     m = dt.timedelta(minutes=1)

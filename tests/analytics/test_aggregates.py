@@ -9,6 +9,7 @@ import random
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 import pytest
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -17,13 +18,14 @@ from services.analytics import from_trades, market, positions
 from services.analytics.times import DAY, HOUR, MINUTE, MS, ceil_to, floor_to, now_ms
 from services.common.db import downgrade, migrate, trades
 from services.common.instruments import Instruments
+from services.persister.rows import TradeRow
 from tests.analytics.conftest import trade, write
 
 CLIENTS = ("client-A", "client-B", "client-C", "client-D")
 INTERVALS = (MINUTE, 5 * MINUTE, 15 * MINUTE, HOUR, DAY)
 
 
-def burst(rng: random.Random, instruments: Instruments, count: int, start: dt.datetime) -> list[dict[str, Any]]:
+def burst(rng: random.Random, instruments: Instruments, count: int, start: dt.datetime) -> list[TradeRow]:
     """Trades over 3 hours from `start`; coarse times so that many share a millisecond (seq decides)."""
     rows = []
     for symbol, instrument in sorted(instruments.items()):
@@ -38,7 +40,7 @@ def burst(rng: random.Random, instruments: Instruments, count: int, start: dt.da
     return rows
 
 
-async def _worker(db: AsyncEngine, batches: list[list[dict[str, Any]]]) -> None:
+async def _worker(db: AsyncEngine, batches: list[list[TradeRow]]) -> None:
     for batch in batches:
         await write(db, batch)
 
@@ -72,7 +74,7 @@ async def test_aggregates_equal_the_trades_after_a_random_burst(db: AsyncEngine,
     start = floor_to(now_ms() - 5 * HOUR, MINUTE) + rng.randrange(0, 60_000) * MS
     rows = burst(rng, instruments, 300, start)
     rng.shuffle(rows)
-    batches: list[list[dict[str, Any]]] = []
+    batches: list[list[TradeRow]] = []
     while rows:
         size = rng.randint(1, 80)
         batches.append(rows[:size])
@@ -93,7 +95,7 @@ async def test_migration_fills_the_aggregates_from_existing_trades(make_db: Any,
     engine = create_async_engine(url)
     try:
         async with engine.begin() as conn:
-            await conn.execute(insert(trades), burst(rng, instruments, 200, start))
+            await conn.execute(insert(trades), [msgspec.structs.asdict(r) for r in burst(rng, instruments, 200, start)])
         await engine.dispose()
         await migrate(url)
         await assert_aggregates_match(engine, rng, start, start + 3 * HOUR)

@@ -74,8 +74,8 @@ async def test_candles_per_interval(app: Engine, db: AsyncEngine) -> None:
     day = await get("1d", start=iso(b0 - 2 * DAY))
     counts: dict[str, int] = {}
     for t in hand_made(b0):
-        if t["instrument"] == "BTC-USD":
-            start = iso(floor_to(t["executed_at"], DAY))
+        if t.instrument == "BTC-USD":
+            start = iso(floor_to(t.executed_at, DAY))
             counts[start] = counts.get(start, 0) + 1
     assert [(c["start"], c["trade_count"]) for c in day] == sorted(counts.items())
 

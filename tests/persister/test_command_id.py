@@ -54,9 +54,9 @@ def _event_entry(instruments: Instruments, **fields: str) -> Entry:
 
 def test_an_event_without_a_marker_stores_null_and_a_bad_marker_is_malformed(instruments: Instruments) -> None:
     decoded = decode(_event_entry(instruments))  # written before the field existed
-    assert decoded.event is not None and decoded.event["command_id"] is None
+    assert decoded.event is not None and decoded.event.command_id is None
     decoded = decode(_event_entry(instruments, command_id="1767225600000-3"))
-    assert decoded.event is not None and decoded.event["command_id"] == "1767225600000-3"
+    assert decoded.event is not None and decoded.event.command_id == "1767225600000-3"
     for bad in ("1767225600000", "x-1", "1-2-3", "99999999999999999999-0", "\u0661-\u0662"):
         with pytest.raises(MalformedEntry, match="command_id"):
             decode(_event_entry(instruments, command_id=bad))
