@@ -23,7 +23,6 @@ from services.ingest.handling import Handler, guarded
 from services.ingest.openapi import openapi_endpoint
 from services.ingest.order_reads import cancel_order, get_order
 from services.ingest.orderbook import get_orderbook
-from services.ingest.place_order import place_order
 from services.ingest.positions import get_positions
 from services.ingest.settings import IngestSettings
 from services.ingest.settlement import post_settlement
@@ -56,7 +55,6 @@ def create_app(settings: IngestSettings) -> Starlette:
             await ctx.stop()
 
     routes = [
-        Route("/orders", bind(place_order), methods=["POST"]),
         Route("/orders/{order_id}", bind(get_order), methods=["GET"]),
         Route("/orders/{order_id}", bind(cancel_order), methods=["DELETE"]),
         Route("/orders/{order_id}/cancel", bind(cancel_order), methods=["POST"]),
@@ -79,6 +77,6 @@ def create_app(settings: IngestSettings) -> Starlette:
 
 
 def serving_app(app: Starlette) -> ASGIApp:
-    """What uvicorn serves: POST /orders answered before Starlette's own error and routing layers, the
-    rest by `app` (whose lifespan passes straight through)."""
+    """What uvicorn serves: /orders answered by the fast path, outside Starlette's routing, middleware and
+    error layers; the rest by `app` (whose lifespan passes straight through)."""
     return OrdersFastPath(app, app.state.ctx)

@@ -9,7 +9,6 @@ from collections.abc import Awaitable, Callable
 import msgspec
 from redis.exceptions import RedisError
 from starlette.datastructures import Headers
-from starlette.requests import Request
 from starlette.responses import Response
 
 from services.common.ids import new_order_id
@@ -26,7 +25,7 @@ from services.ingest.accept import (
 )
 from services.ingest.context import IngestContext
 from services.ingest.errors import ApiError, ErrorDetail, forbidden, raw_json_response, unavailable
-from services.ingest.handling import read_body, redis_unavailable
+from services.ingest.handling import redis_unavailable
 from services.ingest.validation import (
     IDEMPOTENCY_HEADER,
     ValidOrder,
@@ -54,11 +53,6 @@ def _log(event: str, client_id: str | None, order_id: str | None = None, instrum
             "event": event, "order_id": order_id, "client_id": client_id, "instrument": instrument,
             "reason": reason,
         })
-
-
-async def place_order(ctx: IngestContext, request: Request) -> Response:
-    """POST /orders through Starlette's routing (the fast path in fast_orders.py is what serves it)."""
-    return await answer_order(ctx, request.headers, lambda: read_body(request, ctx.settings.max_body_bytes))
 
 
 async def answer_order(ctx: IngestContext, headers: Headers, body: Callable[[], Awaitable[bytes]]) -> Response:
