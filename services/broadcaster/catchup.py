@@ -8,7 +8,7 @@ from redis.asyncio import Redis
 
 from services.broadcaster.entries import trade_message
 from services.broadcaster.protocol import OrderbookSnapshot, Trade
-from services.common.book import BOOK_SCRIPT, book_script_keys, parse_book
+from services.common.book import read_book
 from services.common.instruments import Instrument
 from services.common.keys import InstrumentKeys
 
@@ -18,7 +18,7 @@ MAX_PAGE = 1000
 
 async def read_snapshot(redis: Redis, instrument: Instrument, keys: InstrumentKeys, levels: int) -> OrderbookSnapshot:
     """The whole book and its seq, read in one atomic book.lua call."""
-    book = parse_book(instrument, await BOOK_SCRIPT(redis, book_script_keys(keys), [str(levels)]))
+    book = await read_book(redis, instrument, keys, levels)
     return OrderbookSnapshot(
         instrument=book.instrument, seq=book.seq,
         bids=[(level.price, level.quantity) for level in book.bids],

@@ -2,11 +2,11 @@
 -- the levels and the seq always belong to the same state (a snapshot plus the deltas after seq
 -- rebuild the book exactly).
 --
--- KEYS: 1 bid levels zset, 2 ask levels zset, 3 bid depth hash, 4 ask depth hash, 5 meta hash
--- ARGV: 1 number of levels per side
+-- KEYS (K_*) and ARGV (A_*) are declared once, in services/common/scripts.py (BOOK), and put on this
+-- script's first line by the loader.
 -- Returns {book seq, {bid ticks, bid lots, ...}, {ask ticks, ask lots, ...}}, best first, as strings.
 
-local n = tonumber(ARGV[1])
+local n = tonumber(A_LEVELS)
 if n == nil or n < 1 then return redis.error_reply('levels must be a positive integer') end
 
 local function side(levels_key, depth_key)
@@ -25,5 +25,5 @@ local function side(levels_key, depth_key)
   return out
 end
 
-local seq = redis.call('HGET', KEYS[5], 'book_seq') or '0'
-return {seq, side(KEYS[1], KEYS[3]), side(KEYS[2], KEYS[4])}
+local seq = redis.call('HGET', K_META, 'book_seq') or '0'
+return {seq, side(K_BID_LEVELS, K_BID_DEPTH), side(K_ASK_LEVELS, K_ASK_DEPTH)}

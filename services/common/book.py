@@ -9,10 +9,9 @@ from redis.asyncio import Redis
 
 from services.common.instruments import Instrument
 from services.common.keys import InstrumentKeys
-from services.common.lua import LuaScript
+from services.common.scripts import BOOK_SCRIPT, BookArgv, BookKeys, astuple
 from services.common.wire import text
 
-BOOK_SCRIPT = LuaScript("services.common", "book.lua")
 MAX_LEVELS = 1000
 
 
@@ -31,11 +30,6 @@ class BookSnapshot(msgspec.Struct, frozen=True):
     seq: int
     bids: list[BookLevel]
     asks: list[BookLevel]
-
-
-def book_script_keys(keys: InstrumentKeys) -> list[str]:
-    """KEYS of book.lua, in its order."""
-    return [keys.bid_levels, keys.ask_levels, keys.bid_depth, keys.ask_depth, keys.meta]
 
 
 def _side(instrument: Instrument, flat: list[Any]) -> list[BookLevel]:
@@ -64,5 +58,5 @@ def parse_book(instrument: Instrument, reply: list[Any]) -> BookSnapshot:
 
 async def read_book(redis: Redis, instrument: Instrument, keys: InstrumentKeys, levels: int) -> BookSnapshot:
     """The best `levels` levels per side (1..MAX_LEVELS) and the book seq, read in one atomic call."""
-    reply = await BOOK_SCRIPT(redis, book_script_keys(keys), [str(levels)])
+    reply = await BOOK_SCRIPT(redis, astuple(BookKeys.of(keys)), astuple(BookArgv(levels=str(levels))))
     return parse_book(instrument, reply)

@@ -107,10 +107,6 @@ class Instrument:
         """Quote amount (price x quantity) of notional_tick_lots, exact."""
         return plain(EXACT.multiply(EXACT.multiply(Decimal(notional_tick_lots), self.tick), self.lot))
 
-    def lua_args(self) -> list[str]:
-        """The formatting parameters match.lua takes after its own arguments."""
-        return [self.symbol, str(self.price_mult), str(self.price_places), str(self.qty_mult), str(self.lot_places)]
-
 
 class Instruments(dict[str, Instrument]):
     """All configured instruments by symbol."""

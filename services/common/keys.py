@@ -39,13 +39,6 @@ class InstrumentKeys(msgspec.Struct, frozen=True):
     def rate_bucket(self, client_id: str) -> str:
         return f"{self.prefix}rate:{{{self.symbol}}}:{client_id}"
 
-    def matcher_keys(self) -> list[str]:
-        """KEYS of match.lua, in its order."""
-        return [
-            self.orders, self.trades, self.events, self.book, self.bid_orders, self.ask_orders,
-            self.bid_levels, self.ask_levels, self.bid_depth, self.ask_depth, self.order_state, self.meta,
-        ]
-
 
 def keys_by_symbol(prefix: str, symbols: Iterable[str]) -> dict[str, InstrumentKeys]:
     """The keys of every instrument, by symbol."""

@@ -7,6 +7,7 @@ second engine with other code) would replace a live engine's functions. A script
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
@@ -15,11 +16,12 @@ from redis.exceptions import NoScriptError
 
 
 class LuaScript:
-    """One Lua script shipped as a .lua file inside a services package."""
+    """One Lua script shipped as a .lua file inside a services package, after its generated `prelude`
+    (services/common/scripts.py: the names of its KEYS and ARGV positions)."""
 
-    def __init__(self, package: str, filename: str) -> None:
+    def __init__(self, package: str, filename: str, prelude: str = "") -> None:
         self.name = filename
-        self.source = resources.files(package).joinpath(filename).read_text()
+        self.source = prelude + resources.files(package).joinpath(filename).read_text()
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
     async def load(self, redis: Redis) -> None:
@@ -28,7 +30,7 @@ class LuaScript:
     async def is_loaded(self, redis: Redis) -> bool:
         return bool((await redis.script_exists(self.sha))[0])
 
-    async def __call__(self, redis: Redis, keys: list[str], args: list[Any]) -> Any:
+    async def __call__(self, redis: Redis, keys: Sequence[str], args: Sequence[Any]) -> Any:
         try:
             return await redis.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:

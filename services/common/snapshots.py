@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common.book import BOOK_SCRIPT, book_script_keys, parse_book
+from services.common.book import read_book
 from services.common.db import orderbook_snapshots
 from services.common.instruments import Instrument
 from services.common.keys import InstrumentKeys
@@ -33,8 +33,7 @@ class SnapshotInfo(msgspec.Struct, frozen=True):
 async def take_snapshot(redis: Redis, db: AsyncEngine, instrument: Instrument,
                         keys: InstrumentKeys) -> SnapshotInfo:
     """Read the instrument's whole book with its seq in one atomic call and store it; the stored row."""
-    reply = await BOOK_SCRIPT(redis, book_script_keys(keys), [str(WHOLE_BOOK)])
-    book = parse_book(instrument, reply)
+    book = await read_book(redis, instrument, keys, WHOLE_BOOK)
     bids = [[level.price, level.quantity] for level in book.bids]
     asks = [[level.price, level.quantity] for level in book.asks]
     taken_at = dt.datetime.now(dt.UTC)

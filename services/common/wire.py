@@ -45,7 +45,7 @@ Command = NewOrderCommand | CancelCommand
 class OrderRecord(msgspec.Struct, frozen=True, array_like=True):
     """An order's live state, msgpack-encoded in the `os:{I}` hash (written by accept.lua and match.lua).
 
-    Positions matter: the Lua scripts pack the same fields in this order.
+    A msgpack array in this field order: the Lua scripts' codec is generated from it (services/common/scripts.py).
     """
 
     order_id: str
@@ -71,6 +71,11 @@ class OrderRecord(msgspec.Struct, frozen=True, array_like=True):
         from services.common.instruments import NOTIONAL_LIMB
 
         return self.notional_hi * NOTIONAL_LIMB + self.notional_lo
+
+
+# The one codec of order records (the Lua side's is generated from the same Struct: scripts.record_codec_lua).
+encode_record = msgspec.msgpack.Encoder().encode
+decode_record = msgspec.msgpack.Decoder(OrderRecord).decode
 
 
 class TradeEntry(msgspec.Struct, frozen=True):

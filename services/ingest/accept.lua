@@ -5,24 +5,22 @@
 -- gets its answer replayed. Nothing is written before the checks that can refuse the order,
 -- except the rate bucket (whose refill is due anyway).
 --
--- KEYS: 1 orders stream, 2 order state hash, 3 rate bucket hash, 4 idempotency record,
---       5 client order id record (4 and 5 are used only when ARGV 9 / 10 say so: every key is
---       still named up front, in the instrument's slot)
--- ARGV: 1 rate (tokens per second, 0 = no limit), 2 burst, 3 overloaded ('1' or '0'),
---       4 fingerprint (64 hex), 5 the 201 answer (JSON), 6 ttl of both records (s), 7 order id,
---       8 packed order record (msgpack), 9 has idempotency key ('1'/'0'),
---       10 has client order id ('1'/'0'), 11.. the stream entry's field/value pairs
+-- KEYS (K_*) and ARGV (A_*) are declared once, in services/common/scripts.py (ACCEPT), and put on this
+-- script's first line by the loader. K_IDEMPOTENCY and K_CLIENT_ORDER_ID are used only when
+-- A_HAS_IDEMPOTENCY_KEY / A_HAS_CLIENT_ORDER_ID say so: every key is still named up front, in the
+-- instrument's slot. ARGV from A_COMMAND_FROM on: the orders-stream entry's field/value pairs.
+-- Writes: orders (NewOrderCommand), order state (OrderRecord, packed by the caller).
 -- Returns {'ok', stream id} | {'replay', first answer} | {'conflict'} | {'rate_limited', retry ms}
 --       | {'duplicate_client_order_id', that order's id} | {'overloaded'}
 
-local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local rate, burst = tonumber(A_RATE), tonumber(A_BURST)
 local MICRO = 1000000 -- a token is a million micro-tokens: integer arithmetic at any rate
 
 if rate > 0 then
   local clock = redis.call('TIME')
   local now = tonumber(clock[1]) * MICRO + tonumber(clock[2]) -- microseconds, below 2^53
   local capacity = burst * MICRO
-  local state = redis.call('HMGET', KEYS[3], 'tokens', 'ts')
+  local state = redis.call('HMGET', K_RATE_BUCKET, 'tokens', 'ts')
   local tokens, last = tonumber(state[1]), tonumber(state[2])
   if tokens == nil or last == nil then
     tokens = capacity
@@ -33,18 +31,18 @@ if rate > 0 then
   end
   local ttl_ms = math.ceil(capacity / rate / 1000) + 1000
   if tokens < MICRO then
-    redis.call('HSET', KEYS[3], 'tokens', string.format('%d', tokens), 'ts', string.format('%d', now))
-    redis.call('PEXPIRE', KEYS[3], ttl_ms)
+    redis.call('HSET', K_RATE_BUCKET, 'tokens', string.format('%d', tokens), 'ts', string.format('%d', now))
+    redis.call('PEXPIRE', K_RATE_BUCKET, ttl_ms)
     return {'rate_limited', math.ceil((MICRO - tokens) / rate / 1000)}
   end
-  redis.call('HSET', KEYS[3], 'tokens', string.format('%d', tokens - MICRO), 'ts', string.format('%d', now))
-  redis.call('PEXPIRE', KEYS[3], ttl_ms)
+  redis.call('HSET', K_RATE_BUCKET, 'tokens', string.format('%d', tokens - MICRO), 'ts', string.format('%d', now))
+  redis.call('PEXPIRE', K_RATE_BUCKET, ttl_ms)
 end
 
-local fingerprint = ARGV[4]
-local has_key, has_coid = ARGV[9] == '1', ARGV[10] == '1'
+local fingerprint = A_FINGERPRINT
+local has_key, has_coid = A_HAS_IDEMPOTENCY_KEY == '1', A_HAS_CLIENT_ORDER_ID == '1'
 if has_key then
-  local stored = redis.call('GET', KEYS[4])
+  local stored = redis.call('GET', K_IDEMPOTENCY)
   if stored then
     -- A record is the fingerprint, a newline, then the first answer.
     if string.sub(stored, 1, 64) == fingerprint then
@@ -56,20 +54,20 @@ end
 
 if has_coid then
   -- A client's own order reference names one order (for the records' lifetime, 24 h by default).
-  local taken = redis.call('GET', KEYS[5])
+  local taken = redis.call('GET', K_CLIENT_ORDER_ID)
   if taken then return {'duplicate_client_order_id', taken} end
 end
 
-if ARGV[3] == '1' then return {'overloaded'} end
+if A_OVERLOADED == '1' then return {'overloaded'} end
 
 local fields = {}
-for i = 11, #ARGV do fields[#fields + 1] = ARGV[i] end
-local id = redis.call('XADD', KEYS[1], '*', unpack(fields))
-redis.call('HSET', KEYS[2], ARGV[7], ARGV[8])
+for i = A_COMMAND_FROM, #ARGV do fields[#fields + 1] = ARGV[i] end
+local id = redis.call('XADD', K_ORDERS, '*', unpack(fields))
+redis.call('HSET', K_ORDER_STATE, A_ORDER_ID, A_RECORD)
 if has_key then
-  redis.call('SET', KEYS[4], fingerprint .. '\n' .. ARGV[5], 'EX', ARGV[6])
+  redis.call('SET', K_IDEMPOTENCY, fingerprint .. '\n' .. A_ANSWER, 'EX', A_TTL_S)
 end
 if has_coid then
-  redis.call('SET', KEYS[5], ARGV[7], 'EX', ARGV[6])
+  redis.call('SET', K_CLIENT_ORDER_ID, A_ORDER_ID, 'EX', A_TTL_S)
 end
 return {'ok', id}

@@ -5,13 +5,10 @@ from __future__ import annotations
 import msgspec
 
 from services.common.keys import InstrumentKeys
-from services.common.lua import LuaScript
 from services.common.redis_batch import CommandBatcher
-from services.common.wire import NewOrderCommand, OrderRecord
+from services.common.scripts import ACCEPT_SCRIPT, AcceptArgv, AcceptKeys, astuple
+from services.common.wire import NewOrderCommand, OrderRecord, encode_record
 from services.ingest.validation import ValidOrder
-from services.ingest.views import encode_record
-
-ACCEPT_SCRIPT = LuaScript("services.ingest", "accept.lua")
 
 
 class Accepted(msgspec.Struct, frozen=True):
@@ -73,18 +70,20 @@ async def accept_order(batcher: CommandBatcher, keys: InstrumentKeys, order: Val
     """Rate-limit, deduplicate and enqueue `order` (stored as `record`) atomically; `answer` is the 201 body
     to remember."""
     # Absent records still get a key name (never read): all keys are passed, all in the instrument's slot.
-    script_keys = [keys.orders, keys.order_state, keys.rate_bucket(order.client_id),
-                   keys.idempotency(order.client_id, order.idempotency_key or ""),
-                   keys.client_order_id(order.client_id, order.client_order_id)]
+    script_keys = astuple(AcceptKeys(
+        orders=keys.orders, order_state=keys.order_state, rate_bucket=keys.rate_bucket(order.client_id),
+        idempotency=keys.idempotency(order.client_id, order.idempotency_key or ""),
+        client_order_id=keys.client_order_id(order.client_id, order.client_order_id),
+    ))
     keyed = order.idempotency_key is not None
-    args: list[str | bytes | int] = [
+    argv = AcceptArgv(
         # The fingerprint and the answer are read only to store or check an idempotency record.
-        rate_per_sec, burst, "1" if overloaded else "0", order.fingerprint() if keyed else "",
-        answer if keyed else "", idempotency_ttl_s,
-        record.order_id, encode_record(record), "1" if keyed else "0",
-        "1" if order.client_order_id else "0", *_command_fields(record),
-    ]
-    reply = await batcher.evalsha(ACCEPT_SCRIPT, script_keys, args)
+        rate=rate_per_sec, burst=burst, overloaded="1" if overloaded else "0",
+        fingerprint=order.fingerprint() if keyed else "", answer=answer if keyed else b"",
+        ttl_s=idempotency_ttl_s, order_id=record.order_id, record=encode_record(record),
+        has_idempotency_key="1" if keyed else "0", has_client_order_id="1" if order.client_order_id else "0",
+    )
+    reply = await batcher.evalsha(ACCEPT_SCRIPT, script_keys, (*astuple(argv), *_command_fields(record)))
     kind = reply[0]
     if kind == b"ok":
         return Accepted(reply[1].decode())

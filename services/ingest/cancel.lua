@@ -2,18 +2,18 @@
 -- its current record, and the cancel command is enqueued only for an order that is not final.
 -- The matcher applies it in stream order, so an order still `accepted` is placed before it is cancelled.
 --
--- KEYS: 1 orders stream, 2 order state hash
--- ARGV: 1 order id, 2 the only client_id allowed ('' = any: broker, admin), 3 requester, 4 ts (ms)
+-- KEYS (K_*), ARGV (A_*) and the order record's codec (unpack_record) are declared once, in
+-- services/common/scripts.py (CANCEL), and put on this script's first line by the loader.
+-- Writes: orders (CancelCommand).
 -- Returns {'unknown'} | {'forbidden'} | {'final', packed record} | {'requested', packed record}
 
-local packed = redis.call('HGET', KEYS[2], ARGV[1])
+local packed = redis.call('HGET', K_ORDER_STATE, A_ORDER_ID)
 if not packed then return {'unknown'} end
--- Field order is services/common/wire.py OrderRecord: 2 client_id, 11 status.
-local record = cmsgpack.unpack(packed)
-if ARGV[2] ~= '' and record[2] ~= ARGV[2] then return {'forbidden'} end
-local status = record[11]
+local record = unpack_record(packed)
+if A_ONLY_CLIENT_ID ~= '' and record.client_id ~= A_ONLY_CLIENT_ID then return {'forbidden'} end
+local status = record.status
 if status == 'filled' or status == 'cancelled' or status == 'rejected' then
   return {'final', packed}
 end
-redis.call('XADD', KEYS[1], '*', 'cmd', 'cancel', 'order_id', ARGV[1], 'client_id', ARGV[3], 'ts', ARGV[4])
+redis.call('XADD', K_ORDERS, '*', 'cmd', 'cancel', 'order_id', A_ORDER_ID, 'client_id', A_REQUESTER, 'ts', A_TS)
 return {'requested', packed}

@@ -13,17 +13,16 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 
 from services.common.auth import ADMIN, KeyTable, Principal, key_table_for
-from services.common.book import BOOK_SCRIPT
 from services.common.db import make_engine
 from services.common.keys import InstrumentKeys, keys_by_symbol
 from services.common.lua import LuaScript
 from services.common.redis_batch import CommandBatcher
 from services.common.redis_conn import connect
-from services.ingest.accept import ACCEPT_SCRIPT
+from services.common.scripts import ACCEPT_SCRIPT, BOOK_SCRIPT, CANCEL_SCRIPT
 from services.ingest.backpressure import LagMonitor
 from services.ingest.errors import unauthorized
 from services.ingest.metrics import IngestMetrics
-from services.ingest.orders_store import CANCEL_SCRIPT, OrderStore
+from services.ingest.orders_store import OrderStore
 from services.ingest.settings import IngestSettings
 
 logger = logging.getLogger(__name__)

@@ -7,7 +7,8 @@ import re
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.common.book import BOOK_SCRIPT, MAX_LEVELS, book_script_keys, parse_book
+from services.common.book import MAX_LEVELS, parse_book
+from services.common.scripts import BOOK_SCRIPT, BookArgv, BookKeys, astuple
 from services.ingest.context import IngestContext
 from services.ingest.errors import ErrorDetail, invalid, json_response
 
@@ -30,6 +31,6 @@ async def get_orderbook(ctx: IngestContext, request: Request) -> Response:
         message = "is required" if symbol is None else f"unknown instrument {symbol[:64]!r}"
         raise invalid([ErrorDetail("instrument", message)])
     levels = _levels(request.query_params.get("levels"))
-    keys = book_script_keys(ctx.keys[instrument.symbol])
-    reply = await ctx.batcher.evalsha(BOOK_SCRIPT, keys, [str(levels)])
+    keys = astuple(BookKeys.of(ctx.keys[instrument.symbol]))
+    reply = await ctx.batcher.evalsha(BOOK_SCRIPT, keys, astuple(BookArgv(levels=str(levels))))
     return json_response(parse_book(instrument, reply))

@@ -10,12 +10,10 @@ import msgspec
 from services.common.auth import Principal
 from services.common.instruments import Instrument
 from services.common.keys import InstrumentKeys
-from services.common.lua import LuaScript
 from services.common.redis_batch import CommandBatcher
-from services.common.wire import FINAL_STATUSES, OrderRecord
-from services.ingest.views import decode_record
+from services.common.scripts import CANCEL_SCRIPT, CancelArgv, CancelKeys, astuple
+from services.common.wire import FINAL_STATUSES, OrderRecord, decode_record
 
-CANCEL_SCRIPT = LuaScript("services.ingest", "cancel.lua")
 _MAX_POLL_S = 0.01
 
 
@@ -61,8 +59,9 @@ class OrderStore:
         """Enqueue a cancel unless the order is unknown, someone else's or already final."""
         only_client = (principal.client_id or "") if principal.role == "trader" else ""
         reply = await self._batcher.evalsha(
-            CANCEL_SCRIPT, [keys.orders, keys.order_state],
-            [order_id, only_client, principal.label, str(time.time_ns() // 1_000_000)],
+            CANCEL_SCRIPT, astuple(CancelKeys.of(keys)),
+            astuple(CancelArgv(order_id=order_id, only_client_id=only_client, requester=principal.label,
+                               ts=str(time.time_ns() // 1_000_000))),
         )
         kind = reply[0].decode()
         return CancelOutcome(kind, decode_record(reply[1]) if len(reply) > 1 else None)

@@ -39,10 +39,6 @@ class CancelRequested(msgspec.Struct, frozen=True):
 
 
 encode_view = msgspec.json.Encoder().encode
-decode_record = msgspec.msgpack.Decoder(OrderRecord).decode
-encode_record = msgspec.msgpack.Encoder().encode
-
-
 
 
 def render(record: OrderRecord, instrument: Instrument) -> OrderView:

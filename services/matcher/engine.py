@@ -8,10 +8,8 @@ from redis.asyncio import Redis
 from services.common.groups import ensure_group
 from services.common.instruments import Instrument
 from services.common.keys import MATCHER_GROUP, InstrumentKeys
-from services.common.lua import LuaScript
+from services.common.scripts import MATCH_SCRIPT, MatchArgv, MatchKeys, astuple
 from services.common.wire import text
-
-MATCH_SCRIPT = LuaScript("services.matcher", "match.lua")
 
 
 class BatchResult(msgspec.Struct, frozen=True):
@@ -35,8 +33,12 @@ class InstrumentMatcher:
         self.redis = redis
         self.instrument = instrument
         self.keys = keys
-        self._script_keys = keys.matcher_keys()
-        self._script_args = [MATCHER_GROUP, consumer, str(batch_size), *instrument.lua_args()]
+        self._script_keys = astuple(MatchKeys.of(keys))
+        self._script_args = astuple(MatchArgv(
+            group=MATCHER_GROUP, consumer=consumer, max_commands=str(batch_size), symbol=instrument.symbol,
+            price_multiplier=str(instrument.price_mult), price_decimals=str(instrument.price_places),
+            quantity_multiplier=str(instrument.qty_mult), quantity_decimals=str(instrument.lot_places),
+        ))
 
     async def prepare(self) -> None:
         await ensure_group(self.redis, self.keys.orders, MATCHER_GROUP)

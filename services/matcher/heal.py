@@ -41,7 +41,7 @@ from services.common.groups import group_info
 from services.common.instruments import Instrument
 from services.common.keys import MATCHER_GROUP, InstrumentKeys
 from services.common.stream_ids import ZERO, StreamId, format_stream_id, parse_stream_id
-from services.common.wire import OrderRecord, fields_to_dict, text
+from services.common.wire import decode_record, encode_record, fields_to_dict, text
 from services.matcher.heal_state import (
     HEALING,
     Accounting,
@@ -73,8 +73,6 @@ logger = logging.getLogger(__name__)
 
 PAGE = 500
 LOGGED_IDS = 20  # order ids named in the log line, at most
-_RECORD = msgspec.msgpack.Decoder(OrderRecord)
-_PACK = msgspec.msgpack.Encoder()
 HEAL_ERRORS = (*DB_ERRORS, DatabaseUnavailable)
 
 
@@ -204,7 +202,7 @@ class _Heal:
         cursor = 0
         while True:
             cursor, page = await self.redis.hscan(self.keys.order_state, cursor, count=PAGE)
-            records = {text(k): _RECORD.decode(v) for k, v in cast(dict[bytes, bytes], page).items()}
+            records = {text(k): decode_record(v) for k, v in cast(dict[bytes, bytes], page).items()}
             healed.records_corrected += sum(msgspec.structs.replace(r, arrival_seq=0) != resting[i]
                                             for i, r in records.items() if i in resting)
             ids = [i for i in records if i not in resting]
@@ -234,7 +232,7 @@ class _Heal:
                     removals.append(order_id)
                     continue
                 if fixed != record:
-                    updates[order_id] = _PACK.encode(fixed)
+                    updates[order_id] = encode_record(fixed)
             healed.records_corrected += len(updates)
             healed.records_removed += len(removals)
             if updates:

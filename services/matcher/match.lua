@@ -1,6 +1,6 @@
 -- Price-time matching of one instrument, entirely inside Redis.
 --
--- One call reads up to ARGV[3] new commands from the instrument's orders stream with
+-- One call reads up to A_MAX_COMMANDS new commands from the instrument's orders stream with
 -- XREADGROUP ... NOACK and applies them all before returning. Reading and applying happen in the
 -- same atomic script, so no command is ever delivered without being applied, and none is applied
 -- twice: the group's last-delivered id is the matcher's position, and it moves only with the
@@ -10,25 +10,22 @@
 -- instrument loader checks the limits). Decimal strings are formed here only for the output
 -- streams, by placing the decimal point into the integer's digits.
 --
--- KEYS: 1 orders stream, 2 trades stream, 3 events stream, 4 book stream,
---       5 bid orders zset, 6 ask orders zset, 7 bid levels zset, 8 ask levels zset,
---       9 bid depth hash, 10 ask depth hash, 11 order state hash, 12 meta hash
--- ARGV: 1 group, 2 consumer, 3 max commands, 4 symbol,
---       5 price multiplier, 6 price decimals, 7 quantity multiplier, 8 quantity decimals
+-- KEYS (K_*), ARGV (A_*), the order record's codec (unpack_record, pack_record) and the book member
+-- layout (MEMBER_FORMAT, MEMBER_ID_AT) are declared once, in services/common/scripts.py (MATCH): the
+-- loader puts them on this script's first line, so this file names positions, never numbers them.
+-- Writes: trades (TradeEntry), events (EventEntry), book (BookEntry), order state (OrderRecord).
 -- Returns {commands applied, last stream id, trades, new orders, rejected, cancels, invalid,
 --          orders matched (each taker with a fill once, each maker once per fill)},
 --         or the error HEALING while meta has a `healing` field (a heal is under way)
 
-local K_ORDERS, K_TRADES, K_EVENTS, K_BOOK = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local K_STATE, K_META = KEYS[11], KEYS[12]
 local SIDE_KEYS = {
-  buy = {orders = KEYS[5], levels = KEYS[7], depth = KEYS[9], sign = -1},
-  sell = {orders = KEYS[6], levels = KEYS[8], depth = KEYS[10], sign = 1},
+  buy = {orders = K_BID_ORDERS, levels = K_BID_LEVELS, depth = K_BID_DEPTH, sign = -1},
+  sell = {orders = K_ASK_ORDERS, levels = K_ASK_LEVELS, depth = K_ASK_DEPTH, sign = 1},
 }
 local OPPOSITE = {buy = 'sell', sell = 'buy'}
-local SYMBOL = ARGV[4]
-local PRICE_MULT, PRICE_PLACES = tonumber(ARGV[5]), tonumber(ARGV[6])
-local QTY_MULT, QTY_PLACES = tonumber(ARGV[7]), tonumber(ARGV[8])
+local SYMBOL = A_SYMBOL
+local PRICE_MULT, PRICE_PLACES = tonumber(A_PRICE_MULTIPLIER), tonumber(A_PRICE_DECIMALS)
+local QTY_MULT, QTY_PLACES = tonumber(A_QUANTITY_MULTIPLIER), tonumber(A_QUANTITY_DECIMALS)
 -- Notional (ticks x lots) can reach 1e20: it is kept as hi * LIMB + lo, each part exact.
 local LIMB = 1000000
 local MAKERS_PER_FETCH = 16
@@ -39,16 +36,16 @@ if redis.call('HEXISTS', K_META, 'healing') == 1 then
   return redis.error_reply('HEALING ' .. K_META .. ' is being healed from PostgreSQL')
 end
 
-local read = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'NOACK', 'COUNT', ARGV[3],
+local read = redis.call('XREADGROUP', 'GROUP', A_GROUP, A_CONSUMER, 'NOACK', 'COUNT', A_MAX_COMMANDS,
   'STREAMS', K_ORDERS, '>')
 if not read then
   -- Nothing new: report where the group stands so the caller can block for what comes next.
   for _, group in ipairs(redis.call('XINFO', 'GROUPS', K_ORDERS)) do
     local info = {}
     for i = 1, #group, 2 do info[group[i]] = group[i + 1] end
-    if info['name'] == ARGV[1] then return {0, info['last-delivered-id'], 0, 0, 0, 0, 0, 0} end
+    if info['name'] == A_GROUP then return {0, info['last-delivered-id'], 0, 0, 0, 0, 0, 0} end
   end
-  return redis.error_reply('no consumer group ' .. ARGV[1] .. ' on ' .. K_ORDERS)
+  return redis.error_reply('no consumer group ' .. A_GROUP .. ' on ' .. K_ORDERS)
 end
 local entries = read[1][2]
 
@@ -107,28 +104,14 @@ local function quote_text(hi, lo)
 end
 
 -- Order records: cached for the call, written back once at the end ----------------------------
--- Field order is services/common/wire.py OrderRecord.
+-- A record is a table keyed by services/common/wire.py OrderRecord's field names (unpack_record).
 
 local cache, dirty, dirty_list = {}, {}, {}
-
-local function unpack_record(packed)
-  local r = cmsgpack.unpack(packed)
-  return {
-    id = r[1], client_id = r[2], client_order_id = r[3], side = r[4], type = r[5], tif = r[6],
-    post_only = r[7], price = r[8], qty = r[9], filled = r[10], status = r[11], reason = r[12],
-    created_at = r[13], updated_at = r[14], arrival = r[15], nh = r[16], nl = r[17],
-  }
-end
-
-local function pack_record(o)
-  return cmsgpack.pack({o.id, o.client_id, o.client_order_id, o.side, o.type, o.tif, o.post_only,
-    o.price, o.qty, o.filled, o.status, o.reason, o.created_at, o.updated_at, o.arrival, o.nh, o.nl})
-end
 
 local function load_order(id)
   local o = cache[id]
   if o == nil then
-    local packed = redis.call('HGET', K_STATE, id)
+    local packed = redis.call('HGET', K_ORDER_STATE, id)
     if not packed then return nil end
     o = unpack_record(packed)
     cache[id] = o
@@ -138,22 +121,22 @@ end
 
 local function touch(o)
   o.updated_at = now
-  cache[o.id] = o
-  if not dirty[o.id] then
-    dirty[o.id] = true
-    dirty_list[#dirty_list + 1] = o.id
+  cache[o.order_id] = o
+  if not dirty[o.order_id] then
+    dirty[o.order_id] = true
+    dirty_list[#dirty_list + 1] = o.order_id
   end
 end
 
 local function add_fill(o, ticks, lots)
-  o.filled = o.filled + lots
+  o.filled_lots = o.filled_lots + lots
   local hi = math.floor(lots / LIMB)
-  o.nh = o.nh + ticks * hi
-  o.nl = o.nl + ticks * (lots - hi * LIMB)
-  if o.nl >= LIMB then
-    local carry = math.floor(o.nl / LIMB)
-    o.nh = o.nh + carry
-    o.nl = o.nl - carry * LIMB
+  o.notional_hi = o.notional_hi + ticks * hi
+  o.notional_lo = o.notional_lo + ticks * (lots - hi * LIMB)
+  if o.notional_lo >= LIMB then
+    local carry = math.floor(o.notional_lo / LIMB)
+    o.notional_hi = o.notional_hi + carry
+    o.notional_lo = o.notional_lo - carry * LIMB
   end
 end
 
@@ -186,38 +169,37 @@ local function change_depth(side, ticks, delta)
   note_level(side, ticks, total)
 end
 
--- "<16-digit arrival seq>:<order id>" (recovery.py's _member writes the same): equal prices sort by
--- arrival, and the order id starts at MEMBER_ID_AT.
-local MEMBER_ID_AT = 18
+-- "<zero-padded arrival seq>:<order id>" (MEMBER_FORMAT; recovery.py writes the same with
+-- scripts.book_member): equal prices sort by arrival, and the order id starts at MEMBER_ID_AT.
 local function member_of(o)
-  return string.format('%016d:', o.arrival) .. o.id
+  return string.format(MEMBER_FORMAT, o.arrival_seq) .. o.order_id
 end
 
 local function rest(o)
   arrival_seq = arrival_seq + 1
-  o.arrival = arrival_seq
+  o.arrival_seq = arrival_seq
   local keys = SIDE_KEYS[o.side]
-  redis.call('ZADD', keys.orders, keys.sign * o.price, member_of(o))
-  change_depth(o.side, o.price, o.qty - o.filled)
+  redis.call('ZADD', keys.orders, keys.sign * o.price_ticks, member_of(o))
+  change_depth(o.side, o.price_ticks, o.quantity_lots - o.filled_lots)
 end
 
 local function unrest(o)
   redis.call('ZREM', SIDE_KEYS[o.side].orders, member_of(o))
-  change_depth(o.side, o.price, -(o.qty - o.filled))
+  change_depth(o.side, o.price_ticks, -(o.quantity_lots - o.filled_lots))
 end
 
 -- Whether a maker at maker_ticks may trade with taker o.
 local function crosses(o, maker_ticks)
   if o.type == 'market' then return true end
-  if o.side == 'buy' then return maker_ticks <= o.price end
-  return maker_ticks >= o.price
+  if o.side == 'buy' then return maker_ticks <= o.price_ticks end
+  return maker_ticks >= o.price_ticks
 end
 
 -- Resting quantity the taker could trade against, counting no further than `needed`.
 local function available(o, needed)
   local keys = SIDE_KEYS[OPPOSITE[o.side]]
   local limit = '+inf'
-  if o.type == 'limit' then limit = keys.sign * o.price end
+  if o.type == 'limit' then limit = keys.sign * o.price_ticks end
   local total, offset = 0, 0
   while total < needed do
     local levels = redis.call('ZRANGEBYSCORE', keys.levels, '-inf', limit, 'LIMIT', offset, 64)
@@ -245,17 +227,19 @@ local command_id = ''
 local function emit_event(kind, o, with_order)
   event_seq = event_seq + 1
   local fields = {
-    'event', kind, 'seq', int_text(event_seq), 'instrument', SYMBOL, 'order_id', o.id,
-    'client_id', o.client_id, 'status', o.status, 'filled_quantity', qty_text(o.filled),
-    'remaining_quantity', qty_text(o.qty - o.filled), 'filled_quote', quote_text(o.nh, o.nl),
+    'event', kind, 'seq', int_text(event_seq), 'instrument', SYMBOL, 'order_id', o.order_id,
+    'client_id', o.client_id, 'status', o.status, 'filled_quantity', qty_text(o.filled_lots),
+    'remaining_quantity', qty_text(o.quantity_lots - o.filled_lots),
+    'filled_quote', quote_text(o.notional_hi, o.notional_lo),
     'reason', o.reason, 'ts', now_text, 'command_id', command_id,
   }
   if with_order then
     local price = ''
-    if o.type == 'limit' then price = price_text(o.price) end
+    if o.type == 'limit' then price = price_text(o.price_ticks) end
     local more = {
-      'client_order_id', o.client_order_id, 'side', o.side, 'type', o.type, 'time_in_force', o.tif,
-      'post_only', int_text(o.post_only), 'price', price, 'quantity', qty_text(o.qty),
+      'client_order_id', o.client_order_id, 'side', o.side, 'type', o.type,
+      'time_in_force', o.time_in_force,
+      'post_only', int_text(o.post_only), 'price', price, 'quantity', qty_text(o.quantity_lots),
       'created_at', int_text(o.created_at),
     }
     for i = 1, #more do fields[#fields + 1] = more[i] end
@@ -272,8 +256,8 @@ local function emit_trade(taker, maker, ticks, lots)
   redis.call('XADD', K_TRADES, '*',
     'trade_id', SYMBOL .. '-' .. seq, 'seq', seq, 'instrument', SYMBOL,
     'price', price_text(ticks), 'quantity', qty_text(lots), 'taker_side', taker.side,
-    'taker_order_id', taker.id, 'maker_order_id', maker.id,
-    'buy_order_id', buy.id, 'sell_order_id', sell.id,
+    'taker_order_id', taker.order_id, 'maker_order_id', maker.order_id,
+    'buy_order_id', buy.order_id, 'sell_order_id', sell.order_id,
     'buyer_client_id', buy.client_id, 'seller_client_id', sell.client_id, 'ts', now_text)
 end
 
@@ -304,10 +288,11 @@ local function parse_new(f)
     return nil
   end
   return {
-    id = f.order_id, client_id = f.client_id, client_order_id = f.client_order_id or '',
-    side = f.side, type = f.type, tif = f.time_in_force, post_only = (f.post_only == '1') and 1 or 0,
-    price = price, qty = qty, filled = 0, status = 'open', reason = '',
-    created_at = created, updated_at = now, arrival = 0, nh = 0, nl = 0,
+    order_id = f.order_id, client_id = f.client_id, client_order_id = f.client_order_id or '',
+    side = f.side, type = f.type, time_in_force = f.time_in_force,
+    post_only = (f.post_only == '1') and 1 or 0, price_ticks = price, quantity_lots = qty, filled_lots = 0,
+    status = 'open', reason = '', created_at = created, updated_at = now, arrival_seq = 0,
+    notional_hi = 0, notional_lo = 0,
   }
 end
 
@@ -322,17 +307,17 @@ local function reject_invalid(f)
 end
 
 local function finish_taker(o)
-  local remaining = o.qty - o.filled
+  local remaining = o.quantity_lots - o.filled_lots
   if remaining == 0 then
     o.status = 'filled'
     emit_event('filled', o, false)
-  elseif o.type == 'market' or o.tif ~= 'GTC' then
+  elseif o.type == 'market' or o.time_in_force ~= 'GTC' then
     o.status = 'cancelled'
     if o.type == 'market' then o.reason = 'market_remainder' else o.reason = 'ioc_remainder' end
     emit_event('cancelled', o, false)
   else
     rest(o)
-    if o.filled > 0 then
+    if o.filled_lots > 0 then
       o.status = 'partially_filled'
       emit_event('partially_filled', o, false)
     end
@@ -341,7 +326,7 @@ end
 
 local function match(o)
   local keys = SIDE_KEYS[OPPOSITE[o.side]]
-  while o.filled < o.qty do
+  while o.filled_lots < o.quantity_lots do
     local heads = redis.call('ZRANGE', keys.orders, 0, MAKERS_PER_FETCH - 1, 'WITHSCORES')
     if #heads == 0 then return end
     for i = 1, #heads, 2 do
@@ -349,14 +334,14 @@ local function match(o)
       if not crosses(o, ticks) then return end
       local maker_id = string.sub(heads[i], MEMBER_ID_AT)
       local maker = load_order(maker_id)
-      local lots = math.min(o.qty - o.filled, maker.qty - maker.filled)
+      local lots = math.min(o.quantity_lots - o.filled_lots, maker.quantity_lots - maker.filled_lots)
       add_fill(maker, ticks, lots)
       add_fill(o, ticks, lots)
       touch(maker)
       emit_trade(o, maker, ticks, lots)
       stats.matched = stats.matched + 1
       change_depth(maker.side, ticks, -lots)
-      if maker.filled == maker.qty then
+      if maker.filled_lots == maker.quantity_lots then
         redis.call('ZREM', keys.orders, heads[i])
         maker.status = 'filled'
         emit_event('filled', maker, false)
@@ -364,7 +349,7 @@ local function match(o)
         maker.status = 'partially_filled'
         emit_event('partially_filled', maker, false)
       end
-      if o.filled == o.qty then return end
+      if o.filled_lots == o.quantity_lots then return end
     end
   end
 end
@@ -375,7 +360,7 @@ local function apply_new(f)
     reject_invalid(f)
     return
   end
-  local known = load_order(o.id)
+  local known = load_order(o.order_id)
   -- Ingest writes the record as `accepted`; any other status means this order was applied already.
   if known ~= nil and known.status ~= 'accepted' then return end
   stats.new = stats.new + 1
@@ -390,13 +375,13 @@ local function apply_new(f)
     end
   end
   emit_event('accepted', o, true)
-  if o.tif == 'FOK' and available(o, o.qty) < o.qty then
+  if o.time_in_force == 'FOK' and available(o, o.quantity_lots) < o.quantity_lots then
     o.status, o.reason = 'cancelled', 'fok_not_fillable'
     emit_event('cancelled', o, false)
     return
   end
   match(o)
-  if o.filled > 0 then stats.matched = stats.matched + 1 end
+  if o.filled_lots > 0 then stats.matched = stats.matched + 1 end
   finish_taker(o)
 end
 
@@ -448,11 +433,11 @@ for _, id in ipairs(dirty_list) do
   batch[#batch + 1] = id
   batch[#batch + 1] = pack_record(cache[id])
   if #batch >= 400 then
-    redis.call('HSET', K_STATE, unpack(batch))
+    redis.call('HSET', K_ORDER_STATE, unpack(batch))
     batch = {}
   end
 end
-if #batch > 0 then redis.call('HSET', K_STATE, unpack(batch)) end
+if #batch > 0 then redis.call('HSET', K_ORDER_STATE, unpack(batch)) end
 
 if #level_changes > 0 then
   for _, change in ipairs(level_changes) do

@@ -25,7 +25,6 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 import asyncpg
-import msgspec
 from redis.asyncio import Redis
 from redis.typing import EncodableT, FieldT
 from sqlalchemy import and_, func, select
@@ -37,7 +36,8 @@ from sqlalchemy.pool import NullPool
 from services.common.db import order_events, orderbook_snapshots, orders, trades
 from services.common.instruments import NOTIONAL_LIMB, Instrument
 from services.common.keys import InstrumentKeys
-from services.common.wire import OrderRecord
+from services.common.scripts import book_member
+from services.common.wire import OrderRecord, encode_record
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,6 @@ RESTING = ("open", "partially_filled")
 NOTHING_PERSISTED = frozenset({"3D000", "42P01"})
 DB_ERRORS = (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 CHUNK = 500  # orders (or levels) per pipeline while writing the book
-_PACK = msgspec.msgpack.Encoder()
 T = TypeVar("T")
 
 
@@ -205,11 +204,6 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start:start + size]
 
 
-def _member(record: OrderRecord) -> str:
-    # The same member layout as match.lua's member_of (MEMBER_ID_AT there depends on it).
-    return f"{record.arrival_seq:016d}:{record.order_id}"
-
-
 async def write_book(redis: Redis, keys: InstrumentKeys, book: PersistedBook, chunk: int | None = None) -> None:
     """Replace the instrument's book with `book` (its orders' records included); meta is the caller's."""
     chunk = chunk or CHUNK
@@ -218,9 +212,9 @@ async def write_book(redis: Redis, keys: InstrumentKeys, book: PersistedBook, ch
     depth: dict[str, dict[int, int]] = {"buy": {}, "sell": {}}
     for part in _chunks(book.records, chunk):
         async with redis.pipeline(transaction=False) as pipe:
-            pipe.hset(keys.order_state, mapping={r.order_id: _PACK.encode(r) for r in part})
+            pipe.hset(keys.order_state, mapping={r.order_id: encode_record(r) for r in part})
             for side, key, sign in (("buy", keys.bid_orders, -1), ("sell", keys.ask_orders, 1)):
-                members = {_member(r): sign * r.price_ticks for r in part if r.side == side}
+                members = {book_member(r.arrival_seq, r.order_id): sign * r.price_ticks for r in part if r.side == side}
                 if members:
                     pipe.zadd(key, members)
             await pipe.execute()

@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import cast
 
-import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 from sqlalchemy import select
@@ -23,12 +22,11 @@ from services.common.db import orders
 from services.common.groups import needed_from
 from services.common.keys import InstrumentKeys
 from services.common.stream_ids import StreamId, format_stream_id
-from services.common.wire import FINAL_STATUSES, OrderRecord, text
+from services.common.wire import FINAL_STATUSES, decode_record, text
 from services.persister.metrics import PersisterMetrics
 
 logger = logging.getLogger(__name__)
 
-_RECORD = msgspec.msgpack.Decoder(OrderRecord)
 _FINAL = sorted(FINAL_STATUSES)
 
 
@@ -95,7 +93,7 @@ async def evict_orders(redis: Redis, db: AsyncEngine, key: str, before_ms: int, 
         cursor, entries = await redis.hscan(key, cursor, count=page)
         candidates: dict[str, str] = {}
         for field, raw in cast(dict[bytes, bytes], entries).items():
-            record = _RECORD.decode(raw)
+            record = decode_record(raw)
             if record.status in FINAL_STATUSES and record.updated_at < before_ms:
                 candidates[text(field)] = record.status
         if candidates:

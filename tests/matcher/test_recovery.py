@@ -25,6 +25,7 @@ from services.common.db import with_database
 from services.common.groups import group_lag
 from services.common.instruments import Instruments
 from services.common.keys import MATCHER_GROUP, InstrumentKeys, instrument_keys
+from services.common.scripts import MatchKeys, astuple
 from services.common.wire import EventEntry, OrderRecord, TradeEntry, fields_to_dict
 from services.matcher import recovery
 from services.matcher.engine import InstrumentMatcher
@@ -300,9 +301,9 @@ async def test_a_rebuild_cut_short_is_redone_and_a_second_run_changes_nothing(
     first = await recover_instrument(redis, instrument, keys, db_url)
     assert first is not None and first.orders == len(scenario.before["BTC-USD"].records)
     await assert_same_as_before(redis, instruments, scenario)
-    dumped = {k: await redis.dump(k) for k in keys.matcher_keys()[4:]}
+    dumped = {k: await redis.dump(k) for k in astuple(MatchKeys.of(keys))[4:]}
     assert await recover_instrument(redis, instrument, keys, db_url) is None  # meta is there now
-    assert {k: await redis.dump(k) for k in keys.matcher_keys()[4:]} == dumped
+    assert {k: await redis.dump(k) for k in astuple(MatchKeys.of(keys))[4:]} == dumped
 
 
 async def test_fresh_install_does_nothing(redis: Redis, key_prefix: str, instruments: Instruments, db_url: str,

@@ -1,0 +1,239 @@
+"""services/common/scripts.py: each Lua script against its one declaration (KEYS, ARGV, record, stream fields).
+
+The first tests read the .lua files only (no Redis); the others run a script in Redis once, without the engine.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from importlib import resources
+
+import msgspec
+import pytest
+from redis.asyncio import Redis
+
+from services.common.instruments import Instruments
+from services.common.keys import InstrumentKeys, instrument_keys
+from services.common.scripts import (
+    ACCEPT,
+    ACCEPT_SCRIPT,
+    CANCEL,
+    CANCEL_SCRIPT,
+    INTERFACES,
+    MATCH,
+    MEMBER_FORMAT,
+    MEMBER_ID_AT,
+    AcceptArgv,
+    AcceptKeys,
+    BookKeys,
+    CancelArgv,
+    CancelKeys,
+    InstrumentScriptKeys,
+    MatchKeys,
+    ScriptInterface,
+    astuple,
+    book_member,
+    record_codec_lua,
+)
+from services.common.wire import (
+    BookEntry,
+    CancelCommand,
+    EventEntry,
+    NewOrderCommand,
+    OrderRecord,
+    TradeEntry,
+    decode_record,
+    encode_record,
+    fields_to_dict,
+)
+from services.ingest.accept import _command_fields
+from tests.matcher.harness import Harness
+
+RECORD_FIELDS = set(OrderRecord.__struct_fields__)
+COMMAND_TAGS = {NewOrderCommand.__struct_config__.tag, CancelCommand.__struct_config__.tag}
+
+
+def _code(interface: ScriptInterface) -> str:
+    """The script's file without its comments."""
+    source = resources.files(interface.package).joinpath(interface.filename).read_text()
+    return re.sub(r"--[^\n]*", "", source)
+
+
+def _struct_fields(struct: type[msgspec.Struct]) -> set[str]:
+    fields = set(struct.__struct_fields__)
+    tag = struct.__struct_config__.tag_field
+    return fields | {tag} if tag is not None else fields
+
+
+@pytest.mark.parametrize("interface", INTERFACES, ids=lambda i: i.filename)
+def test_the_script_numbers_no_position_of_keys_or_argv(interface: ScriptInterface) -> None:
+    assert re.findall(r"\b(?:KEYS|ARGV)\s*\[\s*\d", _code(interface)) == []
+
+
+@pytest.mark.parametrize("interface", INTERFACES, ids=lambda i: i.filename)
+def test_the_script_uses_exactly_the_declared_keys_and_argv(interface: ScriptInterface) -> None:
+    code = _code(interface)
+    assert set(re.findall(r"\bK_[A-Z0-9_]+\b", code)) == {f"K_{n.upper()}" for n in interface.keys}
+    declared = {f"A_{n.upper()}" for n in interface.argv}
+    if interface.argv_rest is not None:
+        declared.add(f"A_{interface.argv_rest.upper()}_FROM")
+    assert set(re.findall(r"\bA_[A-Z0-9_]+\b", code)) == declared
+
+
+@pytest.mark.parametrize("keys", [MatchKeys, CancelKeys, BookKeys], ids=lambda k: k.__name__)
+def test_instrument_script_keys_are_instrument_keys(keys: type[InstrumentScriptKeys]) -> None:
+    assert set(keys.__struct_fields__) <= set(InstrumentKeys.__struct_fields__)
+    instrument = instrument_keys("p:", "BTC-USD")
+    assert astuple(keys.of(instrument)) == tuple(getattr(instrument, n) for n in keys.__struct_fields__)
+
+
+def test_the_prelude_is_one_line_and_the_sha_covers_it() -> None:
+    for interface in INTERFACES:
+        prelude = interface.prelude()
+        assert prelude.count("\n") == 1 and prelude.endswith("\n")
+        script = interface.script()
+        assert script.source.startswith(prelude) and script.sha == interface.script().sha
+    assert "local K_ORDERS, K_ORDER_STATE, K_RATE_BUCKET" in ACCEPT.prelude()
+    assert f"local A_COMMAND_FROM = {len(AcceptArgv.__struct_fields__) + 1}" in ACCEPT.prelude()
+
+
+def test_match_lua_reads_only_command_fields() -> None:
+    code = _code(MATCH)
+    read = set(re.findall(r"\bf\.(\w+)", code))
+    assert read <= _struct_fields(NewOrderCommand) | _struct_fields(CancelCommand)
+    assert set(re.findall(r"f\.cmd == '(\w+)'", code)) == COMMAND_TAGS
+
+
+def test_match_lua_builds_a_new_order_with_every_record_field() -> None:
+    code = _code(MATCH)
+    body = code[code.index("local function parse_new"):code.index("local function reject_invalid")]
+    table = body[body.rindex("return {"):]
+    assert set(re.findall(r"(\w+)\s*=[^=]", table)) == RECORD_FIELDS
+
+
+@pytest.mark.parametrize("interface", [MATCH, CANCEL], ids=lambda i: i.filename)
+def test_record_fields_read_in_lua_exist(interface: ScriptInterface) -> None:
+    used = set(re.findall(r"\b(?:o|maker|taker|buy|sell|known|record)\.(\w+)", _code(interface)))
+    assert used and used <= RECORD_FIELDS
+
+
+def test_match_lua_takes_the_member_layout_from_the_declaration() -> None:
+    code = _code(MATCH)
+    assert "MEMBER_FORMAT" in code and "MEMBER_ID_AT" in code
+    assert re.findall(r"%0\d+d:", code) == []  # (%06d is the notional limb, not a member)
+    member = book_member(42, "o-1")
+    assert member == MEMBER_FORMAT % 42 + "o-1" and member[MEMBER_ID_AT - 1:] == "o-1"
+
+
+# In Redis's Lua ----------------------------------------------------------------------------------
+
+RECORD = OrderRecord(
+    order_id="0123456789abcdef0123456789ab", client_id="client-é", client_order_id="", side="sell",
+    type="limit", time_in_force="GTC", post_only=1, price_ticks=2**53 - 1, quantity_lots=123_456_789,
+    filled_lots=7, status="partially_filled", reason="x" * 40, created_at=1_764_633_600_123,
+    updated_at=1_764_633_600_456, arrival_seq=2**32 + 1, notional_hi=99_999_999, notional_lo=999_999,
+)
+
+ROUND_TRIP = record_codec_lua() + """
+local o = unpack_record(ARGV[1])
+local named = {}
+for name, value in pairs(o) do named[#named + 1] = name; named[#named + 1] = value end
+return {pack_record(o), named}
+"""
+
+
+async def test_an_order_record_round_trips_through_cmsgpack(redis: Redis) -> None:
+    packed, named = await redis.eval(ROUND_TRIP, 0, encode_record(RECORD))
+    assert packed == encode_record(RECORD)
+    assert decode_record(packed) == RECORD
+    by_name = {named[i].decode(): named[i + 1] for i in range(0, len(named), 2)}
+    expected = msgspec.structs.asdict(RECORD)
+    assert by_name == {k: v.encode() if isinstance(v, str) else v for k, v in expected.items()}
+
+
+async def test_the_member_layout_in_lua_is_book_member(redis: Redis) -> None:
+    script = MATCH.prelude() + "return {string.format(MEMBER_FORMAT, 42) .. 'o-1', MEMBER_ID_AT}"
+    keys = [f"unused-{i}" for i in range(len(MATCH.keys))]
+    member, at = await redis.eval(script, len(keys), *keys, *[""] * len(MATCH.argv))
+    assert (member.decode(), at) == (book_member(42, "o-1"), MEMBER_ID_AT)
+
+
+def _fields(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[dict[str, str]]:
+    return [fields_to_dict(f) for _, f in entries]
+
+
+async def test_match_lua_writes_the_fields_of_the_wire_structs(redis: Redis, key_prefix: str,
+                                                               instruments: Instruments) -> None:
+    h = Harness(redis, instruments["BTC-USD"], key_prefix)
+    await h.prepare()
+    await h.new("sell", "100", "1", order_id="maker")  # accepted, rests
+    await h.new("buy", "100", "0.4", order_id="taker")  # accepted, trade, filled + partially_filled
+    await h.new("buy", "101", "1", order_id="cross", post_only=True)  # rejected: would cross
+    await h.cancel("maker")  # cancelled
+    await h.cancel("maker")  # cancel_rejected of a known order
+    await h.cancel("nobody")  # cancel_rejected of an unknown order
+    await h.run()
+
+    trades = _fields(await redis.xrange(h.keys.trades))
+    assert trades and all(set(t) == set(TradeEntry.__struct_fields__) for t in trades)
+    books = _fields(await redis.xrange(h.keys.book))
+    assert books and all(set(b) == set(BookEntry.__struct_fields__) for b in books)
+
+    events = _fields(await redis.xrange(h.keys.events))
+    everything = set(EventEntry.__struct_fields__)
+    required = {f for f, d in zip(EventEntry.__struct_fields__, _defaults(EventEntry), strict=True) if d}
+    kinds = set()
+    for event in events:
+        kinds.add(event["event"])
+        # Every event carries command_id; accepted and rejected also carry every field of the order.
+        expected = everything if event["event"] in ("accepted", "rejected") else required | {"command_id"}
+        assert set(event) == expected, event
+        msgspec.convert(event, EventEntry)
+    assert kinds == {"accepted", "filled", "partially_filled", "rejected", "cancelled", "cancel_rejected"}
+
+    records = await redis.hgetall(h.keys.order_state)
+    assert {decode_record(v).order_id for v in records.values()} == {"maker", "taker", "cross"}
+
+
+def _defaults(struct: type[msgspec.Struct]) -> list[bool]:
+    """Per field, whether it is required (has no default)."""
+    fields = struct.__struct_fields__
+    return [i < len(fields) - len(struct.__struct_defaults__) for i in range(len(fields))]
+
+
+def _keys(key_prefix: str) -> InstrumentKeys:
+    return instrument_keys(key_prefix, "BTC-USD")
+
+
+async def test_accept_lua_writes_a_new_order_command_and_the_record(redis: Redis, key_prefix: str) -> None:
+    keys = _keys(key_prefix)
+    record = msgspec.structs.replace(RECORD, status="accepted", filled_lots=0, arrival_seq=0)
+    script_keys = astuple(AcceptKeys(keys.orders, keys.order_state, keys.rate_bucket("c"), keys.idempotency("c", ""),
+                                     keys.client_order_id("c", "")))
+    argv = AcceptArgv(rate=0, burst=0, overloaded="0", fingerprint="", answer=b"", ttl_s=60,
+                      order_id=record.order_id, record=encode_record(record), has_idempotency_key="0",
+                      has_client_order_id="0")
+    reply = await ACCEPT_SCRIPT(redis, script_keys, (*astuple(argv), *_command_fields(record)))
+    assert reply[0] == b"ok"
+    (_, fields), = await redis.xrange(keys.orders)
+    command = fields_to_dict(fields)
+    assert set(command) == _struct_fields(NewOrderCommand)
+    assert msgspec.convert(command, NewOrderCommand).order_id == record.order_id
+    assert decode_record(await redis.hget(keys.order_state, record.order_id)) == record
+
+
+async def test_cancel_lua_reads_the_record_and_writes_a_cancel_command(redis: Redis, key_prefix: str) -> None:
+    keys = _keys(key_prefix)
+    await redis.hset(keys.order_state, RECORD.order_id, encode_record(RECORD))
+    now = str(int(time.time() * 1000))
+    keys_ = astuple(CancelKeys.of(keys))
+    forbidden = await CANCEL_SCRIPT(redis, keys_, astuple(CancelArgv(RECORD.order_id, "other", "other", now)))
+    assert forbidden == [b"forbidden"]
+    argv = CancelArgv(order_id=RECORD.order_id, only_client_id=RECORD.client_id, requester="admin", ts=now)
+    kind, packed = await CANCEL_SCRIPT(redis, keys_, astuple(argv))
+    assert (kind, decode_record(packed)) == (b"requested", RECORD)
+    (_, fields), = await redis.xrange(keys.orders)
+    command = fields_to_dict(fields)
+    assert set(command) == _struct_fields(CancelCommand)
+    assert msgspec.convert(command, CancelCommand) == CancelCommand(RECORD.order_id, "admin", now)
