@@ -7,10 +7,9 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
-import msgspec
 import pytest
 
-from services.common.wire import OrderRecord, fields_to_dict
+from services.common.wire import decode_record, fields_to_dict
 from tests.ingest.conftest import BROKER, KEY_A, KEY_B, Engine, EngineFactory, limit_order
 
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -40,7 +39,7 @@ async def test_201_returns_the_order_with_location_and_puts_one_command_on_the_s
         "quantity_lots": "50000000", "created_at": fields["created_at"],
     }
     packed = await engine.redis.hget(engine.keys["BTC-USD"].order_state, order_id)
-    record = msgspec.msgpack.decode(packed, type=OrderRecord)
+    record = decode_record(packed)
     assert (record.status, record.price_ticks, record.quantity_lots, record.filled_lots) == (
         "accepted", 5000010, 50000000, 0)
 

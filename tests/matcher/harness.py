@@ -11,7 +11,15 @@ from redis.asyncio import Redis
 
 from services.common.instruments import Instrument
 from services.common.keys import InstrumentKeys, instrument_keys
-from services.common.wire import CancelCommand, EventEntry, NewOrderCommand, OrderRecord, TradeEntry, fields_to_dict
+from services.common.wire import (
+    CancelCommand,
+    EventEntry,
+    NewOrderCommand,
+    OrderRecord,
+    TradeEntry,
+    decode_record,
+    fields_to_dict,
+)
 from services.matcher.engine import InstrumentMatcher
 
 Level = tuple[str, str]
@@ -55,7 +63,7 @@ class Harness:
     async def order(self, order_id: str) -> OrderRecord:
         packed = await self.redis.hget(self.keys.order_state, order_id)
         assert packed is not None, f"no record for {order_id}"
-        return msgspec.msgpack.decode(packed, type=OrderRecord)
+        return decode_record(packed)
 
     async def status(self, order_id: str) -> tuple[str, str, str]:
         """(status, filled quantity, reason) of an order."""

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from services.common.book import MAX_LEVELS, BookSnapshot, read_book
 from services.common.instruments import Instrument, Instruments
 from services.common.keys import InstrumentKeys
-from services.common.wire import OrderRecord, fields_to_dict
+from services.common.wire import OrderRecord, decode_record, encode_record, fields_to_dict
 from services.matcher.settings import MatcherSettings
 from tests.conftest import TWO_INSTRUMENTS
 from tests.persister.runner import workers
@@ -81,7 +81,7 @@ async def enqueue_accepted(redis: Redis, keys: InstrumentKeys, commands: list[Co
                     post_only=int(command["post_only"]), price_ticks=int(command["price_ticks"]),
                     quantity_lots=int(command["quantity_lots"]), filled_lots=0, status="accepted", reason="",
                     created_at=created, updated_at=created, arrival_seq=0, notional_hi=0, notional_lo=0)
-                pipe.hset(keys.order_state, command["order_id"], msgspec.msgpack.encode(record))
+                pipe.hset(keys.order_state, command["order_id"], encode_record(record))
         await pipe.execute()
 
 
@@ -148,7 +148,7 @@ async def capture(redis: Redis, instrument: Instrument, keys: InstrumentKeys) ->
         for order_id in resting[side]:
             packed = await redis.hget(keys.order_state, order_id)
             assert packed is not None, order_id
-            records[order_id] = msgspec.msgpack.decode(packed, type=OrderRecord)
+            records[order_id] = decode_record(packed)
     meta = fields_to_dict(await redis.hgetall(keys.meta))
     return BookState(book, resting, arrivals, records, meta)
 

@@ -7,13 +7,13 @@ import random
 import uuid
 from pathlib import Path
 
-import msgspec
 from redis.asyncio import Redis
 
 from services.common.db import with_database
 from services.common.groups import group_lag
 from services.common.instruments import Instruments
 from services.common.keys import MATCHER_GROUP
+from services.common.wire import decode_record
 from tests.conftest import TWO_INSTRUMENTS
 from tests.matcher.harness import Harness
 from tests.processes import Service, free_port
@@ -43,8 +43,8 @@ async def _outcome(harness: Harness) -> tuple[object, ...]:
     for n in range(ORDERS):
         packed = await harness.redis.hget(harness.keys.order_state, f"o{n}")
         if packed is not None:
-            r = msgspec.msgpack.decode(packed)
-            records[f"o{n}"] = (r[9], r[10], r[11])  # filled, status, reason
+            r = decode_record(packed)
+            records[f"o{n}"] = (r.filled_lots, r.status, r.reason)
     return trades, events, records, await harness.book()
 
 

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.common.groups import group_lag
 from services.common.instruments import Instruments
 from services.common.keys import MATCHER_GROUP, InstrumentKeys, instrument_keys
-from services.common.wire import OrderRecord, fields_to_dict
+from services.common.wire import OrderRecord, decode_record, fields_to_dict
 from services.matcher import heal
 from services.matcher.engine import InstrumentMatcher
 from services.matcher.heal import HEALING, heal_if_behind
@@ -112,7 +112,7 @@ def _same_records(records: dict[str, OrderRecord]) -> dict[str, OrderRecord]:
 
 
 async def all_records(redis: Redis, keys: InstrumentKeys) -> dict[str, OrderRecord]:
-    return {k.decode(): msgspec.msgpack.decode(v, type=OrderRecord)
+    return {k.decode(): decode_record(v)
             for k, v in (await redis.hgetall(keys.order_state)).items()}
 
 
