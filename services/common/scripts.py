@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import keyword
 from dataclasses import dataclass
-from typing import Self
+from typing import Any, Self
 
 import msgspec
 
@@ -27,6 +27,7 @@ from services.common.wire import (
     NewOrderCommand,
     OrderRecord,
     TradeEntry,
+    text,
 )
 
 # A resting order's member in its side's zset: "<zero-padded arrival seq>:<order id>". Equal prices sort
@@ -57,6 +58,26 @@ astuple = msgspec.structs.astuple
 
 
 # match.lua ---------------------------------------------------------------------------------------
+
+class BatchResult(msgspec.Struct, frozen=True, array_like=True):
+    """What one match.lua call did: its reply, these fields in this order (its generated reply_of)."""
+
+    applied: int  # commands
+    last_id: str  # the orders-stream id the group has read up to
+    trades: int
+    new_orders: int
+    rejected: int
+    cancels: int
+    invalid: int
+    matched: int  # orders matched: each taker with a fill once, each maker once per fill
+
+
+def batch_result(reply: list[Any]) -> BatchResult:
+    """match.lua's reply as a BatchResult."""
+    return msgspec.convert([text(v) if isinstance(v, bytes) else v for v in reply], BatchResult)
+
+
+# match.lua (keys and arguments) ---------------------------------------------------------------------------------------
 
 class MatchKeys(InstrumentScriptKeys, frozen=True):
     """KEYS of match.lua; the names are InstrumentKeys' attributes."""
@@ -164,6 +185,7 @@ class ScriptInterface:
     argv_rest: str | None = None  # name of the variable tail of ARGV (A_<NAME>_FROM is its first index)
     record_codec: bool = False  # the script gets unpack_record / pack_record
     book_member: bool = False  # the script gets MEMBER_FORMAT / MEMBER_ID_AT
+    reply: type[msgspec.Struct] | None = None  # array-like: the script gets reply_of(table by field name)
     writes: tuple[tuple[str, type[msgspec.Struct]], ...] = ()
 
     def prelude(self) -> str:
@@ -175,6 +197,9 @@ class ScriptInterface:
             parts.append(f"local MEMBER_FORMAT, MEMBER_ID_AT = '{MEMBER_FORMAT}', {MEMBER_ID_AT}")
         if self.record_codec:
             parts.append(record_codec_lua())
+        if self.reply is not None:
+            values = ", ".join(f"r.{_lua_name(n)}" for n in self.reply.__struct_fields__)
+            parts.append(f"local function reply_of(r) return {{{values}}} end")
         return " ".join(parts) + "\n"
 
     def script(self) -> LuaScript:
@@ -209,7 +234,7 @@ def record_codec_lua() -> str:
 
 MATCH = ScriptInterface(
     "services.matcher", "match.lua", MatchKeys.__struct_fields__, MatchArgv.__struct_fields__,
-    record_codec=True, book_member=True,
+    record_codec=True, book_member=True, reply=BatchResult,
     writes=(("trades", TradeEntry), ("events", EventEntry), ("book", BookEntry), ("order_state", OrderRecord)),
 )
 ACCEPT = ScriptInterface(

@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-import msgspec
 from redis.asyncio import Redis
 
 from services.common.groups import ensure_group
 from services.common.instruments import Instrument
 from services.common.keys import MATCHER_GROUP, InstrumentKeys
-from services.common.scripts import MATCH_SCRIPT, MatchArgv, MatchKeys, astuple
-from services.common.wire import text
-
-
-class BatchResult(msgspec.Struct, frozen=True):
-    """What one match.lua call did."""
-
-    applied: int
-    last_id: str
-    trades: int
-    new_orders: int
-    rejected: int
-    cancels: int
-    invalid: int
-    matched: int
+from services.common.scripts import MATCH_SCRIPT, BatchResult, MatchArgv, MatchKeys, astuple, batch_result
 
 
 class InstrumentMatcher:
@@ -47,7 +32,7 @@ class InstrumentMatcher:
     async def step(self) -> BatchResult:
         """Apply up to batch_size waiting commands; applied == 0 when none were waiting."""
         reply = await MATCH_SCRIPT(self.redis, self._script_keys, self._script_args)
-        return BatchResult(int(reply[0]), text(reply[1]), *(int(n) for n in reply[2:8]))
+        return batch_result(reply)
 
     async def drain(self) -> int:
         """Apply every waiting command; returns how many (tests and recovery use this)."""

@@ -11,12 +11,12 @@
 -- streams, by placing the decimal point into the integer's digits.
 --
 -- KEYS (K_*), ARGV (A_*), the order record's codec (unpack_record, pack_record) and the book member
--- layout (MEMBER_FORMAT, MEMBER_ID_AT) are declared once, in services/common/scripts.py (MATCH): the
--- loader puts them on this script's first line, so this file names positions, never numbers them.
+-- layout (MEMBER_FORMAT, MEMBER_ID_AT) and the reply's order (reply_of) are declared once, in
+-- services/common/scripts.py (MATCH): the loader puts them on this script's first line, so this file
+-- names positions, never numbers them.
 -- Writes: trades (TradeEntry), events (EventEntry), book (BookEntry), order state (OrderRecord).
--- Returns {commands applied, last stream id, trades, new orders, rejected, cancels, invalid,
---          orders matched (each taker with a fill once, each maker once per fill)},
---         or the error HEALING while meta has a `healing` field (a heal is under way)
+-- Returns a BatchResult (commands applied, last stream id, and what they did), or the error HEALING
+-- while meta has a `healing` field (a heal is under way)
 
 local SIDE_KEYS = {
   buy = {orders = K_BID_ORDERS, levels = K_BID_LEVELS, depth = K_BID_DEPTH, sign = -1},
@@ -43,7 +43,10 @@ if not read then
   for _, group in ipairs(redis.call('XINFO', 'GROUPS', K_ORDERS)) do
     local info = {}
     for i = 1, #group, 2 do info[group[i]] = group[i + 1] end
-    if info['name'] == A_GROUP then return {0, info['last-delivered-id'], 0, 0, 0, 0, 0, 0} end
+    if info['name'] == A_GROUP then
+      return reply_of({applied = 0, last_id = info['last-delivered-id'], trades = 0, new_orders = 0,
+        rejected = 0, cancels = 0, invalid = 0, matched = 0})
+    end
   end
   return redis.error_reply('no consumer group ' .. A_GROUP .. ' on ' .. K_ORDERS)
 end
@@ -58,7 +61,8 @@ local trade_seq = tonumber(counters[1]) or 0
 local event_seq = tonumber(counters[2]) or 0
 local book_seq = tonumber(counters[3]) or 0
 local arrival_seq = tonumber(counters[4]) or 0
-local stats = {trades = 0, new = 0, rejected = 0, cancels = 0, invalid = 0, matched = 0}
+local stats = {applied = 0, last_id = '0-0', trades = 0, new_orders = 0, rejected = 0, cancels = 0, invalid = 0,
+  matched = 0}
 
 -- Formatting ---------------------------------------------------------------------------------
 
@@ -363,7 +367,7 @@ local function apply_new(f)
   local known = load_order(o.order_id)
   -- Ingest writes the record as `accepted`; any other status means this order was applied already.
   if known ~= nil and known.status ~= 'accepted' then return end
-  stats.new = stats.new + 1
+  stats.new_orders = stats.new_orders + 1
   touch(o)
   if o.post_only == 1 and o.type == 'limit' then
     local best = best_opposite_ticks(o)
@@ -451,5 +455,5 @@ end
 redis.call('HSET', K_META, 'trade_seq', int_text(trade_seq), 'event_seq', int_text(event_seq),
   'book_seq', int_text(book_seq), 'arrival_seq', int_text(arrival_seq), 'last_id', last_id)
 
-return {#entries, last_id, stats.trades, stats.new, stats.rejected, stats.cancels, stats.invalid,
-  stats.matched}
+stats.applied, stats.last_id = #entries, last_id
+return reply_of(stats)

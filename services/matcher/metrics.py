@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from services.matcher.engine import BatchResult
+from services.common.scripts import BatchResult
 
 
 class MatcherMetrics:

@@ -26,6 +26,7 @@ from services.common.scripts import (
     MEMBER_ID_AT,
     AcceptArgv,
     AcceptKeys,
+    BatchResult,
     BookKeys,
     CancelArgv,
     CancelKeys,
@@ -110,6 +111,17 @@ def test_match_lua_builds_a_new_order_with_every_record_field() -> None:
     body = code[code.index("local function parse_new"):code.index("local function reject_invalid")]
     table = body[body.rindex("return {"):]
     assert set(re.findall(r"(\w+)\s*=[^=]", table)) == RECORD_FIELDS
+
+
+def test_match_lua_replies_with_every_batch_result_field() -> None:
+    code = _code(MATCH)
+    stats = re.search(r"local stats = \{([^}]*)\}", code)
+    nothing_new = re.search(r"return reply_of\(\{([^}]*)\}\)", code)
+    assert stats is not None and nothing_new is not None
+    fields = set(BatchResult.__struct_fields__)
+    assert set(re.findall(r"(\w+) =", stats[1])) == fields == set(re.findall(r"(\w+) =", nothing_new[1]))
+    assert set(re.findall(r"\bstats\.(\w+)", code)) <= fields
+    assert "return reply_of(stats)" in code
 
 
 @pytest.mark.parametrize("interface", [MATCH, CANCEL], ids=lambda i: i.filename)
