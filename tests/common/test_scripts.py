@@ -38,12 +38,9 @@ from services.common.scripts import (
     record_codec_lua,
 )
 from services.common.wire import (
-    BookEntry,
     CancelCommand,
-    EventEntry,
     NewOrderCommand,
     OrderRecord,
-    TradeEntry,
     decode_record,
     encode_record,
     fields_to_dict,
@@ -87,6 +84,11 @@ def test_instrument_script_keys_are_instrument_keys(keys: type[InstrumentScriptK
     assert set(keys.__struct_fields__) <= set(InstrumentKeys.__struct_fields__)
     instrument = instrument_keys("p:", "BTC-USD")
     assert astuple(keys.of(instrument)) == tuple(getattr(instrument, n) for n in keys.__struct_fields__)
+
+
+@pytest.mark.parametrize("interface", INTERFACES, ids=lambda i: i.filename)
+def test_what_a_script_writes_is_under_its_declared_keys(interface: ScriptInterface) -> None:
+    assert {key for key, _ in interface.writes} <= set(interface.keys)
 
 
 def test_the_prelude_is_one_line_and_the_sha_covers_it() -> None:
@@ -187,31 +189,32 @@ async def test_match_lua_writes_the_fields_of_the_wire_structs(redis: Redis, key
     await h.cancel("nobody")  # cancel_rejected of an unknown order
     await h.run()
 
-    trades = _fields(await redis.xrange(h.keys.trades))
-    assert trades and all(set(t) == set(TradeEntry.__struct_fields__) for t in trades)
-    books = _fields(await redis.xrange(h.keys.book))
-    assert books and all(set(b) == set(BookEntry.__struct_fields__) for b in books)
+    written = dict(MATCH.writes)
+    for stream in ("trades", "book"):
+        entries = _fields(await redis.xrange(getattr(h.keys, stream)))
+        assert entries and all(set(e) == set(written[stream].__struct_fields__) for e in entries), stream
 
-    events = _fields(await redis.xrange(h.keys.events))
-    everything = set(EventEntry.__struct_fields__)
-    required = {f for f, d in zip(EventEntry.__struct_fields__, _defaults(EventEntry), strict=True) if d}
+    event_struct = written["events"]
+    everything = set(event_struct.__struct_fields__)
+    required = _required(event_struct)
     kinds = set()
-    for event in events:
+    for event in _fields(await redis.xrange(h.keys.events)):
         kinds.add(event["event"])
         # Every event carries command_id; accepted and rejected also carry every field of the order.
         expected = everything if event["event"] in ("accepted", "rejected") else required | {"command_id"}
         assert set(event) == expected, event
-        msgspec.convert(event, EventEntry)
+        msgspec.convert(event, event_struct)
     assert kinds == {"accepted", "filled", "partially_filled", "rejected", "cancelled", "cancel_rejected"}
 
+    assert written["order_state"] is OrderRecord
     records = await redis.hgetall(h.keys.order_state)
     assert {decode_record(v).order_id for v in records.values()} == {"maker", "taker", "cross"}
 
 
-def _defaults(struct: type[msgspec.Struct]) -> list[bool]:
-    """Per field, whether it is required (has no default)."""
+def _required(struct: type[msgspec.Struct]) -> set[str]:
+    """The fields without a default."""
     fields = struct.__struct_fields__
-    return [i < len(fields) - len(struct.__struct_defaults__) for i in range(len(fields))]
+    return set(fields[:len(fields) - len(struct.__struct_defaults__)])
 
 
 def _keys(key_prefix: str) -> InstrumentKeys:
