@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,6 +21,9 @@ from starlette.websockets import WebSocket
 from services.broadcaster.context import BroadcasterContext
 from services.broadcaster.session import SERVER_SEND, Session
 from services.broadcaster.settings import BroadcasterSettings
+from services.common.runner import Server
+
+logger = logging.getLogger(__name__)
 
 
 def create_app(settings: BroadcasterSettings) -> Starlette:
@@ -99,3 +104,18 @@ def listen_socket(settings: BroadcasterSettings) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+async def serve(settings: BroadcasterSettings, stop: asyncio.Event) -> None:
+    """Serve the WebSocket feed until `stop` is set; connected clients are then closed with 1012."""
+    # uvicorn logs every WebSocket handshake at info; the sessions log connects and drops themselves.
+    logging.getLogger("uvicorn.error").setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
+    try:
+        sock = listen_socket(settings)
+    except OSError as exc:
+        raise SystemExit(f"broadcaster cannot listen on {settings.host}:{settings.port}: {exc}") from exc
+    logger.info("broadcaster starting", extra={"event": "start", "url": f"ws://{settings.host}:{settings.port}/stream",
+                                               "instruments": list(settings.instruments),
+                                               "auth_mode": settings.auth_mode})
+    await Server(uvicorn_config(create_app(settings), settings)).serve_until(stop, [sock])
+    logger.info("broadcaster stopped", extra={"event": "stop"})

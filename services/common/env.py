@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from services.common.redis_conn import MAX_BLOCK_MS, REDIS_SOCKET_TIMEOUT_S
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -26,6 +28,15 @@ def env_int(name: str, default: int, minimum: int | None = None) -> int:
         raise SettingsError(f"{name}={raw!r} is not an integer") from exc
     if minimum is not None and value < minimum:
         raise SettingsError(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
+def env_block_ms(name: str, default: int) -> int:
+    """The BLOCK of a blocking Redis read, in ms: at least 1, and short of the Redis socket timeout."""
+    value = env_int(name, default, minimum=1)
+    if value > MAX_BLOCK_MS:
+        raise SettingsError(f"{name}={value} must be at most {MAX_BLOCK_MS}: a longer BLOCK would time out "
+                            f"the {REDIS_SOCKET_TIMEOUT_S:g} s Redis socket")
     return value
 
 

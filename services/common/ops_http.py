@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Callable
 
 import uvicorn
@@ -12,6 +10,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from services.common.runner import Server
 
 
 def ops_app(registry: CollectorRegistry, is_alive: Callable[[], bool]) -> Starlette:
@@ -28,25 +28,8 @@ def ops_app(registry: CollectorRegistry, is_alive: Callable[[], bool]) -> Starle
     return Starlette(routes=[Route("/metrics", metrics), Route("/healthz", healthz)])
 
 
-class OpsServer:
-    """Runs an ops app on uvicorn inside the worker's own event loop."""
-
-    def __init__(self, app: Starlette, host: str, port: int) -> None:
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                lifespan="off", loop="none")
-        self._server = uvicorn.Server(config)
-        # The worker owns SIGTERM/SIGINT; uvicorn would otherwise capture them for itself.
-        self._server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._server.serve())
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()  # raises the bind error
-            await asyncio.sleep(0.01)
-
-    async def stop(self) -> None:
-        self._server.should_exit = True
-        if self._task is not None:
-            await self._task
+def ops_server(registry: CollectorRegistry, is_alive: Callable[[], bool], host: str, port: int) -> Server:
+    """The ops app on uvicorn inside the worker's own event loop: `await start()`, later `await stop()`."""
+    config = uvicorn.Config(ops_app(registry, is_alive), host=host, port=port, log_level="warning",
+                            access_log=False, lifespan="off", loop="none")
+    return Server(config)

@@ -37,6 +37,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT
 
 from services.common.lua import LuaScript
+from services.common.redis_conn import REDIS_SOCKET_TIMEOUT_S
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ class CommandBatcher:
         self._db = int(kwargs.get("db", 0) or 0)
         self._username: str | None = kwargs.get("username")
         self._password: str | None = kwargs.get("password")
-        self._timeout_s: float = kwargs.get("socket_timeout") or 10.0
+        self._timeout_s: float = kwargs.get("socket_timeout") or REDIS_SOCKET_TIMEOUT_S
         self._connect_timeout_s: float = kwargs.get("socket_connect_timeout") or self._timeout_s
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight

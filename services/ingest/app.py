@@ -1,11 +1,14 @@
-"""The ingest HTTP app: routes wired to the handlers, with the shared context's lifespan."""
+"""The ingest HTTP app: routes wired to the handlers, with the shared context's lifespan; and its server."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
+import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -13,6 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from services.common.runner import Server
 from services.ingest import health
 from services.ingest.admin import get_latest_snapshot, post_snapshots
 from services.ingest.analytics_routes import get_candles, get_ticker
@@ -27,6 +31,8 @@ from services.ingest.positions import get_positions
 from services.ingest.settings import IngestSettings
 from services.ingest.settlement import post_settlement
 from services.ingest.trades import get_trades
+
+logger = logging.getLogger(__name__)
 
 ContextHandler = Callable[[IngestContext, Request], Awaitable[Response]]
 
@@ -80,3 +86,15 @@ def serving_app(app: Starlette) -> ASGIApp:
     """What uvicorn serves: /orders answered by the fast path, outside Starlette's routing, middleware and
     error layers; the rest by `app` (whose lifespan passes straight through)."""
     return OrdersFastPath(app, app.state.ctx)
+
+
+async def serve(settings: IngestSettings, stop: asyncio.Event) -> None:
+    """Serve the ingest API until `stop` is set; requests in hand are answered before it returns."""
+    # No proxy-header rewriting: nothing here reads the client's address, and it costs on every request.
+    config = uvicorn.Config(serving_app(create_app(settings)), host=settings.host, port=settings.port, loop="none",
+                            http="httptools", log_level="warning", access_log=False, lifespan="on",
+                            proxy_headers=False)
+    logger.info("ingest starting", extra={"event": "start", "url": f"http://{settings.host}:{settings.port}",
+                                          "instruments": list(settings.instruments), "auth_mode": settings.auth_mode})
+    await Server(config).serve_until(stop)
+    logger.info("ingest stopped", extra={"event": "stop"})

@@ -1,15 +1,18 @@
-"""Matcher configuration, read once from the environment."""
+"""The matcher's settings, read once from the environment at start."""
 
 from __future__ import annotations
 
-import msgspec
+from dataclasses import dataclass
 
 from services.common import env
 from services.common.db import database_url
 from services.common.instruments import Instruments, load_instruments
 
 
-class MatcherSettings(msgspec.Struct, frozen=True):
+@dataclass(frozen=True, slots=True)
+class MatcherSettings:
+    """Everything the matcher needs; every field has an environment variable."""
+
     redis_url: str
     key_prefix: str
     instruments: Instruments
@@ -28,13 +31,14 @@ class MatcherSettings(msgspec.Struct, frozen=True):
 
     @classmethod
     def from_env(cls) -> MatcherSettings:
+        """Read MATCHER_* and the engine-wide variables; SettingsError when one is unusable."""
         return cls(
             redis_url=env.redis_url(),
             key_prefix=env.redis_key_prefix(),
             instruments=load_instruments(env.instruments_file()),
             consumer=env.env_str("MATCHER_CONSUMER", "matcher-1"),
             batch_size=env.env_int("MATCHER_BATCH", 256, minimum=1),
-            block_ms=env.env_int("MATCHER_BLOCK_MS", 1000, minimum=1),
+            block_ms=env.env_block_ms("MATCHER_BLOCK_MS", 1000),
             linger_ms=env.env_float("MATCHER_LINGER_MS", 1.0),
             metrics_host=env.env_str("MATCHER_METRICS_HOST", "127.0.0.1"),
             metrics_port=env.env_int("MATCHER_METRICS_PORT", 9101, minimum=0),

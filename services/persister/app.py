@@ -1,20 +1,19 @@
-"""Wiring: settings -> Redis, PostgreSQL, metrics server, the worker; signals stop it cleanly."""
+"""Wiring: settings -> Redis, PostgreSQL, metrics server, the worker, run until the service stops."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import signal
 from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.db import make_engine
-from services.common.instruments import Instruments
+from services.common.instruments import Instruments, load_instruments
 from services.common.keys import InstrumentKeys, instrument_keys, keys_by_symbol
-from services.common.ops_http import OpsServer, ops_app
+from services.common.ops_http import ops_server
 from services.common.redis_conn import connect
 from services.common.snapshots import take_snapshot
 from services.persister.consumer import Persister
@@ -57,22 +56,20 @@ def snapshot_job(redis: Redis, engine: AsyncEngine, instruments: Instruments
     return job
 
 
-async def run(settings: PersisterSettings, instruments: Instruments,
-              stop: asyncio.Event | None = None) -> None:
-    """Run one persister worker until SIGTERM/SIGINT, or until `stop` is set when the caller gives one."""
-    loop = asyncio.get_running_loop()
-    signals = (signal.SIGTERM, signal.SIGINT) if stop is None else ()
-    stop = stop or asyncio.Event()
-    for sig in signals:
-        loop.add_signal_handler(sig, stop.set)
+async def serve(settings: PersisterSettings, stop: asyncio.Event) -> None:
+    """Run one persister worker until `stop` is set (the batch in hand is written and acknowledged first)."""
+    await run(settings, load_instruments(settings.instruments_file), stop)
+
+
+async def run(settings: PersisterSettings, instruments: Instruments, stop: asyncio.Event) -> None:
+    """Run one persister worker on these instruments until `stop` is set."""
     redis = connect(settings.redis_url)
     engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
     metrics = PersisterMetrics()
     health = HealthState()
     server = None
     if settings.metrics_port:
-        server = OpsServer(ops_app(metrics.registry, lambda: health.running), settings.metrics_host,
-                           settings.metrics_port)
+        server = ops_server(metrics.registry, lambda: health.running, settings.metrics_host, settings.metrics_port)
         await server.start()
     keys = keys_by_symbol(settings.key_prefix, instruments)
     snapshots = None
@@ -95,8 +92,6 @@ async def run(settings: PersisterSettings, instruments: Instruments,
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        for sig in signals:
-            loop.remove_signal_handler(sig)
         if server is not None:
             await server.stop()
         await engine.dispose()

@@ -8,6 +8,7 @@ from pathlib import Path
 from services.common.db import database_url
 from services.common.env import (
     SettingsError,
+    env_block_ms,
     env_float,
     env_int,
     env_str,
@@ -55,10 +56,7 @@ class PersisterSettings:
         consumer = env_str("PERSISTER_CONSUMER", f"persister-{index}")
         if not consumer or any(c.isspace() for c in consumer):
             raise SettingsError(f"PERSISTER_CONSUMER={consumer!r} must be a non-empty name without spaces")
-        block_ms = env_int("PERSISTER_BLOCK_MS", 1000, minimum=1)
-        # redis_conn.connect() uses a 10 s socket timeout: a longer BLOCK would time the socket out.
-        if block_ms >= 9000:
-            raise SettingsError(f"PERSISTER_BLOCK_MS={block_ms} must stay below the 10 s socket timeout")
+        block_ms = env_block_ms("PERSISTER_BLOCK_MS", 1000)
         claim_idle_ms = env_int("PERSISTER_CLAIM_IDLE_MS", 30000, minimum=1)
         backoff_initial = env_float("PERSISTER_BACKOFF_INITIAL_S", 0.1)
         backoff_max = env_float("PERSISTER_BACKOFF_MAX_S", 5.0)

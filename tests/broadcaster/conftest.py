@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-import uvicorn
 from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -19,6 +18,7 @@ from services.broadcaster.app import create_app, listen_socket, uvicorn_config
 from services.broadcaster.context import BroadcasterContext
 from services.broadcaster.settings import BroadcasterSettings
 from services.common.instruments import Instruments
+from services.common.runner import Server
 from tests.conftest import REPO_ROOT
 from tests.matcher.harness import Harness
 
@@ -29,17 +29,14 @@ Message = dict[str, Any]
 class Broadcaster:
     """A running broadcaster: its URL and its shared state (hub, reader, metrics)."""
 
-    def __init__(self, server: uvicorn.Server, task: asyncio.Task[None], ctx: BroadcasterContext,
-                 settings: BroadcasterSettings) -> None:
+    def __init__(self, server: Server, ctx: BroadcasterContext, settings: BroadcasterSettings) -> None:
         self.server = server
-        self.task = task
         self.ctx = ctx
         self.settings = settings
         self.url = f"ws://{settings.host}:{settings.port}/stream"
 
     async def stop(self) -> None:
-        self.server.should_exit = True
-        await asyncio.wait_for(self.task, 15)
+        await asyncio.wait_for(self.server.stop(), 15)
 
 
 class Stream:
@@ -127,14 +124,9 @@ async def make_broadcaster(broadcaster_settings: BroadcasterSettings) -> AsyncIt
         sock = listen_socket(settings)
         settings = dataclasses.replace(settings, port=sock.getsockname()[1])
         app = create_app(settings)
-        server = uvicorn.Server(uvicorn_config(app, settings))
-        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
-        running.append(Broadcaster(server, task, app.state.ctx, settings))
+        server = Server(uvicorn_config(app, settings))
+        await server.start([sock])
+        running.append(Broadcaster(server, app.state.ctx, settings))
         return running[-1]
 
     yield make
