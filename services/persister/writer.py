@@ -96,6 +96,14 @@ TRADES = _Target(trades, TradeRow, _trades_insert())
 EVENTS = _Target(order_events, EventRow, _insert_ignoring(order_events, ["instrument", "seq"]))
 ORDERS = _Target(orders, OrderRow, _orders_upsert())
 
+# Every staging table in one statement (one round trip per batch, not one per table). Through SQLAlchemy,
+# so that its BEGIN has been sent before the COPYs: a COPY outside the transaction would commit on its own,
+# and ON COMMIT DELETE ROWS would empty the stage at once. Every batch, not once per session: a rolled-back
+# batch takes the tables' creation with it.
+_CREATE_STAGES = "DO $$ BEGIN {} END $$".format(" ".join(
+    f"CREATE TEMPORARY TABLE IF NOT EXISTS {t.stage} (LIKE {t.table.name}) ON COMMIT DELETE ROWS;"
+    for t in (TRADES, EVENTS, ORDERS)))
+
 
 @dataclass(frozen=True, slots=True)
 class Written:
@@ -126,6 +134,7 @@ class Writer:
         """Write the batch in one transaction; DatabaseUnavailable or EntryRejected when it did not commit."""
         try:
             async with self.engine.begin() as conn:
+                await conn.exec_driver_sql(_CREATE_STAGES)
                 if rows.trades:
                     await self._copy(conn, TRADES, rows.trades)
                     await conn.execute(TRADES.statement)
@@ -142,11 +151,6 @@ class Writer:
 
     @staticmethod
     async def _copy(conn: AsyncConnection, target: _Target, batch: Sequence[Row]) -> None:
-        # The CREATE goes through SQLAlchemy, so that its BEGIN has been sent before the COPY: a COPY outside
-        # the transaction would commit on its own, and ON COMMIT DELETE ROWS would empty the stage at once.
-        # Every time, not once per session: a rolled-back batch takes the table's creation with it.
-        await conn.exec_driver_sql(f"CREATE TEMPORARY TABLE IF NOT EXISTS {target.stage} (LIKE {target.table.name}) "
-                                   "ON COMMIT DELETE ROWS")
         raw = await conn.get_raw_connection()
         driver: asyncpg.Connection = raw.driver_connection
         await driver.copy_records_to_table(target.stage, records=records(batch), columns=column_names(target.row))
