@@ -25,7 +25,7 @@ import httpx
 from sqlalchemy import text
 
 from services.analytics import from_trades
-from services.analytics.times import DAY, MINUTE, ceil_to, now_ms
+from services.analytics.time_buckets import DAY, MINUTE, ceil_to, now_ms
 from services.common.db import database_url, make_engine
 from services.common.env import REPO_ROOT, instruments_file, redis_url
 from services.common.instruments import load_instruments

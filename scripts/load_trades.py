@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from services.analytics.times import MS, now_ms
+from services.analytics.time_buckets import MS, now_ms
 from services.common.db import database_url, migrate
 from services.common.env import instruments_file
 from services.common.instruments import Instrument, load_instruments

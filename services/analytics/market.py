@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.analytics.aggregates import EPOCH
 from services.analytics.stats import Candle, Stats
-from services.analytics.times import MINUTE, ceil_to, floor_to
+from services.analytics.time_buckets import MINUTE, ceil_to, floor_to
 
 _MERGE = """
 SELECT (array_agg(open ORDER BY open_at, open_seq))[1], max(high), min(low),

@@ -9,7 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.analytics.stats import ZERO, Positions, Sides, fold_positions
-from services.analytics.times import HOUR, floor_to
+from services.analytics.time_buckets import HOUR, floor_to
 from services.common.instruments import Instruments
 from services.common.money import EXACT
 

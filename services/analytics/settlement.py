@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from services.analytics import from_trades, positions
 from services.analytics.positions import net_by_asset
 from services.analytics.stats import ZERO, Positions, Sides
-from services.analytics.times import DAY, day_end, now_ms, parse_date
+from services.analytics.time_buckets import DAY, day_end, now_ms, parse_date
 from services.common.db import database_url, make_engine, settlement_instruments, settlements
 from services.common.env import instruments_file
 from services.common.instruments import Instruments, load_instruments

@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from services.analytics import market
 from services.analytics.stats import Candle
-from services.analytics.times import DAY, HOUR, MINUTE, ceil_to, now_ms, parse_time
+from services.analytics.time_buckets import DAY, HOUR, MINUTE, ceil_to, now_ms, parse_time
 from services.common.instruments import Instrument
 from services.common.money import EXACT, fixed, plain
 from services.common.times import iso

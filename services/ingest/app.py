@@ -27,9 +27,9 @@ from services.ingest.handling import Handler, guarded
 from services.ingest.openapi import openapi_endpoint
 from services.ingest.order_reads import cancel_order, get_order
 from services.ingest.orderbook import get_orderbook
-from services.ingest.positions import get_positions
+from services.ingest.positions_routes import get_positions
 from services.ingest.settings import IngestSettings
-from services.ingest.settlement import post_settlement
+from services.ingest.settlement_routes import post_settlement
 from services.ingest.trades import get_trades
 
 logger = logging.getLogger(__name__)

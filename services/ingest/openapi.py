@@ -14,8 +14,8 @@ from services.ingest.analytics_routes import CandleView, TickerView
 from services.ingest.errors import ErrorBody, raw_json_response
 from services.ingest.health import Readiness
 from services.ingest.pg_reads import TradeView
-from services.ingest.positions import PositionsView
-from services.ingest.settlement import SettlementRequest
+from services.ingest.positions_routes import PositionsView
+from services.ingest.settlement_routes import SettlementRequest
 from services.ingest.validation import OrderRequest
 from services.ingest.views import CancelRequested, OrderView
 

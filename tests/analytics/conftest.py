@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.analytics.times import HOUR, floor_to, now_ms
+from services.analytics.time_buckets import HOUR, floor_to, now_ms
 from services.common.wire import Side
 from services.persister.records import WriteSet
 from services.persister.rows import TradeRow

@@ -15,7 +15,7 @@ from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from services.analytics import from_trades, market, positions
-from services.analytics.times import DAY, HOUR, MINUTE, MS, ceil_to, floor_to, now_ms
+from services.analytics.time_buckets import DAY, HOUR, MINUTE, MS, ceil_to, floor_to, now_ms
 from services.common.db import downgrade, migrate, trades
 from services.common.instruments import Instruments
 from services.persister.rows import TradeRow

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.analytics.times import DAY, MINUTE, floor_to
+from services.analytics.time_buckets import DAY, MINUTE, floor_to
 from services.common.times import iso
 from tests.analytics.conftest import base_hour, hand_made, write
 from tests.ingest.conftest import Engine

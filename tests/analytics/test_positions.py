@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.analytics.times import EPOCH, MINUTE, MS
+from services.analytics.time_buckets import EPOCH, MINUTE, MS
 from services.common.times import iso
 from tests.analytics.conftest import base_hour, hand_made, write
 from tests.ingest.conftest import ADMIN, BROKER, KEY_A, KEY_B, Engine

@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from services.analytics.positions import client_positions, net_by_asset
 from services.analytics.stats import Sides
-from services.analytics.times import now_ms
+from services.analytics.time_buckets import now_ms
 from services.common.instruments import Instrument
 from services.common.money import plain
 from services.common.times import iso

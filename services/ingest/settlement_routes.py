@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from services.analytics.settlement import SettlementError, settle
-from services.analytics.times import parse_date
+from services.analytics.time_buckets import parse_date
 from services.ingest.context import IngestContext
 from services.ingest.errors import ErrorDetail, bad_request, forbidden, invalid, json_response
 from services.ingest.handling import read_body
