@@ -15,6 +15,10 @@ Nothing is ever resent after a connection error (a command may have run already)
 every command written and not yet answered get the error, and the next command opens a new
 connection. A connection that answers nothing for `socket_timeout` seconds is dropped the same way.
 
+The connection is made from the Redis client's own URL settings: TLS for `rediss://` (the ssl_* query
+parameters read by redis-py), then AUTH (user and password, or password alone) and SELECT, once per
+connection, never per command.
+
 At most `max_in_flight` pipelines are outstanding: under load, commands pile up while earlier
 pipelines are on the wire, so batches grow with the load instead of the number of round trips.
 """
@@ -25,12 +29,14 @@ import asyncio
 import collections
 import contextlib
 import logging
+import ssl
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import hiredis
 from redis._parsers.base import BaseParser
 from redis.asyncio import Redis
+from redis.asyncio.connection import SSLConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -117,9 +123,13 @@ class CommandBatcher:
     """Sends the commands submitted during one event-loop tick as one pipeline."""
 
     def __init__(self, redis: Redis, *, max_batch: int = 1000, max_in_flight: int = 4) -> None:
-        kwargs = redis.connection_pool.connection_kwargs
-        if redis.connection_pool.connection_class.__name__ == "SSLConnection":
-            raise ValueError("the command batcher speaks plain TCP or a Unix socket, not TLS (rediss://)")
+        pool = redis.connection_pool
+        kwargs = pool.connection_kwargs
+        # rediss://: redis-py's own reading of the URL's ssl_* parameters builds the context, once, so the
+        # batcher verifies exactly as the client it was made from. TLS costs the handshake at connect only.
+        self._ssl: ssl.SSLContext | None = None
+        if issubclass(pool.connection_class, SSLConnection):
+            self._ssl = pool.connection_class(**kwargs).ssl_context.get()
         self._path: str | None = kwargs.get("path")
         self._host: str = kwargs.get("host", "localhost")
         self._port: int = int(kwargs.get("port", 6379))
@@ -220,7 +230,8 @@ class CommandBatcher:
                         lambda: _RespProtocol(self._schedule), self._path)
                 else:
                     _, protocol = await loop.create_connection(
-                        lambda: _RespProtocol(self._schedule), self._host, self._port)
+                        lambda: _RespProtocol(self._schedule), self._host, self._port, ssl=self._ssl,
+                        server_hostname=self._host if self._ssl is not None else None)
                 await self._handshake(protocol)
         except Exception as exc:  # every command waiting for this connection gets the error
             error = exc if isinstance(exc, RedisConnectionError) else RedisConnectionError(
