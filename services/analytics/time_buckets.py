@@ -13,6 +13,7 @@ DAY = dt.timedelta(days=1)
 # Far enough from datetime.max that a default window or a day's end never overflows.
 LATEST = dt.datetime(9999, 12, 1, tzinfo=dt.UTC)
 _EPOCH_MS = re.compile(r"^[0-9]{1,15}$")
+_LATEST_MS = (LATEST - EPOCH) // MS
 
 
 def floor_to(moment: dt.datetime, step: dt.timedelta) -> dt.datetime:
@@ -35,8 +36,13 @@ def parse_time(raw: str) -> dt.datetime:
     """An ISO-8601 time (UTC when it names no offset) or epoch milliseconds, in whole milliseconds;
     ValueError for anything else."""
     text = raw.strip()
+    outside = ValueError(f"{raw[:40]!r} is outside 1970-01-01 .. {LATEST.date()}")
     if _EPOCH_MS.match(text):
-        moment = EPOCH + dt.timedelta(milliseconds=int(text))
+        milliseconds = int(text)
+        # Compared before the addition: 15 digits of milliseconds reach past datetime.max (year 9999).
+        if milliseconds > _LATEST_MS:
+            raise outside
+        moment = EPOCH + dt.timedelta(milliseconds=milliseconds)
     else:
         # A '+' of an offset arrives as a space when the query string was not encoded.
         if "T" in text and " " in text:
@@ -45,9 +51,12 @@ def parse_time(raw: str) -> dt.datetime:
             moment = dt.datetime.fromisoformat(text)
         except ValueError as exc:
             raise ValueError(f"not an ISO-8601 time or epoch milliseconds: {raw[:40]!r}") from exc
-        moment = moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
+        try:
+            moment = moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
+        except OverflowError:  # 0001-01-01T00:00:00+01:00 is before datetime.min in UTC
+            raise outside from None
     if not EPOCH <= moment <= LATEST:
-        raise ValueError(f"{raw[:40]!r} is outside 1970-01-01 .. {LATEST.date()}")
+        raise outside
     return floor_to(moment, MS)
 
 

@@ -13,6 +13,7 @@ from services.ingest.context import IngestContext
 from services.ingest.errors import ErrorDetail, bad_request, forbidden, invalid, json_response
 from services.ingest.handling import read_body
 from services.ingest.pg_reads import database_unavailable
+from services.ingest.validation import check_json
 
 
 class SettlementRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -28,10 +29,7 @@ async def post_settlement(ctx: IngestContext, request: Request) -> Response:
     if principal.role != "admin":
         raise forbidden("settlement needs an admin key")
     body = await read_body(request, ctx.settings.max_body_bytes)
-    try:
-        raw = msgspec.json.decode(body)
-    except msgspec.DecodeError:
-        raise bad_request("the body is not JSON") from None
+    raw = check_json(body)
     if not isinstance(raw, dict):
         raise bad_request("the body must be a JSON object")
     try:

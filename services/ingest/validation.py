@@ -77,13 +77,21 @@ def decode_order(body: bytes) -> OrderRequest:
         if message.startswith("Expected `object`") and " - at " not in message:
             raise bad_request("the body must be a JSON object") from None
         # msgspec validates while it parses: make sure the rest is JSON before blaming a field.
-        try:
-            msgspec.json.decode(body)
-        except msgspec.DecodeError:
-            raise bad_request("the body is not valid JSON") from None
+        check_json(body)
         raise invalid([ErrorDetail(_field_of(message), message)]) from None
     except msgspec.DecodeError:
         raise bad_request("the body is not valid JSON") from None
+
+
+def check_json(body: bytes) -> object:
+    """The body decoded without a schema; ApiError 400 when it is not JSON or nests too deeply."""
+    try:
+        return msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        raise bad_request("the body is not valid JSON") from None
+    except RecursionError:
+        # A schema-less decode recurses once per level: 8,000 nested arrays fit in a 16 KiB body.
+        raise bad_request("the body nests too deeply") from None
 
 
 def _field_of(message: str) -> str:

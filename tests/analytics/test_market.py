@@ -87,11 +87,27 @@ async def test_candles_per_interval(app: Engine, db: AsyncEngine) -> None:
     ({"start": "2026-01-02T00:00:00Z", "end": "2026-01-01T00:00:00Z"}, "start"),
     # 1,501 one-minute buckets
     ({"start": "2026-01-01T00:00:00Z", "end": "2026-01-02T01:00:01Z"}, "start"),
+    # Once 500s: epoch ms past datetime.max, and a time before datetime.min once moved to UTC.
+    ({"start": "999999999999999"}, "start"),
+    ({"start": "0001-01-01T00:00:00+01:00"}, "start"),
+    ({"end": "999999999999999"}, "end"),
+    ({"end": "0001-01-01T00:00:00+01:00"}, "end"),
+    ({"end": "9999-12-31T23:59:59-01:00"}, "end"),
+    ({"start": "253402300800000"}, "start"),  # 10000-01-01 in epoch ms
 ])
-async def test_bad_candle_queries_are_422(app: Engine, params: dict[str, str], field: str) -> None:
-    answer = await app.client.get("/analytics/BTC-USD/candles", params=params)
+async def test_bad_candle_queries_are_422(app: Engine, params: dict[str, str], field: str,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    answer = await app.client.get("/analytics/BTC-USD/candles", params={"interval": "1m", **params})
     assert answer.status_code == 422, answer.text
     assert answer.json()["details"][0]["field"] == field
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+async def test_candles_at_the_edges_of_the_time_range(app: Engine) -> None:
+    for params in ({"end": "0"}, {"start": "1970-01-01T00:00:00Z", "end": "1970-01-01T00:01:00Z"},
+                   {"interval": "1d", "start": "9999-11-01T00:00:00Z", "end": "9999-12-01T00:00:00Z"}):
+        answer = await app.client.get("/analytics/BTC-USD/candles", params=params)
+        assert answer.status_code == 200 and answer.json() == [], (params, answer.text)
 
 
 async def test_1500_buckets_are_allowed_and_unknown_instruments_refused(app: Engine) -> None:

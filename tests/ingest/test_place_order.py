@@ -68,6 +68,19 @@ async def test_400_when_the_body_is_not_a_json_object(engine: Engine, body: byte
     assert response.json()["error"] == "bad_request"
 
 
+@pytest.mark.parametrize("body", [
+    b"[" * 8000 + b"]" * 8000,
+    b'{"client_id": ' + b"[" * 8000 + b"]" * 8000 + b"}",  # once a 500: the JSON check recursed
+    b'{"client_id": "client-A", "extra": ' + b"[" * 8000 + b"]" * 8000 + b"}",
+])
+async def test_400_for_a_body_nested_8000_levels_deep(engine: Engine, body: bytes,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    response = await engine.client.post("/orders", content=body, headers=KEY_A)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "bad_request"
+    assert not [r for r in caplog.records if r.exc_info]
+
+
 async def test_413_over_16_kib_with_or_without_content_length(engine: Engine) -> None:
     big = b'{"client_id": "' + b"x" * 17_000 + b'"}'
     response = await engine.client.post("/orders", content=big, headers=KEY_A)
