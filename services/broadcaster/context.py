@@ -18,6 +18,7 @@ from services.broadcaster.settings import BroadcasterSettings
 from services.common.auth import ADMIN, KeyTable, Principal, key_table_for
 from services.common.keys import InstrumentKeys, keys_by_symbol
 from services.common.redis_conn import connect
+from services.common.urls import mask_url
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class BroadcasterContext:
             await self.reader.start_ids()
         except (RedisError, OSError) as exc:
             # Not fatal: the reader retries, and /readyz says so until Redis answers.
-            logger.warning("Redis unreachable at start (%s): %r", self.settings.redis_url, exc)
+            logger.warning("Redis unreachable at start (%s): %r", mask_url(self.settings.redis_url), exc)
         self._reader_task = asyncio.create_task(self.reader.run(), name="broadcaster-reader")
 
     async def stop(self) -> None:

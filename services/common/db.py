@@ -30,6 +30,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from services.common.env import REPO_ROOT, env_str
+from services.common.urls import mask_url
 
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/trading"
 ALEMBIC_INI = REPO_ROOT / "alembic.ini"
@@ -262,7 +263,7 @@ def main() -> None:
     """`python -m services.common.db`: create and migrate DATABASE_URL's database."""
     url = database_url()
     asyncio.run(migrate(url))
-    print(f"migrated {make_url(url).render_as_string(hide_password=True)} to head")
+    print(f"migrated {mask_url(url)} to head")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from services.common.lua import LuaScript
 from services.common.redis_batch import CommandBatcher
 from services.common.redis_conn import connect
 from services.common.scripts import ACCEPT_SCRIPT, BOOK_SCRIPT, CANCEL_SCRIPT
+from services.common.urls import mask_url
 from services.ingest.backpressure import LagMonitor
 from services.ingest.errors import unauthorized
 from services.ingest.metrics import IngestMetrics
@@ -70,7 +71,7 @@ class IngestContext:
             await self.load_scripts()
         except (RedisError, OSError) as exc:
             # Not fatal: /readyz reports it and the batcher loads scripts on NOSCRIPT.
-            logger.warning("cannot load Lua scripts at start (Redis %s): %r", self.settings.redis_url, exc)
+            logger.warning("cannot load Lua scripts at start (Redis %s): %r", mask_url(self.settings.redis_url), exc)
         self._lag_task = asyncio.create_task(self.lag.run(), name="ingest-lag-monitor")
 
     async def stop(self) -> None:

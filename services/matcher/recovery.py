@@ -28,7 +28,6 @@ import asyncpg
 from redis.asyncio import Redis
 from redis.typing import EncodableT, FieldT
 from sqlalchemy import and_, func, select
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
@@ -37,6 +36,7 @@ from services.common.db import order_events, orderbook_snapshots, orders, trades
 from services.common.instruments import NOTIONAL_LIMB, Instrument
 from services.common.keys import InstrumentKeys
 from services.common.scripts import book_member
+from services.common.urls import mask_url
 from services.common.wire import OrderRecord, encode_record
 
 logger = logging.getLogger(__name__)
@@ -194,7 +194,7 @@ async def load_persisted(engine: AsyncEngine, instrument: Instrument) -> Persist
 
 
 def safe_url(engine: AsyncEngine) -> str:
-    return engine.url.render_as_string(hide_password=True)
+    return mask_url(engine.url.render_as_string(hide_password=False))
 
 
 # Writing Redis -----------------------------------------------------------------------------------
@@ -287,7 +287,7 @@ async def recover_instrument(redis: Redis, instrument: Instrument, keys: Instrum
     symbol = instrument.symbol
     started = time.perf_counter()
     logger.info("recovery started: no matcher state in redis, reading postgresql", extra={
-        "instrument": symbol, "database": make_url(database_url).render_as_string(hide_password=True)})
+        "instrument": symbol, "database": mask_url(database_url)})
     book = await _load_with_retry(database_url, instrument, backoff_initial_s, backoff_max_s)
     if book is None:
         logger.info("recovery skipped: postgresql holds nothing for the instrument (fresh install)",

@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 
 from services.common.db import database_url, migrate
 from services.common.env import SettingsError, redis_url
+from services.common.urls import mask_url
 from services.runtime import binaries, circus_config, postgres_server, probes, redis_server
 from services.runtime.datadir import IncompatibleData
 from services.runtime.postgres_server import PostgresSetupError
@@ -83,7 +84,7 @@ def ready(settings: RuntimeSettings) -> int:
     checks = (("Redis", redis_url(), probes.redis_answers, settings.own_redis, "REDIS_URL"),
               ("PostgreSQL", database_url(), probes.postgres_answers, settings.own_postgres, "DATABASE_URL"))
     for name, url, answers, own, variable in checks:
-        shown = make_url(url).render_as_string(hide_password=True) if "://" in url else url
+        shown = mask_url(url)
         if probes.wait_until(answers, url, OWN_SERVER_START_S if own else EXTERNAL_SERVER_WAIT_S):
             continue
         if own:

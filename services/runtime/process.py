@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
+from services.common.urls import mask_url
 from services.runtime import postgres_server, probes, redis_server
 from services.runtime.postgres_server import RunAs
 from services.runtime.settings import RuntimeSettings
@@ -38,7 +39,8 @@ class ServerProcess:
                                             start_new_session=True, **self.options)
         if not probes.wait_until(self._alive_and_answers, self.url, timeout_s):
             self.stop()
-            raise ServerNotReady(f"{self.name} did not answer at {self.url} within {timeout_s}s; see {self.log}")
+            raise ServerNotReady(f"{self.name} did not answer at {mask_url(self.url)} within {timeout_s}s; "
+                                 f"see {self.log}")
         return self
 
     def _alive_and_answers(self, url: str) -> bool:
