@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import uvicorn
 import uvloop
+from redis.exceptions import AuthenticationError
 
 from services.common.env import SettingsError, env_str
 from services.common.instruments import InstrumentError
@@ -46,6 +47,10 @@ def run_service(name: str, settings_from_env: Callable[[], SettingsT], serve: Se
     except ServerFailed as exc:
         logger.error("cannot start: %s", exc, extra={"event": "start_failed"})
         sys.exit(START_FAILED_EXIT)
+    except AuthenticationError as exc:
+        # Credentials are configuration: no retry can fix them, and a traceback would hide the one useful line.
+        logger.error("Redis refused the credentials of REDIS_URL: %s", exc, extra={"event": "config_error"})
+        sys.exit(CONFIG_ERROR_EXIT)
 
 
 async def serve_until_signalled(serve: Serve[SettingsT], settings: SettingsT) -> None:

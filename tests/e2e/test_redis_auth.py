@@ -1,0 +1,113 @@
+"""The engine against a Redis that asks for a password: credentials from REDIS_URL reach every connection."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from services.common.runner import CONFIG_ERROR_EXIT
+from tests.processes import REPO_ROOT, Service, free_port
+from tests.secured_redis import USER, USER_PASSWORD, auth_server
+
+BROKER = {"Authorization": "Bearer demo-broker"}
+
+
+@pytest.fixture(scope="module")
+def auth_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    with auth_server(tmp_path_factory.mktemp("redis-auth")) as port:
+        yield port
+
+
+def service(name: str, redis_url: str, db_url: str, log_dir: Path) -> tuple[Service, str]:
+    port = free_port()
+    env = {"REDIS_URL": redis_url, "REDIS_KEY_PREFIX": "auth-e2e:", "DATABASE_URL": db_url, "LOG_LEVEL": "INFO"}
+    env |= {"matcher": {"MATCHER_METRICS_PORT": str(port)},
+            "persister": {"PERSISTER_METRICS_PORT": str(port), "PERSISTER_LAG_EVERY_S": "0.2"},
+            "ingest": {"INGEST_PORT": str(port)}}[name]
+    health = "/readyz" if name == "ingest" else "/healthz"
+    return Service(name, env, f"http://127.0.0.1:{port}{health}", log_dir / f"{name}.log"), f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+async def services(auth_port: int, db_url: str, tmp_path: Path) -> AsyncIterator[dict[str, str]]:
+    """Matcher, persister and ingest as processes, authenticating as an ACL user; their base URLs."""
+    url = f"redis://{USER}:{USER_PASSWORD}@127.0.0.1:{auth_port}/1"
+    started: list[Service] = []
+    bases: dict[str, str] = {}
+    try:
+        for name in ("matcher", "persister", "ingest"):  # ingest is ready once the matcher's group exists
+            process, bases[name] = service(name, url, db_url, tmp_path)
+            started.append(process)
+            await asyncio.to_thread(process.start, 30)
+        yield bases
+    finally:
+        for process in started:
+            process.stop()
+
+
+def order(side: str) -> dict[str, str]:
+    return {"client_id": "client-A" if side == "buy" else "client-B", "instrument": "BTC-USD", "side": side,
+            "type": "limit", "price": "50000.00", "quantity": "0.5"}
+
+
+async def test_orders_placed_matched_and_persisted_through_a_password(services: dict[str, str]) -> None:
+    async with httpx.AsyncClient(base_url=services["ingest"], headers=BROKER, timeout=10) as client:
+        sell = await client.post("/orders", json=order("sell"))
+        assert sell.status_code == 201, sell.text
+        buy = await client.post("/orders", json=order("buy"))
+        assert buy.status_code == 201, buy.text
+        for _ in range(100):
+            answer = await client.get(f"/orders/{buy.json()['order_id']}")
+            if answer.json().get("status") == "filled":
+                break
+            await asyncio.sleep(0.1)
+        assert answer.status_code == 200, answer.text
+        assert (answer.json()["status"], answer.json()["filled_quantity"]) == ("filled", "0.5")
+    async with httpx.AsyncClient(base_url=services["persister"], timeout=10) as client:
+        for _ in range(100):
+            metrics = (await client.get("/metrics")).text
+            if 'persister_rows_written_total{table="trades"} 1.0' in metrics.splitlines():
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"the persister wrote no trade: {metrics}")
+
+
+async def test_a_wrong_password_is_a_clear_error_never_a_500(auth_port: int, db_url: str, tmp_path: Path) -> None:
+    url = f"redis://{USER}:wrong-password@127.0.0.1:{auth_port}/1"
+    ingest, base = service("ingest", url, db_url, tmp_path)
+    ingest.health_url = f"{base}/healthz"  # alive, but not ready
+    ingest.start(30)
+    try:
+        async with httpx.AsyncClient(base_url=base, headers=BROKER, timeout=10) as client:
+            ready = await client.get("/readyz")
+            placed = await client.post("/orders", json=order("buy"))
+        assert ready.status_code == 503, ready.text
+        assert placed.status_code == 503, placed.text
+        assert placed.json()["error"] == "unavailable", placed.text
+    finally:
+        ingest.stop()
+    log = (tmp_path / "ingest.log").read_text()
+    assert "Traceback" not in log, log
+    assert "wrong-password" not in log, log
+
+
+@pytest.mark.parametrize("name", ["matcher", "persister"])
+def test_a_worker_with_a_wrong_password_stops_with_one_config_error(name: str, auth_port: int, db_url: str,
+                                                                   tmp_path: Path) -> None:
+    worker, _ = service(name, f"redis://:wrong-password@127.0.0.1:{auth_port}/1", db_url, tmp_path)
+    done = subprocess.run([sys.executable, "-m", f"services.{name}"], cwd=REPO_ROOT, env=worker.env,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == CONFIG_ERROR_EXIT, done.stdout + done.stderr
+    output = done.stdout + done.stderr
+    assert "Traceback" not in output and "wrong-password" not in output, output
+    [error] = [json.loads(line) for line in output.splitlines() if '"level":"error"' in line]
+    assert (error["service"], error["event"]) == (name, "config_error")
+    assert "Redis refused the credentials of REDIS_URL" in error["msg"]
