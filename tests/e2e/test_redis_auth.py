@@ -1,8 +1,9 @@
-"""The engine against a Redis that asks for a password: credentials from REDIS_URL reach every connection."""
+"""The engine against a Redis that asks for a password, or speaks TLS: REDIS_URL reaches every connection."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 
 from services.common.runner import CONFIG_ERROR_EXIT
 from tests.processes import REPO_ROOT, Service, free_port
-from tests.secured_redis import USER, USER_PASSWORD, auth_server
+from tests.secured_redis import USER, USER_PASSWORD, auth_server, tls_server
 
 BROKER = {"Authorization": "Bearer demo-broker"}
 
@@ -35,15 +36,14 @@ def service(name: str, redis_url: str, db_url: str, log_dir: Path) -> tuple[Serv
     return Service(name, env, f"http://127.0.0.1:{port}{health}", log_dir / f"{name}.log"), f"http://127.0.0.1:{port}"
 
 
-@pytest.fixture
-async def services(auth_port: int, db_url: str, tmp_path: Path) -> AsyncIterator[dict[str, str]]:
-    """Matcher, persister and ingest as processes, authenticating as an ACL user; their base URLs."""
-    url = f"redis://{USER}:{USER_PASSWORD}@127.0.0.1:{auth_port}/1"
+@contextlib.asynccontextmanager
+async def running(url: str, db_url: str, log_dir: Path) -> AsyncIterator[dict[str, str]]:
+    """Matcher, persister and ingest as processes on Redis `url`; their base URLs."""
     started: list[Service] = []
     bases: dict[str, str] = {}
     try:
         for name in ("matcher", "persister", "ingest"):  # ingest is ready once the matcher's group exists
-            process, bases[name] = service(name, url, db_url, tmp_path)
+            process, bases[name] = service(name, url, db_url, log_dir)
             started.append(process)
             await asyncio.to_thread(process.start, 30)
         yield bases
@@ -57,7 +57,22 @@ def order(side: str) -> dict[str, str]:
             "type": "limit", "price": "50000.00", "quantity": "0.5"}
 
 
-async def test_orders_placed_matched_and_persisted_through_a_password(services: dict[str, str]) -> None:
+async def test_orders_placed_matched_and_persisted_through_a_password(auth_port: int, db_url: str,
+                                                                     tmp_path: Path) -> None:
+    async with running(f"redis://{USER}:{USER_PASSWORD}@127.0.0.1:{auth_port}/1", db_url, tmp_path) as services:
+        await place_match_persist(services)
+
+
+async def test_orders_placed_matched_and_persisted_over_tls(db_url: str, tmp_path: Path) -> None:
+    # The server's certificate is verified against the test's CA, and the password travels encrypted.
+    with tls_server(tmp_path) as tls:
+        url = f"rediss://{USER}:{USER_PASSWORD}@127.0.0.1:{tls.port}/1?ssl_ca_certs={tls.ca}"
+        async with running(url, db_url, tmp_path) as services:
+            await place_match_persist(services)
+
+
+async def place_match_persist(services: dict[str, str]) -> None:
+    """A crossing pair through ingest: both 201, the buy filled, the trade written to PostgreSQL."""
     async with httpx.AsyncClient(base_url=services["ingest"], headers=BROKER, timeout=10) as client:
         sell = await client.post("/orders", json=order("sell"))
         assert sell.status_code == 201, sell.text
