@@ -21,7 +21,8 @@ USER, USER_PASSWORD = "engine", "s3cret-engine"
 
 
 def _argv(binary: Path, port: int, workdir: Path) -> list[str]:
-    return [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+    # Two loopback addresses: the TLS certificate names the first only, so the second tests hostname checks.
+    return [str(binary), "--port", str(port), "--bind", "127.0.0.1", "127.0.0.2", "--save", "", "--appendonly", "no",
             "--dir", str(workdir), "--daemonize", "no", "--loglevel", "notice",
             # The default user needs the password; an ACL user of its own has every right on every key.
             "--requirepass", PASSWORD, "--user", USER, "on", f">{USER_PASSWORD}", "~*", "&*", "+@all"]
@@ -42,6 +43,8 @@ class TlsServer:
     port: int
     ca: Path
     binary: Path
+    cert: Path  # signed by `ca`, for 127.0.0.1; good as a client certificate too
+    key: Path
 
 
 def _certificates(workdir: Path) -> tuple[Path, Path, Path]:
@@ -70,19 +73,22 @@ def _tls_candidates() -> list[Path]:
 
 
 @contextlib.contextmanager
-def tls_server(workdir: Path) -> Iterator[TlsServer]:
+def tls_server(workdir: Path, client_certificates: bool = False) -> Iterator[TlsServer]:
     """A server speaking TLS only (and asking for the password): the shipped one if built with TLS, else a system
-    redis-server that is; the test is skipped when neither is."""
+    redis-server that is; the test is skipped when neither is. `client_certificates`: it asks for one."""
     if shutil.which("openssl") is None:
         pytest.skip("no openssl CLI to make a throwaway CA")
     ca, cert, key = _certificates(workdir)
     refused: list[str] = []
-    for binary in _tls_candidates():
+    for n, binary in enumerate(_tls_candidates()):
         port = free_port()
         argv = [*_argv(binary, 0, workdir), "--tls-port", str(port), "--tls-cert-file", str(cert),
-                "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"]
+                "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
+                "--tls-auth-clients", "yes" if client_certificates else "no"]
         url = f"rediss://:{PASSWORD}@127.0.0.1:{port}/0?ssl_ca_certs={ca}"
-        log = workdir / f"redis-tls-{binary.parent.name}.log"
+        if client_certificates:
+            url += f"&ssl_certfile={cert}&ssl_keyfile={key}"
+        log = workdir / f"redis-tls-{n}.log"
         server = ServerProcess("redis-tls", argv, url, probes.redis_answers, log, signal.SIGTERM)
         try:
             server.start(timeout_s=15)
@@ -92,7 +98,7 @@ def tls_server(workdir: Path) -> Iterator[TlsServer]:
             refused.append(str(binary))
             continue
         try:
-            yield TlsServer(port, ca, binary)
+            yield TlsServer(port, ca, binary, cert, key)
         finally:
             server.stop()
         return

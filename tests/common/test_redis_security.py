@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from redis.exceptions import AuthenticationError
@@ -93,3 +94,30 @@ async def test_plain_tcp_to_a_tls_port_fails_cleanly(tls: TlsServer) -> None:
     finally:
         await batcher.close()
         await redis.aclose()
+
+
+async def test_tls_with_a_client_certificate(tmp_path: Path) -> None:
+    with tls_server(tmp_path, client_certificates=True) as server:
+        base = f"rediss://:{PASSWORD}@localhost:{server.port}/0?ssl_ca_certs={server.ca}"
+        with_cert = f"{base}&ssl_certfile={server.cert}&ssl_keyfile={server.key}"
+        assert await whoami_both_ways(with_cert) == (b"default", b"default")
+        redis = connect(base)
+        batcher = CommandBatcher(redis)
+        try:
+            with pytest.raises(RedisConnectionError):
+                await batcher.execute("PING")
+        finally:
+            await batcher.close()
+            await redis.aclose()
+
+
+async def test_tls_hostname_check_can_be_turned_off(tls: TlsServer) -> None:
+    # The certificate names 127.0.0.1 and localhost, not 127.0.0.2 (also loopback): checked unless turned off.
+    url = f"rediss://:{PASSWORD}@127.0.0.2:{tls.port}/0?ssl_ca_certs={tls.ca}"
+    redis = connect(url)
+    try:
+        with pytest.raises(RedisConnectionError, match=r"(?i)certificate verify failed|hostname"):
+            await redis.ping()
+    finally:
+        await redis.aclose()
+    assert await whoami_both_ways(f"{url}&ssl_check_hostname=false") == (b"default", b"default")
