@@ -30,11 +30,15 @@ class InstrumentKeys(msgspec.Struct, frozen=True):
     retention_lock: str  # string: the persister worker trimming this interval's streams and order records
     prefix: str
 
+    # The client's own string is length-prefixed wherever another client-chosen string follows it: ids may
+    # contain ':' (the separator), so without the length client "a:b" with key "c" and client "a" with key
+    # "b:c" would name one key. The tail needs no prefix (nothing follows it), nor does rate_bucket's id.
+
     def idempotency(self, client_id: str, key: str) -> str:
-        return f"{self.prefix}idem:{{{self.symbol}}}:{client_id}:{key}"
+        return f"{self.prefix}idem:{{{self.symbol}}}:{len(client_id)}:{client_id}:{key}"
 
     def client_order_id(self, client_id: str, client_order_id: str) -> str:
-        return f"{self.prefix}coid:{{{self.symbol}}}:{client_id}:{client_order_id}"
+        return f"{self.prefix}coid:{{{self.symbol}}}:{len(client_id)}:{client_id}:{client_order_id}"
 
     def rate_bucket(self, client_id: str) -> str:
         return f"{self.prefix}rate:{{{self.symbol}}}:{client_id}"

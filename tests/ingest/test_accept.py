@@ -63,3 +63,15 @@ async def test_records_expire_after_the_ttl(engine: Engine) -> None:
     assert (await engine.post(limit_order(idempotency_key="ttl"))).status_code == 201
     ttl = await engine.redis.ttl(engine.keys["BTC-USD"].idempotency("client-A", "ttl"))
     assert 86_390 < ttl <= 86_400
+
+
+async def test_keys_with_the_separator_in_them_never_collide_across_clients(engine: Engine) -> None:
+    # Once one Redis key ("idem:{BTC-USD}:a:b:c"): the second order got 409 idempotency_conflict.
+    first = await engine.post(limit_order(client_id="a:b", idempotency_key="c"), BROKER)
+    second = await engine.post(limit_order(client_id="a", idempotency_key="b:c", quantity="0.6"), BROKER)
+    assert (first.status_code, second.status_code) == (201, 201), second.text
+    assert first.json()["order_id"] != second.json()["order_id"]
+    # Each client's key still replays its own order.
+    again = await engine.post(limit_order(client_id="a", idempotency_key="b:c", quantity="0.6"), BROKER)
+    assert again.status_code == 200 and again.content == second.content
+    assert await engine.redis.xlen(engine.keys["BTC-USD"].orders) == 2
