@@ -31,18 +31,20 @@ def service(name: str, redis_url: str, db_url: str, log_dir: Path) -> tuple[Serv
     env = {"REDIS_URL": redis_url, "REDIS_KEY_PREFIX": "auth-e2e:", "DATABASE_URL": db_url, "LOG_LEVEL": "INFO"}
     env |= {"matcher": {"MATCHER_METRICS_PORT": str(port)},
             "persister": {"PERSISTER_METRICS_PORT": str(port), "PERSISTER_LAG_EVERY_S": "0.2"},
+            "broadcaster": {"BROADCASTER_PORT": str(port), "BROADCASTER_READ_BLOCK_MS": "200"},
             "ingest": {"INGEST_PORT": str(port)}}[name]
-    health = "/readyz" if name == "ingest" else "/healthz"
+    health = "/readyz" if name in ("ingest", "broadcaster") else "/healthz"
     return Service(name, env, f"http://127.0.0.1:{port}{health}", log_dir / f"{name}.log"), f"http://127.0.0.1:{port}"
 
 
 @contextlib.asynccontextmanager
 async def running(url: str, db_url: str, log_dir: Path) -> AsyncIterator[dict[str, str]]:
-    """Matcher, persister and ingest as processes on Redis `url`; their base URLs."""
+    """Matcher, persister, broadcaster (ready: it reads the streams) and ingest as processes on Redis `url`."""
     started: list[Service] = []
     bases: dict[str, str] = {}
     try:
-        for name in ("matcher", "persister", "ingest"):  # ingest is ready once the matcher's group exists
+        # Ingest is ready once the matcher's group exists.
+        for name in ("matcher", "persister", "broadcaster", "ingest"):
             process, bases[name] = service(name, url, db_url, log_dir)
             started.append(process)
             await asyncio.to_thread(process.start, 30)
@@ -98,20 +100,25 @@ async def place_match_persist(services: dict[str, str]) -> None:
 async def test_a_wrong_password_is_a_clear_error_never_a_500(auth_port: int, db_url: str, tmp_path: Path) -> None:
     url = f"redis://{USER}:wrong-password@127.0.0.1:{auth_port}/1"
     ingest, base = service("ingest", url, db_url, tmp_path)
-    ingest.health_url = f"{base}/healthz"  # alive, but not ready
-    ingest.start(30)
+    broadcaster, broadcaster_base = service("broadcaster", url, db_url, tmp_path)
+    for process, at in ((ingest, base), (broadcaster, broadcaster_base)):
+        process.health_url = f"{at}/healthz"  # alive, but not ready
+        process.start(30)
     try:
         async with httpx.AsyncClient(base_url=base, headers=BROKER, timeout=10) as client:
             ready = await client.get("/readyz")
             placed = await client.post("/orders", json=order("buy"))
+            broadcaster_ready = await client.get(f"{broadcaster_base}/readyz")
         assert ready.status_code == 503, ready.text
         assert placed.status_code == 503, placed.text
         assert placed.json()["error"] == "unavailable", placed.text
+        assert broadcaster_ready.status_code == 503, broadcaster_ready.text
     finally:
         ingest.stop()
-    log = (tmp_path / "ingest.log").read_text()
-    assert "Traceback" not in log, log
-    assert "wrong-password" not in log, log
+        broadcaster.stop()
+    for name in ("ingest", "broadcaster"):
+        log = (tmp_path / f"{name}.log").read_text()
+        assert "Traceback" not in log and "wrong-password" not in log, log
 
 
 @pytest.mark.parametrize("name", ["matcher", "persister"])
