@@ -51,10 +51,11 @@ else
 fi
 export INGEST_PORT=${PORTS[0]} BROADCASTER_PORT=${PORTS[1]} MATCHER_METRICS_PORT=${PORTS[2]}
 export PERSISTER_METRICS_PORT=${PORTS[3]}
-export CIRCUS_ENDPOINT="tcp://127.0.0.1:${PORTS[4]}" CIRCUS_PUBSUB_ENDPOINT="tcp://127.0.0.1:${PORTS[5]}"
+# run.sh's default: the process manager on Unix sockets under this run's ENGINE_RUN_DIR.
+unset CIRCUS_ENDPOINT CIRCUS_PUBSUB_ENDPOINT
 export LOG_LEVEL=WARNING RATE_LIMIT_PER_SEC=0
 export INGEST_URL="http://127.0.0.1:$INGEST_PORT" BROADCASTER_URL="ws://127.0.0.1:$BROADCASTER_PORT/stream"
-CIRCUSCTL=("$ROOT/.venv/bin/circusctl" --endpoint "$CIRCUS_ENDPOINT" --timeout 15)
+CIRCUSCTL=("$ROOT/.venv/bin/circusctl" --endpoint "ipc://$ENGINE_RUN_DIR/control/circus.sock" --timeout 15)
 
 cleanup() {
   bash scripts/run.sh stop >/dev/null 2>&1 || true

@@ -44,7 +44,7 @@ def http_ok(url: str) -> bool:
 def engine_env(run_dir: Path) -> dict[str, str]:
     """The engine on its own servers (no REDIS_URL / DATABASE_URL), every port its own."""
     # All bound at once, so no two services are handed the same port.
-    ingest, broadcaster, matcher, persister, circus, pubsub, redis, postgres = free_ports(8)
+    ingest, broadcaster, matcher, persister, redis, postgres = free_ports(6)
     return {
         **{k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL", "REDIS_KEY_PREFIX")},
         "ENGINE_REDIS_PORT": str(redis),
@@ -54,8 +54,10 @@ def engine_env(run_dir: Path) -> dict[str, str]:
         "BROADCASTER_PORT": str(broadcaster),
         "MATCHER_METRICS_PORT": str(matcher),
         "PERSISTER_METRICS_PORT": str(persister),
-        "CIRCUS_ENDPOINT": f"tcp://127.0.0.1:{circus}",
-        "CIRCUS_PUBSUB_ENDPOINT": f"tcp://127.0.0.1:{pubsub}",
+        # Given, not left to run.sh's default: older revisions measured here default to TCP. Under mkdtemp's
+        # directory (0700), so only this user reaches them.
+        "CIRCUS_ENDPOINT": f"ipc://{run_dir}/circus.sock",
+        "CIRCUS_PUBSUB_ENDPOINT": f"ipc://{run_dir}/circus-pubsub.sock",
         "RATE_LIMIT_PER_SEC": "0",  # the load below is one client's
     }
 

@@ -16,14 +16,34 @@ mkdir -p "$RUN_DIR"
 
 export ENGINE_ROOT=$ROOT
 export ENGINE_PYTHON=$ROOT/$VENV/bin/python
-export CIRCUS_ENDPOINT=${CIRCUS_ENDPOINT:-tcp://127.0.0.1:5555}
-export CIRCUS_PUBSUB_ENDPOINT=${CIRCUS_PUBSUB_ENDPOINT:-tcp://127.0.0.1:5556}
+# The process manager's control endpoint runs any command as the engine's user: Unix sockets in a directory
+# only that user can enter (run/ itself stays searchable: PostgreSQL, run as another user, reaches its data
+# through it), never TCP, which any local user reaches. CIRCUS_ENDPOINT / CIRCUS_PUBSUB_ENDPOINT override.
+CONTROL_DIR=$(cd "$RUN_DIR" && pwd)/control
+mkdir -p "$CONTROL_DIR"
+chmod 700 "$CONTROL_DIR"
+export CIRCUS_ENDPOINT=${CIRCUS_ENDPOINT:-ipc://$CONTROL_DIR/circus.sock}
+export CIRCUS_PUBSUB_ENDPOINT=${CIRCUS_PUBSUB_ENDPOINT:-ipc://$CONTROL_DIR/circus-pubsub.sock}
+for endpoint in "$CIRCUS_ENDPOINT" "$CIRCUS_PUBSUB_ENDPOINT"; do
+  socket_path=${endpoint#ipc://}
+  # sockaddr_un holds 107 bytes of path: ZeroMQ refuses a longer one.
+  if [[ $endpoint == ipc://* ]] && (( $(printf %s "$socket_path" | wc -c) > 107 )); then
+    echo "error: the process manager's socket path is longer than 107 bytes, the limit of a Unix socket:" \
+      "$socket_path. Use a shorter ENGINE_RUN_DIR, or set CIRCUS_ENDPOINT and CIRCUS_PUBSUB_ENDPOINT to" \
+      "shorter ipc:// paths (in a directory only you can enter)." >&2
+    exit 2
+  fi
+done
 export PERSISTER_WORKERS=${PERSISTER_WORKERS:-1}
 SERVICES=(ingest matcher persister broadcaster)
 CIRCUSCTL=("$ROOT/$VENV/bin/circusctl" --endpoint "$CIRCUS_ENDPOINT" --timeout 30)
 
 # A short timeout: with no circusd at the endpoint, circusctl waits the whole timeout.
-circus_up() { "$ROOT/$VENV/bin/circusctl" --endpoint "$CIRCUS_ENDPOINT" --timeout 2 status >/dev/null 2>&1; }
+# No socket file: no circusd, without waiting for the timeout.
+circus_up() {
+  [[ $CIRCUS_ENDPOINT != ipc://* || -S ${CIRCUS_ENDPOINT#ipc://} ]] || return 1
+  "$ROOT/$VENV/bin/circusctl" --endpoint "$CIRCUS_ENDPOINT" --timeout 2 status >/dev/null 2>&1
+}
 
 # The services first, all at once (each finishes and acknowledges its batch), then circus and the data services.
 # One `stop` for the four: circus runs one command at a time, so parallel `circusctl stop` calls failed with
@@ -40,6 +60,9 @@ stop_engine() {
   "${CIRCUSCTL[@]}" quit --waiting >/dev/null 2>&1 || true
 }
 
+# circusd leaves its socket files behind; the next circus_up would wait its timeout on them.
+forget_sockets() { rm -f "$CONTROL_DIR/circus.sock" "$CONTROL_DIR/circus-pubsub.sock"; }
+
 wait_gone() {
   local pid=$1
   for _ in $(seq 1 600); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
@@ -50,6 +73,7 @@ case "${1:-foreground}" in
     if ! circus_up; then echo "no engine running at $CIRCUS_ENDPOINT"; exit 0; fi
     stop_engine
     if [[ -f "$RUN_DIR/circusd.pid" ]]; then wait_gone "$(cat "$RUN_DIR/circusd.pid")"; rm -f "$RUN_DIR/circusd.pid"; fi
+    forget_sockets
     echo "engine stopped"
     exit 0 ;;
   scale)
@@ -88,7 +112,10 @@ else
 fi
 CIRCUSD=$!
 echo "$CIRCUSD" >"$RUN_DIR/circusd.pid"
-interrupted() { trap - INT TERM HUP; echo "stopping the engine"; stop_engine; wait_gone "$CIRCUSD"; rm -f "$RUN_DIR/circusd.pid"; exit 0; }
+interrupted() {
+  trap - INT TERM HUP; echo "stopping the engine"; stop_engine; wait_gone "$CIRCUSD"; rm -f "$RUN_DIR/circusd.pid"
+  forget_sockets; exit 0
+}
 trap interrupted INT TERM HUP
 
 for _ in $(seq 1 100); do circus_up && break; sleep 0.1; done
@@ -116,3 +143,4 @@ fi
 # Foreground: until circusd ends, or Ctrl-C (the trap) stops the engine.
 while kill -0 "$CIRCUSD" 2>/dev/null; do wait "$CIRCUSD" || true; done
 rm -f "$RUN_DIR/circusd.pid"
+forget_sockets

@@ -72,9 +72,15 @@ class RunningEngine:
             time.sleep(0.1)
         raise AssertionError(f"not {what} after {timeout}s: {self.log.read_text()[-4000:]}")
 
+    @property
+    def control_dir(self) -> Path:
+        """Where run.sh puts the process manager's sockets by default."""
+        return self.run_dir / "control"
+
     def circusctl(self, *args: str) -> str:
-        result = subprocess.run([str(REPO_ROOT / ".venv/bin/circusctl"), "--endpoint", self.env["CIRCUS_ENDPOINT"],
-                                 "--timeout", "15", *args], capture_output=True, text=True, check=True)
+        endpoint = f"ipc://{self.control_dir / 'circus.sock'}"
+        result = subprocess.run([str(REPO_ROOT / ".venv/bin/circusctl"), "--endpoint", endpoint, "--timeout", "15",
+                                 *args], capture_output=True, text=True, check=True)
         return result.stdout.strip()
 
     def pids(self, watcher: str) -> list[int]:
@@ -154,7 +160,9 @@ def alive(pid: int) -> bool:
 
 def engine_env(prefix: str, redis_url: str | None, database_url: str | None, run_dir: Path) -> dict[str, str]:
     """`make run`'s environment on free ports; a URL of None makes the engine run that server itself."""
-    env = {key: value for key, value in os.environ.items() if key not in ("REDIS_URL", "DATABASE_URL")}
+    # No CIRCUS_ENDPOINT: the default (Unix sockets under the run directory) is what these tests run.
+    unset = ("REDIS_URL", "DATABASE_URL", "CIRCUS_ENDPOINT", "CIRCUS_PUBSUB_ENDPOINT")
+    env = {key: value for key, value in os.environ.items() if key not in unset}
     urls = {"REDIS_URL": redis_url, "DATABASE_URL": database_url}
     return {
         **env,
@@ -167,7 +175,5 @@ def engine_env(prefix: str, redis_url: str | None, database_url: str | None, run
         "BROADCASTER_PORT": str(free_port()),
         "MATCHER_METRICS_PORT": str(free_port()),
         "PERSISTER_METRICS_PORT": str(free_port_block(4)),
-        "CIRCUS_ENDPOINT": f"tcp://127.0.0.1:{free_port()}",
-        "CIRCUS_PUBSUB_ENDPOINT": f"tcp://127.0.0.1:{free_port()}",
         "PERSISTER_SNAPSHOT_INTERVAL_S": "1",
     }

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import stat
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -17,6 +19,7 @@ from redis.asyncio import Redis
 from services.common.db import drop_database, with_database
 from services.common.keys import PERSISTER_GROUP, instrument_keys
 from tests.e2e.engine import RunningEngine, alive, engine_env, http_ok, running_engine
+from tests.processes import REPO_ROOT
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -96,6 +99,12 @@ async def test_make_run_serves_the_readme_examples_and_stops_cleanly(
     for name in ("persister_batch_size", "persister_batch_seconds", "stream_group_lag"):
         assert name in persister_metrics, name
 
+    # The process manager answers on Unix sockets in a directory only the engine's user can enter, not on TCP.
+    control = running.control_dir
+    assert stat.S_IMODE(control.stat().st_mode) == 0o700
+    assert stat.S_ISSOCK((control / "circus.sock").stat().st_mode)
+    assert stat.S_ISSOCK((control / "circus-pubsub.sock").stat().st_mode)
+    assert f"circusctl --endpoint ipc://{control / 'circus.sock'} status" in running.log.read_text()
     pids = [pid for watcher in ("ingest", "matcher", "persister") for pid in running.pids(watcher)]
     assert len(pids) == 3
     started = time.monotonic()
@@ -151,3 +160,18 @@ async def test_scale_workers_and_automatic_restart(running: RunningEngine, redis
                 break
             await asyncio.sleep(0.05)
         assert (await http.get(f"/orders/{order_id}", headers=A)).json()["status"] == "open"
+
+
+def test_a_run_directory_too_deep_for_a_unix_socket_is_a_clear_error(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 100)
+    env = engine_env("", None, None, deep)
+    for command in ("stop", "background"):
+        done = subprocess.run(["bash", "scripts/run.sh", command], cwd=REPO_ROOT, env=env, capture_output=True,
+                              text=True, timeout=30)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "longer than 107 bytes" in done.stderr and "ENGINE_RUN_DIR" in done.stderr
+    # An ipc:// override of a short path is taken as given.
+    short = {**env, "CIRCUS_ENDPOINT": f"ipc://{tmp_path}/c.sock", "CIRCUS_PUBSUB_ENDPOINT": f"ipc://{tmp_path}/p.sock"}
+    done = subprocess.run(["bash", "scripts/run.sh", "stop"], cwd=REPO_ROOT, env=short, capture_output=True,
+                          text=True, timeout=30)
+    assert (done.returncode, done.stdout) == (0, f"no engine running at ipc://{tmp_path}/c.sock\n")
