@@ -85,8 +85,12 @@ def ready(settings: RuntimeSettings) -> int:
               ("PostgreSQL", database_url(), probes.postgres_answers, settings.own_postgres, "DATABASE_URL"))
     for name, url, answers, own, variable in checks:
         shown = mask_url(url)
-        if probes.wait_until(answers, url, OWN_SERVER_START_S if own else EXTERNAL_SERVER_WAIT_S):
-            continue
+        try:
+            if probes.wait_until(answers, url, OWN_SERVER_START_S if own else EXTERNAL_SERVER_WAIT_S):
+                continue
+        except probes.CredentialsRefused as refused:
+            print(f"error: {refused}. Fix the user or password in {variable}.", file=sys.stderr)
+            return 1
         if own:
             print(f"error: the engine's own {name} did not answer at {shown} within {OWN_SERVER_START_S:.0f}s; "
                   f"see {settings.log_dir}", file=sys.stderr)

@@ -10,15 +10,23 @@ import redis
 from sqlalchemy.engine import make_url
 
 from services.common.db import with_database
+from services.common.urls import mask_url
+
+
+class CredentialsRefused(RuntimeError):
+    """The server answers but refuses the URL's user or password: waiting longer cannot help."""
 
 
 def redis_answers(url: str) -> bool:
+    """PING with the URL's credentials (and TLS for rediss://); CredentialsRefused if they are wrong."""
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
         try:
             return bool(client.ping())
         finally:
             client.close()
+    except redis.AuthenticationError as exc:
+        raise CredentialsRefused(f"Redis at {mask_url(url)} refused the credentials: {exc}") from None
     except redis.RedisError:
         return False
 

@@ -37,7 +37,12 @@ class ServerProcess:
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
                                             start_new_session=True, **self.options)
-        if not probes.wait_until(self._alive_and_answers, self.url, timeout_s):
+        try:
+            answered = probes.wait_until(self._alive_and_answers, self.url, timeout_s)
+        except BaseException:  # e.g. CredentialsRefused: never leave the server running behind the error
+            self.stop()
+            raise
+        if not answered:
             self.stop()
             raise ServerNotReady(f"{self.name} did not answer at {mask_url(self.url)} within {timeout_s}s; "
                                  f"see {self.log}")
