@@ -23,7 +23,7 @@ _TYPES: list[Any] = [OrderRequest, OrderView, CancelRequested, ErrorBody, BookSn
                      TickerView, list[CandleView], PositionsView, SettlementRequest, SnapshotInfo, Readiness]
 _REF = "#/components/schemas/{name}"
 _ORDER_ERRORS = {"400": "not JSON, or not an object", "401": "no or bad API key", "403": "acting for another client",
-                 "413": "body over the size limit", "422": "a field invalid, missing or unknown",
+                 "413": "body over the size limit", "422": "a field invalid, missing or unknown (`validation_error`)",
                  "429": "over the client's rate limit (Retry-After)",
                  "503": "Redis unreachable or the matcher too far behind (Retry-After)"}
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
@@ -59,7 +59,8 @@ def build_openapi() -> dict[str, Any]:
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("OrderRequest")}}},
             "responses": {"201": _json(_ref("OrderView"), "accepted: on the instrument's orders stream"),
                           "200": _json(_ref("OrderView"), "idempotent replay of the first answer"),
-                          "409": _json(_ref("ErrorBody"), "same idempotency key, different body"),
+                          "409": _json(_ref("ErrorBody"), "`idempotency_conflict`: same key, different body; "
+                                                           "`duplicate_client_order_id`: client_order_id used"),
                           **_errors(_ORDER_ERRORS)}}},
         "/orders/{order_id}": {
             "get": {"summary": "An order's state", "security": BEARER, "parameters": [order_id],
