@@ -60,9 +60,9 @@ def own_servers(engine: RunningEngine) -> OwnServers:
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[RunningEngine]:
-    """`make run` on its own Redis and PostgreSQL (no URL given), data under tmp_path/data."""
-    with running_engine(engine_env("", None, None, tmp_path), tmp_path, timeout=90) as running:
+def engine(own_run_dir: Path) -> Iterator[RunningEngine]:
+    """`make run` on its own Redis and PostgreSQL (no URL given), data under own_run_dir/data."""
+    with running_engine(engine_env("", None, None, own_run_dir), own_run_dir, timeout=90) as running:
         yield running
 
 

@@ -19,13 +19,13 @@ SELL = {"client_id": "client-B", "instrument": "BTC-USD", "side": "sell", "type"
 
 
 @pytest.fixture
-def own(key_prefix: str, tmp_path: Path) -> Iterator[RunningEngine]:
-    with running_engine(engine_env(key_prefix, None, None, tmp_path), tmp_path) as engine:
+def own(key_prefix: str, own_run_dir: Path) -> Iterator[RunningEngine]:
+    with running_engine(engine_env(key_prefix, None, None, own_run_dir), own_run_dir) as engine:
         yield engine
 
 
 async def test_orders_land_on_the_engines_own_durable_servers(own: RunningEngine, redis: Redis,
-                                                               key_prefix: str, tmp_path: Path) -> None:
+                                                               key_prefix: str, own_run_dir: Path) -> None:
     async with httpx.AsyncClient(base_url=own.ingest, timeout=10) as http:
         placed = await http.post("/orders", json=SELL, headers=B)
     assert placed.status_code == 201, placed.text
@@ -40,7 +40,7 @@ async def test_orders_land_on_the_engines_own_durable_servers(own: RunningEngine
     # The machine's shared Redis (the tests' own) never saw the engine.
     assert [key async for key in redis.scan_iter(match=f"{key_prefix}*")] == []
 
-    data = tmp_path / "data"
+    data = own_run_dir / "data"
     assert (data / "redis.version").read_text().startswith("valkey")
     assert (data / "postgres" / "PG_VERSION").is_file()
     assert any((data / "redis").rglob("*.aof"))
