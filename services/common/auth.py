@@ -14,6 +14,7 @@ from services.common.env import SettingsError, env_str
 
 Role = Literal["trader", "broker", "admin"]
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+KEY_ID_HEX = 16  # 64 bits: no two keys of a deployment share an id
 
 
 class ApiKeysError(ValueError):
@@ -27,10 +28,13 @@ class KeySpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class Principal(msgspec.Struct, frozen=True):
-    """Who sent a request: a role and, for traders, the one client_id it acts for."""
+    """Who sent a request: a role, for traders the one client_id it acts for, and its key's id."""
 
     role: Role
     client_id: str | None = None
+    # The first KEY_ID_HEX hex digits of the key's SHA-256: names the key (its rate bucket) without
+    # revealing it; "" when no key was checked (AUTH_MODE=off).
+    key_id: str = ""
 
     def may_act_for(self, client_id: str) -> bool:
         return self.role != "trader" or self.client_id == client_id
@@ -82,7 +86,7 @@ def load_key_table(path: Path) -> KeyTable:
             raise ApiKeysError(f"{path}: key #{n}: only trader keys have a client_id")
         if digest in principals:
             raise ApiKeysError(f"{path}: key #{n}: the same key is listed twice")
-        principals[digest] = Principal(role=spec.role, client_id=spec.client_id)
+        principals[digest] = Principal(role=spec.role, client_id=spec.client_id, key_id=digest[:KEY_ID_HEX])
     return KeyTable(principals)
 
 

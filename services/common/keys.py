@@ -43,6 +43,10 @@ class InstrumentKeys(msgspec.Struct, frozen=True):
     def rate_bucket(self, client_id: str) -> str:
         return f"{self.prefix}rate:{{{self.symbol}}}:{client_id}"
 
+    def key_rate_bucket(self, key_id: str) -> str:
+        """An API key's bucket in this instrument's slot, named by the key's id (a hash), never the key."""
+        return f"{self.prefix}keyrate:{{{self.symbol}}}:{key_id}"
+
 
 def keys_by_symbol(prefix: str, symbols: Iterable[str]) -> dict[str, InstrumentKeys]:
     """The keys of every instrument, by symbol."""

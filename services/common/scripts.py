@@ -112,20 +112,23 @@ class MatchArgv(ScriptArgs, frozen=True):
 # accept.lua --------------------------------------------------------------------------------------
 
 class AcceptKeys(ScriptArgs, frozen=True):
-    """KEYS of accept.lua: the last two are named even when unused, so every key is in the call."""
+    """KEYS of accept.lua: the last three are named even when unused, so every key is in the call."""
 
     orders: str
     order_state: str
-    rate_bucket: str
+    rate_bucket: str  # the client's
     idempotency: str
     client_order_id: str
+    key_rate_bucket: str  # the API key's, in this instrument's slot
 
 
 class AcceptArgv(ScriptArgs, frozen=True):
     """ARGV of accept.lua; the orders-stream entry's field/value pairs follow (A_COMMAND_FROM on)."""
 
-    rate: int  # tokens per second, 0 = no limit
+    rate: int  # the client bucket's tokens per second, 0 = no limit
     burst: int
+    key_rate: int  # the API key bucket's, 0 = no limit
+    key_burst: int
     overloaded: str  # "1" | "0"
     fingerprint: str  # 64 hex, "" without an idempotency key
     answer: bytes  # the 201 body to replay, b"" without an idempotency key

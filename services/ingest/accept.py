@@ -11,27 +11,35 @@ from services.common.wire import NewOrderCommand, OrderRecord, encode_record
 from services.ingest.validation import ValidOrder
 
 
-class Accepted(msgspec.Struct, frozen=True):
+class Reply(msgspec.Struct, frozen=True, kw_only=True):
+    """What every accept.lua reply carries: the client's bucket after the call (0, 0 when it is off)."""
+
+    remaining: int  # whole tokens
+    reset_ms: int  # until the bucket is full again
+
+
+class Accepted(Reply, frozen=True):
     stream_id: str
 
 
-class Replayed(msgspec.Struct, frozen=True):
+class Replayed(Reply, frozen=True):
     answer: bytes
 
 
-class Conflict(msgspec.Struct, frozen=True):
+class Conflict(Reply, frozen=True):
     pass
 
 
-class RateLimited(msgspec.Struct, frozen=True):
+class RateLimited(Reply, frozen=True):
     retry_after_ms: int
+    by_key: bool  # the API key's bucket refused (else the client's)
 
 
-class Overloaded(msgspec.Struct, frozen=True):
+class Overloaded(Reply, frozen=True):
     pass
 
 
-class DuplicateClientOrderId(msgspec.Struct, frozen=True):
+class DuplicateClientOrderId(Reply, frozen=True):
     order_id: str  # the order that already carries the client_order_id
 
 
@@ -65,36 +73,40 @@ def _command_fields(record: OrderRecord) -> list[str]:
 
 
 async def accept_order(batcher: CommandBatcher, keys: InstrumentKeys, order: ValidOrder, record: OrderRecord, *,
-                       answer: bytes, rate_per_sec: int, burst: int, overloaded: bool,
-                       idempotency_ttl_s: int) -> Outcome:
-    """Rate-limit, deduplicate and enqueue `order` (stored as `record`) atomically; `answer` is the 201 body
-    to remember."""
+                       answer: bytes, rate_per_sec: int, burst: int, key_id: str, key_rate_per_sec: int,
+                       key_burst: int, overloaded: bool, idempotency_ttl_s: int) -> Outcome:
+    """Rate-limit (the client's bucket and the API key `key_id`'s), deduplicate and enqueue `order` (stored as
+    `record`) atomically; `answer` is the 201 body to remember. No key id (AUTH_MODE=off): no key bucket."""
+    if not key_id:
+        key_rate_per_sec = 0
     # Absent records still get a key name (never read): all keys are passed, all in the instrument's slot.
     script_keys = astuple(AcceptKeys(
         orders=keys.orders, order_state=keys.order_state, rate_bucket=keys.rate_bucket(order.client_id),
         idempotency=keys.idempotency(order.client_id, order.idempotency_key or ""),
         client_order_id=keys.client_order_id(order.client_id, order.client_order_id),
+        key_rate_bucket=keys.key_rate_bucket(key_id),
     ))
     keyed = order.idempotency_key is not None
     argv = AcceptArgv(
         # The fingerprint and the answer are read only to store or check an idempotency record.
-        rate=rate_per_sec, burst=burst, overloaded="1" if overloaded else "0",
+        rate=rate_per_sec, burst=burst, key_rate=key_rate_per_sec, key_burst=key_burst,
+        overloaded="1" if overloaded else "0",
         fingerprint=order.fingerprint() if keyed else "", answer=answer if keyed else b"",
         ttl_s=idempotency_ttl_s, order_id=record.order_id, record=encode_record(record),
         has_idempotency_key="1" if keyed else "0", has_client_order_id="1" if order.client_order_id else "0",
     )
     reply = await batcher.evalsha(ACCEPT_SCRIPT, script_keys, (*astuple(argv), *_command_fields(record)))
-    kind = reply[0]
+    kind, value, remaining, reset_ms = reply
     if kind == b"ok":
-        return Accepted(reply[1].decode())
+        return Accepted(value.decode(), remaining=remaining, reset_ms=reset_ms)
     if kind == b"replay":
-        return Replayed(bytes(reply[1]))
+        return Replayed(bytes(value), remaining=remaining, reset_ms=reset_ms)
     if kind == b"conflict":
-        return Conflict()
-    if kind == b"rate_limited":
-        return RateLimited(int(reply[1]))
+        return Conflict(remaining=remaining, reset_ms=reset_ms)
+    if kind == b"rate_limited" or kind == b"key_rate_limited":
+        return RateLimited(int(value), kind == b"key_rate_limited", remaining=remaining, reset_ms=reset_ms)
     if kind == b"overloaded":
-        return Overloaded()
+        return Overloaded(remaining=remaining, reset_ms=reset_ms)
     if kind == b"duplicate_client_order_id":
-        return DuplicateClientOrderId(reply[1].decode())
+        return DuplicateClientOrderId(value.decode(), remaining=remaining, reset_ms=reset_ms)
     raise RuntimeError(f"accept.lua answered {reply!r}")

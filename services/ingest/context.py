@@ -48,6 +48,9 @@ class IngestContext:
         self.store = OrderStore(self.batcher, self.instruments, self.keys)
         self.lag = LagMonitor(self.redis, self.keys, settings.max_matcher_lag, settings.lag_poll_interval_s)
         self.metrics = IngestMetrics()
+        # RateLimit-Limit of every order answer, once (None: the client bucket is off, no RateLimit-* headers).
+        self.rate_limit_limit: str | None = (
+            str(settings.rate_limit_burst) if settings.rate_limit_per_sec > 0 else None)
         self._lag_task: asyncio.Task[None] | None = None
 
     def authenticate(self, request: Request | Headers) -> Principal:

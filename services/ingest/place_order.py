@@ -11,6 +11,7 @@ from redis.exceptions import RedisError
 from starlette.datastructures import Headers
 from starlette.responses import Response
 
+from services.common.auth import Principal
 from services.common.ids import new_order_id
 from services.common.redis_batch import BatcherClosed
 from services.ingest.accept import (
@@ -20,11 +21,12 @@ from services.ingest.accept import (
     Overloaded,
     RateLimited,
     Replayed,
+    Reply,
     accept_order,
     accepted_record,
 )
 from services.ingest.context import IngestContext
-from services.ingest.errors import ApiError, ErrorDetail, forbidden, raw_json_response, unavailable
+from services.ingest.errors import ApiError, ErrorDetail, forbidden, raw_json_response
 from services.ingest.handling import redis_unavailable
 from services.ingest.validation import (
     IDEMPOTENCY_HEADER,
@@ -60,9 +62,9 @@ async def answer_order(ctx: IngestContext, headers: Headers, body: Callable[[], 
     started = time.perf_counter()
     client_id: str | None = None
     try:
-        order = await _checked_order(ctx, headers, await_body=body)
+        order, principal = await _checked_order(ctx, headers, await_body=body)
         client_id = order.client_id
-        response = await _enqueue(ctx, order)
+        response = await _enqueue(ctx, order, principal)
     except ApiError as err:
         ctx.metrics.orders_rejected.labels(err.reason).inc()
         _log("rejected", client_id, reason=err.reason)
@@ -76,7 +78,7 @@ async def answer_order(ctx: IngestContext, headers: Headers, body: Callable[[], 
 
 
 async def _checked_order(ctx: IngestContext, headers: Headers, await_body: Callable[[], Awaitable[bytes]]
-                         ) -> ValidOrder:
+                         ) -> tuple[ValidOrder, Principal]:
     body = await await_body()  # first: 413 comes before 401
     principal = ctx.authenticate(headers)
     decoded = decode_order(body)
@@ -84,10 +86,19 @@ async def _checked_order(ctx: IngestContext, headers: Headers, await_body: Calla
     order = validate_order(decoded, ctx.instruments, key)
     if not principal.may_act_for(order.client_id):
         raise forbidden(f"this key acts for {principal.client_id!r} only, not {order.client_id!r}")
-    return order
+    return order, principal
 
 
-async def _enqueue(ctx: IngestContext, order: ValidOrder) -> Response:
+def _with_rate_limit(ctx: IngestContext, reply: Reply, headers: dict[str, str]) -> dict[str, str]:
+    """`headers` plus the client bucket's RateLimit-* (IETF draft names), from accept.lua's reply."""
+    if ctx.rate_limit_limit is not None:
+        headers["RateLimit-Limit"] = ctx.rate_limit_limit
+        headers["RateLimit-Remaining"] = str(reply.remaining)
+        headers["RateLimit-Reset"] = str(-(-reply.reset_ms // 1000))  # whole seconds until full, rounded up
+    return headers
+
+
+async def _enqueue(ctx: IngestContext, order: ValidOrder, principal: Principal) -> Response:
     settings = ctx.settings
     symbol = order.instrument.symbol
     created_ms = time.time_ns() // 1_000_000
@@ -96,32 +107,36 @@ async def _enqueue(ctx: IngestContext, order: ValidOrder) -> Response:
     answer = encode_view(render(record, order.instrument))
     outcome = await accept_order(
         ctx.batcher, ctx.keys[symbol], order, record, answer=answer,
-        rate_per_sec=settings.rate_limit_per_sec, burst=settings.rate_limit_burst,
+        rate_per_sec=settings.rate_limit_per_sec, burst=settings.rate_limit_burst, key_id=principal.key_id,
+        key_rate_per_sec=settings.api_key_rate_limit_per_sec, key_burst=settings.api_key_rate_limit_burst,
         overloaded=ctx.lag.overloaded(symbol), idempotency_ttl_s=settings.idempotency_ttl_s,
     )
     if isinstance(outcome, Accepted):
         ctx.metrics.orders_received.labels(symbol).inc()
         _log("accepted", order.client_id, order_id, symbol)
-        return raw_json_response(answer, 201, {"Location": f"/orders/{order_id}"})
+        return raw_json_response(answer, 201, _with_rate_limit(ctx, outcome, {"Location": f"/orders/{order_id}"}))
     if isinstance(outcome, Replayed):
         ctx.metrics.idempotent_replays.inc()
         first_id = _decode_answer_id(outcome.answer).order_id
         _log("replayed", order.client_id, first_id, symbol)
-        return raw_json_response(outcome.answer, 200,
-                                 {"Idempotent-Replayed": "true", "Location": f"/orders/{first_id}"})
+        return raw_json_response(outcome.answer, 200, _with_rate_limit(
+            ctx, outcome, {"Idempotent-Replayed": "true", "Location": f"/orders/{first_id}"}))
     if isinstance(outcome, Conflict):
         raise ApiError(409, "idempotency_conflict",
                        f"idempotency key {order.idempotency_key!r} was used with a different body",
-                       reason="conflict")
+                       headers=_with_rate_limit(ctx, outcome, {}), reason="conflict")
     if isinstance(outcome, DuplicateClientOrderId):
         raise ApiError(409, "duplicate_client_order_id",
                        f"client_order_id {order.client_order_id!r} already names order {outcome.order_id}",
                        details=[ErrorDetail("client_order_id", "already used by this client")],
-                       reason="duplicate_client_order_id")
+                       headers=_with_rate_limit(ctx, outcome, {}), reason="duplicate_client_order_id")
     if isinstance(outcome, RateLimited):
         ctx.metrics.rate_limited.inc()
         retry_s = max(1, -(-outcome.retry_after_ms // 1000))
-        raise ApiError(429, "rate_limited", f"client {order.client_id!r} is over its rate limit",
-                       headers={"Retry-After": str(retry_s)}, reason="rate_limited")
+        over = "this API key is" if outcome.by_key else f"client {order.client_id!r} is"
+        raise ApiError(429, "rate_limited", f"{over} over its rate limit",
+                       headers=_with_rate_limit(ctx, outcome, {"Retry-After": str(retry_s)}),
+                       reason="key_rate_limited" if outcome.by_key else "rate_limited")
     assert isinstance(outcome, Overloaded)
-    raise unavailable(f"the {symbol} matcher is behind, retry shortly", reason="overloaded")
+    raise ApiError(503, "unavailable", f"the {symbol} matcher is behind, retry shortly",
+                   headers=_with_rate_limit(ctx, outcome, {"Retry-After": "1"}), reason="overloaded")

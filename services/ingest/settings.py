@@ -30,6 +30,8 @@ class IngestSettings:
     auth_mode: AuthMode = "on"
     rate_limit_per_sec: int = 1000
     rate_limit_burst: int = 1000
+    api_key_rate_limit_per_sec: int = 10_000  # per API key and instrument (Redis Cluster: one slot per call)
+    api_key_rate_limit_burst: int = 10_000
     max_matcher_lag: int = 50_000
     lag_poll_interval_s: float = 0.2
     idempotency_ttl_s: int = 86_400
@@ -52,6 +54,8 @@ class IngestSettings:
             auth_mode=auth_mode_from_env(),
             rate_limit_per_sec=env_int("RATE_LIMIT_PER_SEC", 1000, minimum=0),
             rate_limit_burst=env_int("RATE_LIMIT_BURST", 1000, minimum=1),
+            api_key_rate_limit_per_sec=env_int("API_KEY_RATE_LIMIT_PER_SEC", 10_000, minimum=0),
+            api_key_rate_limit_burst=env_int("API_KEY_RATE_LIMIT_BURST", 10_000, minimum=1),
             max_matcher_lag=env_int("MAX_MATCHER_LAG", 50_000, minimum=0),
             lag_poll_interval_s=env_float("LAG_POLL_INTERVAL_S", 0.2),
             idempotency_ttl_s=env_int("IDEMPOTENCY_TTL_S", 86_400, minimum=1),

@@ -18,5 +18,6 @@ def test_client_chosen_parts_are_length_prefixed_so_no_two_clients_share_a_key()
 def test_every_key_built_from_client_strings_is_in_the_instruments_slot() -> None:
     keys = instrument_keys("t:", "BTC-USD")
     slot = key_slot(keys.orders.encode())
-    for key in (keys.idempotency("x:{y}", "k:}"), keys.client_order_id("{a}", "b"), keys.rate_bucket("{c}:d")):
+    for key in (keys.idempotency("x:{y}", "k:}"), keys.client_order_id("{a}", "b"), keys.rate_bucket("{c}:d"),
+                keys.key_rate_bucket("0123abcd")):
         assert key_slot(key.encode()) == slot, key

@@ -225,8 +225,8 @@ async def test_accept_lua_writes_a_new_order_command_and_the_record(redis: Redis
     keys = _keys(key_prefix)
     record = msgspec.structs.replace(RECORD, status="accepted", filled_lots=0, arrival_seq=0)
     script_keys = astuple(AcceptKeys(keys.orders, keys.order_state, keys.rate_bucket("c"), keys.idempotency("c", ""),
-                                     keys.client_order_id("c", "")))
-    argv = AcceptArgv(rate=0, burst=0, overloaded="0", fingerprint="", answer=b"", ttl_s=60,
+                                     keys.client_order_id("c", ""), keys.key_rate_bucket("k")))
+    argv = AcceptArgv(rate=0, burst=0, key_rate=0, key_burst=0, overloaded="0", fingerprint="", answer=b"", ttl_s=60,
                       order_id=record.order_id, record=encode_record(record), has_idempotency_key="0",
                       has_client_order_id="0")
     reply = await ACCEPT_SCRIPT(redis, script_keys, (*astuple(argv), *_command_fields(record)))

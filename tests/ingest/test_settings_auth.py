@@ -35,10 +35,10 @@ def test_from_env_reads_every_variable(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_the_demo_keys_and_bearer_parsing() -> None:
     table = load_key_table(DEMO_KEYS)
-    assert table.authenticate("Bearer demo-key-A") == Principal("trader", "client-A")
-    assert table.authenticate("bearer  demo-key-B ") == Principal("trader", "client-B")
-    assert table.authenticate("Bearer demo-broker") == Principal("broker")
-    assert table.authenticate("Bearer demo-admin") == Principal("admin")
+    assert table.authenticate("Bearer demo-key-A") == Principal("trader", "client-A", _key_id(b"demo-key-A"))
+    assert table.authenticate("bearer  demo-key-B ") == Principal("trader", "client-B", _key_id(b"demo-key-B"))
+    assert table.authenticate("Bearer demo-broker") == Principal("broker", key_id=_key_id(b"demo-broker"))
+    assert table.authenticate("Bearer demo-admin") == Principal("admin", key_id=_key_id(b"demo-admin"))
     for header in (None, "", "Bearer", "Basic demo-admin", "demo-admin", "Bearer demo-admin2", "Bearer \udcff"):
         assert table.authenticate(header) is None
     assert Principal("broker").may_act_for("anyone") and not Principal("trader", "a").may_act_for("b")
@@ -60,4 +60,9 @@ def test_malformed_key_files_are_refused(tmp_path: Path, entry: str, problem: st
 def test_keys_are_stored_as_sha256(tmp_path: Path) -> None:
     path = tmp_path / "keys.toml"
     path.write_text(f'[[key]]\nsha256 = "{hashlib.sha256(b"s3cret").hexdigest()}"\nrole = "admin"\n')
-    assert load_key_table(path).authenticate("Bearer s3cret") == Principal("admin")
+    assert load_key_table(path).authenticate("Bearer s3cret") == Principal("admin", key_id=_key_id(b"s3cret"))
+
+
+def _key_id(key: bytes) -> str:
+    """A key's id: the head of its SHA-256, never the key itself."""
+    return hashlib.sha256(key).hexdigest()[:16]
