@@ -24,9 +24,19 @@ _TYPES: list[Any] = [OrderRequest, OrderView, CancelRequested, ErrorBody, BookSn
 _REF = "#/components/schemas/{name}"
 _ORDER_ERRORS = {"400": "not JSON, or not an object", "401": "no or bad API key", "403": "acting for another client",
                  "413": "body over the size limit", "422": "a field invalid, missing or unknown (`validation_error`)",
-                 "429": "over the client's rate limit (Retry-After)",
+                 "429": "over the client's or the API key's rate limit (Retry-After)",
                  "503": "Redis unreachable or the matcher too far behind (Retry-After)"}
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
+# The client's token bucket (IETF draft names), on every order answer that reached it; absent while it is off.
+_RATE_HEADERS = {
+    "RateLimit-Limit": {"description": "the bucket's size (RATE_LIMIT_BURST)",
+                        "schema": {"type": "integer", "minimum": 1}},
+    "RateLimit-Remaining": {"description": "whole tokens left after this answer",
+                            "schema": {"type": "integer", "minimum": 0}},
+    "RateLimit-Reset": {"description": "seconds until the bucket is full again",
+                        "schema": {"type": "integer", "minimum": 0}},
+}
+_RETRY_AFTER = {"description": "seconds to wait", "schema": {"type": "integer", "minimum": 1}}
 
 
 def _ref(name: str) -> dict[str, Any]:
@@ -52,16 +62,22 @@ def build_openapi() -> dict[str, Any]:
     trades, candles = schemas[5], schemas[7]
     order_id = _param("order_id", "path", "the engine's order id")
     instrument_q = _param("instrument", "query", "instrument symbol, e.g. BTC-USD")
+    order_answers: dict[str, Any] = {
+        "201": _json(_ref("OrderView"), "accepted: on the instrument's orders stream"),
+        "200": _json(_ref("OrderView"), "idempotent replay of the first answer"),
+        "409": _json(_ref("ErrorBody"), "`idempotency_conflict`: same key, different body; "
+                                        "`duplicate_client_order_id`: client_order_id used"),
+        **_errors(_ORDER_ERRORS)}
+    for status in ("201", "200", "409", "429", "503"):
+        order_answers[status]["headers"] = dict(_RATE_HEADERS)
+    order_answers["429"]["headers"]["Retry-After"] = _RETRY_AFTER
+    order_answers["503"]["headers"]["Retry-After"] = _RETRY_AFTER
     paths: dict[str, Any] = {
         "/orders": {"post": {
             "summary": "Place an order", "security": BEARER,
             "parameters": [_param("Idempotency-Key", "header", "alternative to the body's idempotency_key")],
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("OrderRequest")}}},
-            "responses": {"201": _json(_ref("OrderView"), "accepted: on the instrument's orders stream"),
-                          "200": _json(_ref("OrderView"), "idempotent replay of the first answer"),
-                          "409": _json(_ref("ErrorBody"), "`idempotency_conflict`: same key, different body; "
-                                                           "`duplicate_client_order_id`: client_order_id used"),
-                          **_errors(_ORDER_ERRORS)}}},
+            "responses": order_answers}},
         "/orders/{order_id}": {
             "get": {"summary": "An order's state", "security": BEARER, "parameters": [order_id],
                     "responses": {"200": _json(_ref("OrderView"), "the order"),

@@ -37,3 +37,13 @@ async def test_openapi_covers_every_route(engine: Engine) -> None:
     order = components["OrderRequest"]
     assert set(order["required"]) == {"client_id", "instrument", "side", "type", "quantity"}
     assert json.dumps(order).count("decimal") >= 2  # price and quantity are decimal strings or numbers
+
+
+async def test_post_orders_answers_declare_the_rate_limit_headers(engine: Engine) -> None:
+    responses = (await engine.client.get("/openapi.json")).json()["paths"]["/orders"]["post"]["responses"]
+    rate = {"RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"}
+    for status in ("201", "200", "409"):
+        assert set(responses[status]["headers"]) == rate, status
+    for status in ("429", "503"):
+        assert set(responses[status]["headers"]) == rate | {"Retry-After"}, status
+    assert "headers" not in responses["422"]
