@@ -68,6 +68,7 @@ class Hub:
         self._books: dict[str, set[Feed]] = {}
         self._orders_all: dict[str, set[Client]] = {}  # broker and admin sessions
         self._orders_own: dict[str, dict[str, set[Client]]] = {}  # trader sessions by client_id
+        self._tails: dict[str, list[tuple[int, str]]] = {}  # deltas since a cached snapshot (snapshots.py)
 
     # Registration (sessions) --------------------------------------------------------------------
 
@@ -107,13 +108,23 @@ class Hub:
             if not by_client:
                 self._orders_own.pop(instrument, None)
 
+    def add_tail(self, instrument: str) -> list[tuple[int, str]]:
+        """From now on, also collect the instrument's deltas in the returned list (until remove_tail)."""
+        tail: list[tuple[int, str]] = []
+        self._tails[instrument] = tail
+        return tail
+
+    def remove_tail(self, instrument: str, tail: list[tuple[int, str]]) -> None:
+        if self._tails.get(instrument) is tail:
+            del self._tails[instrument]
+
     # Publishing (reader) ------------------------------------------------------------------------
 
     def wants_trades(self, instrument: str) -> bool:
         return instrument in self._trades
 
     def wants_book(self, instrument: str) -> bool:
-        return instrument in self._books
+        return instrument in self._books or instrument in self._tails
 
     def wants_orders(self, instrument: str, client_id: str) -> bool:
         return instrument in self._orders_all or client_id in self._orders_own.get(instrument, {})
@@ -123,6 +134,9 @@ class Hub:
             feed.offer(seq, payload)
 
     def publish_delta(self, instrument: str, seq: int, payload: str) -> None:
+        tail = self._tails.get(instrument)
+        if tail is not None:
+            tail.append((seq, payload))
         for feed in self._books.get(instrument, ()):
             feed.offer(seq, payload)
 

@@ -15,7 +15,12 @@ class BroadcasterMetrics:
         self.frames_sent = Counter("websocket_frames_sent", "WebSocket frames sent to clients", registry=r)
         self.dropped = Counter("websocket_clients_dropped", "Clients the broadcaster disconnected", ["reason"],
                                registry=r)
-        self.dropped.labels("slow")  # shown as 0 before the first drop, so dashboards and alerts see it
+        for reason in ("slow", "stalled", "message_rate"):
+            self.dropped.labels(reason)  # shown as 0 before the first drop, so dashboards and alerts see it
+        self.refused = Counter("websocket_connections_refused", "Handshakes refused with 503 (connection cap)",
+                               registry=r)
+        self.snapshot_reads = Counter("broadcaster_snapshot_reads", "Order book snapshots read from Redis",
+                                      registry=r)
         self.events_read = Counter("broadcaster_events_read", "Stream entries read", ["stream"], registry=r)
         self.read_errors = Counter("broadcaster_read_errors", "Failed stream reads (Redis unreachable)",
                                    registry=r)

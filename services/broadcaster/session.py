@@ -12,9 +12,11 @@ import contextlib
 import itertools
 import logging
 import time
+from collections import deque
 
 import msgspec
 from redis.exceptions import RedisError
+from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from services.broadcaster.catchup import read_snapshot, replay_trades
@@ -43,7 +45,9 @@ from services.common.auth import Principal
 
 logger = logging.getLogger(__name__)
 
+CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_REASONS = {"slow": "client too slow", "stalled": "client stopped reading"}
 SERVER_SEND = "broadcaster.server_send"  # scope key: the ASGI server's send (see app.KeepServerSend)
 _connection_ids = itertools.count(1)
 FeedKey = tuple[str, str]  # (channel, instrument)
@@ -67,10 +71,27 @@ class Session:
         self.orders: set[str] = set()  # instruments of the orders channel
         self._resyncs: dict[Feed, asyncio.Task[None]] = {}
         self._close_code: int | None = None
+        self._rate_limited = False
+        # Arrival times of the last max_messages_per_sec client messages: a sliding one-second window,
+        # so no second ever holds more (a token bucket would let twice as many through across a refill).
+        self._recent: deque[float] = deque(maxlen=ctx.settings.max_messages_per_sec)
 
     # Lifetime -----------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        if not self.ctx.admit():
+            # Refused before accept: no session, no tasks; the client sees an HTTP 503.
+            await self.ws.send_denial_response(JSONResponse(
+                {"error": "too_many_connections",
+                 "message": f"the broadcaster has its limit of {self.settings.max_connections} connections"},
+                status_code=503, headers={"Retry-After": "1"}))
+            return
+        try:
+            await self._run()
+        finally:
+            self.ctx.release()
+
+    async def _run(self) -> None:
         await self.ws.accept()
         started = time.monotonic()
         peer = f"{self.ws.client.host}:{self.ws.client.port}" if self.ws.client else "?"
@@ -78,10 +99,15 @@ class Session:
         logger.info("client connected", extra={"conn": self.conn_id, "peer": peer})
         self._authenticate_header()
         sender = self.client.start()
+        self.ctx.clients.add(self.client)
         receiver = asyncio.create_task(self._receive_loop(), name="ws-receiver")
         try:
             await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            if self._rate_limited:
+                # The error goes out first; a client that does not read it meets the stall rule.
+                await asyncio.wait({sender})
         finally:
+            self.ctx.clients.discard(self.client)
             tasks = [receiver, sender, *self._resyncs.values()]
             self._unsubscribe_all()
             for task in tasks:
@@ -89,6 +115,8 @@ class Session:
             await asyncio.gather(*tasks, return_exceptions=True)
             if self.client.drop_reason is not None:
                 await self._close_dropped()
+            elif self._rate_limited:
+                await self._close(CLOSE_POLICY_VIOLATION, "message rate limit")
             self.ctx.metrics.clients.dec()
             logger.info("client disconnected", extra={
                 "conn": self.conn_id, "peer": peer, "code": self._close_code, "dropped": self.client.drop_reason,
@@ -97,14 +125,16 @@ class Session:
     async def _close_dropped(self) -> None:
         reason = self.client.drop_reason or "slow"
         self.ctx.metrics.dropped.labels(reason).inc()
-        self._close_code = CLOSE_TRY_AGAIN_LATER
         logger.warning("client dropped", extra={"conn": self.conn_id, "reason": reason,
-                                                "queue_bound": self.client.bound})
+                                                "queue_bound": self.client.bound, "stall_s": self.settings.stall_s})
+        await self._close(CLOSE_TRY_AGAIN_LATER, CLOSE_REASONS.get(reason, reason))
+
+    async def _close(self, code: int, reason: str) -> None:
+        self._close_code = code
         try:
             # uvicorn writes the close frame once the socket drains: a client that catches up reads its
-            # backlog and then 1013; one that never reads gets its connection aborted.
-            await asyncio.wait_for(self.ws.close(CLOSE_TRY_AGAIN_LATER, "client too slow"),
-                                   self.settings.close_timeout_s)
+            # backlog and then the close; one that never reads gets its connection aborted.
+            await asyncio.wait_for(self.ws.close(code, reason), self.settings.close_timeout_s)
         except (TimeoutError, RuntimeError, OSError, WebSocketDisconnect):
             _abort_transport(self.ws)
 
@@ -114,6 +144,9 @@ class Session:
             if message["type"] == "websocket.disconnect":
                 self._close_code = message.get("code")
                 return
+            if not self._within_rate():
+                self._over_rate()
+                return
             text, data = message.get("text"), message.get("bytes")
             raw = text.encode() if text is not None else (data or b"")
             try:
@@ -121,6 +154,24 @@ class Session:
             except RequestError as exc:
                 self.ctx.metrics.client_errors.inc()
                 self._send(Error(message=str(exc)))
+
+    def _within_rate(self) -> bool:
+        recent, now = self._recent, time.monotonic()
+        if len(recent) == recent.maxlen and now - recent[0] < 1.0:
+            return False
+        recent.append(now)
+        return True
+
+    def _over_rate(self) -> None:
+        """An `error`, then close 1008 once it is sent; nothing else is sent or read meanwhile."""
+        self._rate_limited = True
+        self.ctx.metrics.dropped.labels("message_rate").inc()
+        self._unsubscribe_all()
+        logger.warning("client over the message rate", extra={
+            "conn": self.conn_id, "limit": self.settings.max_messages_per_sec})
+        self._send(Error(message=f"more than {self.settings.max_messages_per_sec} messages per second: "
+                                 "closing the connection"))
+        self.client.finish()
 
     # Client messages ----------------------------------------------------------------------------
 
@@ -219,19 +270,26 @@ class Session:
             self._send(Error(message=f"trades {since_seq + 1}..{replay.truncated_before - 1} of {instrument} "
                                      f"are not replayed (at most {self.settings.max_replay}, or trimmed from "
                                      f"the stream): GET /trades has them"))
-        for trade in replay.trades:
-            self.client.push(encode(trade))
+        # Whole, whatever the queue bound: the client asked for it (at most max_replay per instrument).
+        self.client.push_replay([encode(trade) for trade in replay.trades])
         feed.resume(replay.top_seq)
 
     async def _start_book(self, instrument: str) -> None:
+        try:
+            cached = await self.ctx.snapshots.get(instrument)
+        except (RedisError, OSError) as exc:
+            raise RequestError(f"cannot read the order book of {instrument}: {exc}") from None
+        # From here to add_feed nothing awaits: the deltas after the snapshot, then the live ones, no gap.
         feed = Feed(self.client, "orderbook_deltas", instrument, on_gap=self._on_gap)
         self.feeds["orderbook_deltas", instrument] = feed
-        # Register and hold deltas before reading the snapshot: none can fall between the two.
-        feed.hold()
+        self.client.push(cached.payload)
+        feed.last_seq = cached.seq
+        for seq, payload in cached.deltas:
+            feed.offer(seq, payload)
         self.ctx.hub.add_feed(feed)
-        await self._snapshot(feed)
 
     async def _snapshot(self, feed: Feed) -> None:
+        """A fresh snapshot for a feed that missed a delta (rare, not client-driven: no cache)."""
         instrument = feed.instrument
         try:
             snapshot = await read_snapshot(self.ctx.redis, self.ctx.instruments[instrument],

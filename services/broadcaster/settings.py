@@ -38,6 +38,17 @@ class BroadcasterSettings:
     max_subscriptions: int = 100  # (channel, instrument) pairs per connection
     max_message_bytes: int = 4096  # a client message above this gets an `error`
     max_replay: int = 10_000  # trades replayed for one since_seq, per instrument
+    # Abuse limits (CONTRACT.md, "Limits and abuse"). 50 messages/s is far above what a client needs
+    # (a few subscribes, pings every few seconds) and caps what one socket can make the server parse.
+    max_messages_per_sec: int = 50
+    # Connections at once; beyond, the handshake gets 503. Each costs a session, two tasks and buffers.
+    max_connections: int = 10_000
+    # A client with something to send that has not taken a frame for this long is closed with 1013,
+    # however short its queue: a stopped reader otherwise holds its queue and kernel buffers forever.
+    stall_s: float = 5.0
+    # A subscribe reuses the instrument's last snapshot (plus the deltas since) for this long, so
+    # subscribe loops walk the book in Redis at most once per instrument per period.
+    snapshot_cache_ms: int = 1000
     snapshot_levels: int = 1_000_000  # levels per side read for a snapshot: the whole book
     send_buffer_bytes: int = 0  # kernel send buffer per connection; 0 leaves it to autotuning
     ping_interval_s: float = 20.0
@@ -52,6 +63,8 @@ class BroadcasterSettings:
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
+        if not self.stall_s > 0:
+            raise SettingsError(f"BROADCASTER_STALL_S={self.stall_s} must be above 0")
         if self.queue_bound < 2 * self.read_count:
             raise SettingsError(f"BROADCASTER_QUEUE_BOUND={self.queue_bound} must be at least twice "
                                 f"BROADCASTER_READ_COUNT={self.read_count}: one read may queue that many at once")
@@ -77,6 +90,10 @@ class BroadcasterSettings:
             max_subscriptions=env_int("BROADCASTER_MAX_SUBSCRIPTIONS", 100, minimum=1),
             max_message_bytes=env_int("BROADCASTER_MAX_MESSAGE_BYTES", 4096, minimum=64),
             max_replay=env_int("BROADCASTER_MAX_REPLAY", 10_000, minimum=1),
+            max_messages_per_sec=env_int("BROADCASTER_MAX_MESSAGES_PER_SEC", 50, minimum=1),
+            max_connections=env_int("BROADCASTER_MAX_CONNECTIONS", 10_000, minimum=1),
+            stall_s=env_float("BROADCASTER_STALL_S", 5.0),
+            snapshot_cache_ms=env_int("BROADCASTER_SNAPSHOT_CACHE_MS", 1000, minimum=0),
             snapshot_levels=env_int("BROADCASTER_SNAPSHOT_LEVELS", 1_000_000, minimum=1),
             send_buffer_bytes=env_int("BROADCASTER_SEND_BUFFER_BYTES", 0, minimum=0),
             ping_interval_s=env_float("BROADCASTER_PING_INTERVAL_S", 20.0),

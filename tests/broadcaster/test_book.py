@@ -22,10 +22,12 @@ class BookClient:
         self.sides: Book = {"buy": {}, "sell": {}}
         self.seq = -1
         self.snapshots = 0
+        self.snapshot_bids: list[str] = []  # prices of the last snapshot's bids, in its order
 
     def apply(self, message: Message) -> None:
         if message["type"] == "orderbook_snapshot":
             self.snapshots += 1
+            self.snapshot_bids = [price for price, _ in message["bids"]]
             self.sides = {"buy": dict(map(tuple, message["bids"])), "sell": dict(map(tuple, message["asks"]))}
             self.seq = message["seq"]
         else:
@@ -105,8 +107,9 @@ async def test_snapshot_and_deltas_rebuild_the_book_through_a_burst(
         assert client.sides["buy"] == {level.price: level.quantity for level in expected.bids}
         assert client.sides["sell"] == {level.price: level.quantity for level in expected.asks}
     # Snapshot order: best first.
-    late_snapshot_prices = list(late.sides["buy"])
-    assert late_snapshot_prices == sorted(late_snapshot_prices, key=float, reverse=True)
+    for client in (early, middle, late):
+        assert client.snapshot_bids
+        assert client.snapshot_bids == sorted(client.snapshot_bids, key=float, reverse=True)
 
 
 async def test_empty_book_snapshot(open_stream: StreamFactory, btc: Harness) -> None:
