@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING
 
 from services.broadcaster.metrics import BroadcasterMetrics
+
+if TYPE_CHECKING:
+    from services.broadcaster.stall import Progress
 
 SendText = Callable[[str], Awaitable[None]]
 
@@ -32,7 +36,8 @@ class Client:
         self.drop_reason: str | None = None
         self.messages_sent = 0
         self.sending = False  # a frame handed to the socket has not been taken yet
-        # The stall watchdog's last look (see context.BroadcasterContext._watch_stalls).
+        # The stall watchdog's view of the connection and its last look (see stall.py).
+        self.progress: Progress | None = None
         self.stall_mark = -1
         self.stall_since = 0.0
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -16,6 +15,7 @@ from services.broadcaster.metrics import BroadcasterMetrics
 from services.broadcaster.reader import StreamReader
 from services.broadcaster.settings import BroadcasterSettings
 from services.broadcaster.snapshots import SnapshotCache
+from services.broadcaster.stall import watch_stalls
 
 # The key store belongs to the ingest service; the broadcaster only reads it.
 from services.common.auth import ADMIN, KeyTable, Principal, key_table_for
@@ -42,7 +42,7 @@ class BroadcasterContext:
         self.snapshots = SnapshotCache(self.redis, settings.instruments, self.keys, self.hub, self.metrics,
                                        settings.snapshot_levels, settings.snapshot_cache_ms / 1000)
         self.connections = 0  # sessions admitted, accepted or about to be (the connection cap counts them)
-        self.clients: set[Client] = set()  # clients with a running sender (the stall watchdog's)
+        self.clients: set[Client] = set()  # clients with a running sender (stall.py watches them)
         self._reader_task: asyncio.Task[None] | None = None
         self._watchdog_task: asyncio.Task[None] | None = None
 
@@ -56,23 +56,6 @@ class BroadcasterContext:
 
     def release(self) -> None:
         self.connections -= 1
-
-    async def _watch_stalls(self) -> None:
-        """Drop clients whose current frame has not been taken for stall_s (checked a few times per period).
-
-        Costs the send path nothing: the sender only flags a frame in flight; this loop compares counts.
-        """
-        stall_s = self.settings.stall_s
-        period = min(max(stall_s / 5, 0.02), 1.0)
-        while True:
-            await asyncio.sleep(period)
-            now = time.monotonic()
-            for client in list(self.clients):
-                if not client.sending or client.messages_sent != client.stall_mark:
-                    client.stall_mark = client.messages_sent if client.sending else -1
-                    client.stall_since = now
-                elif now - client.stall_since >= stall_s:
-                    client.drop("stalled")
 
     def authenticate(self, api_key: str) -> Principal | None:
         """The principal of an API key, None when unknown; everyone is admin under AUTH_MODE=off."""
@@ -94,7 +77,8 @@ class BroadcasterContext:
             # Not fatal: the reader retries, and /readyz says so until Redis answers.
             logger.warning("Redis unreachable at start (%s): %r", mask_url(self.settings.redis_url), exc)
         self._reader_task = asyncio.create_task(self.reader.run(), name="broadcaster-reader")
-        self._watchdog_task = asyncio.create_task(self._watch_stalls(), name="broadcaster-stall-watchdog")
+        self._watchdog_task = asyncio.create_task(watch_stalls(self.clients, self.settings.stall_s),
+                                                  name="broadcaster-stall-watchdog")
 
     async def stop(self) -> None:
         self.snapshots.close()

@@ -13,6 +13,7 @@ import itertools
 import logging
 import time
 from collections import deque
+from typing import Any
 
 import msgspec
 from redis.exceptions import RedisError
@@ -41,6 +42,7 @@ from services.broadcaster.protocol import (
     Unsubscribed,
     encode,
 )
+from services.broadcaster.stall import Progress
 from services.common.auth import Principal
 
 logger = logging.getLogger(__name__)
@@ -98,6 +100,7 @@ class Session:
         self.ctx.metrics.clients.inc()
         logger.info("client connected", extra={"conn": self.conn_id, "peer": peer})
         self._authenticate_header()
+        self.client.progress = Progress(_transport(self.ws))
         sender = self.client.start()
         self.ctx.clients.add(self.client)
         receiver = asyncio.create_task(self._receive_loop(), name="ws-receiver")
@@ -349,14 +352,19 @@ class Session:
         self.client.push(encode(message))
 
 
+def _transport(websocket: WebSocket) -> Any:
+    """uvicorn's transport of this connection, reached through its bound send method (ASGI offers none)."""
+    protocol = getattr(websocket.scope.get(SERVER_SEND), "__self__", None)
+    return getattr(protocol, "transport", None)
+
+
 def _abort_transport(websocket: WebSocket) -> None:
     """Best effort: reset the TCP connection of a peer that stopped reading.
 
     uvicorn's transport.close() waits for the send buffer to drain, which a peer that never reads
-    never lets happen; ASGI offers no abort, so reach uvicorn's protocol through its bound send method.
+    never lets happen; ASGI offers no abort.
     """
-    protocol = getattr(websocket.scope.get(SERVER_SEND), "__self__", None)
-    transport = getattr(protocol, "transport", None)
+    transport = _transport(websocket)
     with contextlib.suppress(Exception):
         if transport is not None:
             transport.abort()

@@ -85,12 +85,20 @@ async def test_over_the_connection_cap_the_handshake_gets_503(
     await third.expect("pong")
 
 
+@pytest.mark.parametrize("buffers", ["default", "tiny"])
 async def test_a_stalled_client_under_the_queue_bound_is_closed_with_1013(
-        make_broadcaster: BroadcasterFactory, open_stream: StreamFactory, btc: Harness) -> None:
+        buffers: str, make_broadcaster: BroadcasterFactory, open_stream: StreamFactory, btc: Harness) -> None:
     # The queue bound (10,000) is far above the burst: only the stall rule can close this client.
-    broadcaster = await make_broadcaster(stall_s=0.5, send_buffer_bytes=16384)
-    stalled = await open_stream(broadcaster, sock=tiny_receive_buffer(broadcaster), max_queue=1)
+    # "default": the burst fits in the kernel buffers of both ends, so nothing even waits in the
+    # broadcaster's queue (the case that stayed open forever); "tiny": the sender itself is blocked.
+    if buffers == "default":
+        broadcaster = await make_broadcaster(stall_s=0.5)
+        stalled = await open_stream(broadcaster)
+    else:
+        broadcaster = await make_broadcaster(stall_s=0.5, send_buffer_bytes=16384)
+        stalled = await open_stream(broadcaster, sock=tiny_receive_buffer(broadcaster), max_queue=1)
     await stalled.subscribe(["trades"], ["BTC-USD"])
+    stalled.ws.transport.pause_reading()
     idle = await open_stream(broadcaster)  # subscribed to nothing that moves: never stalled
     await idle.subscribe(["trades"], ["ETH-USD"])
     reader = await open_stream(broadcaster)
@@ -103,17 +111,39 @@ async def test_a_stalled_client_under_the_queue_bound_is_closed_with_1013(
                      "the stalled client dropped")
     assert time.monotonic() - burst_done < 0.5 + 1.5
     assert metric(broadcaster, 'websocket_clients_dropped_total{reason="slow"}') == 0
+    # Reading again (within close_timeout_s), it gets what was on its way, then the 1013.
+    stalled.ws.transport.resume_reading()
     backlog = await read_until_closed(stalled)
     assert stalled.ws.close_code == 1013
     assert stalled.ws.close_reason == "client stopped reading"
     seqs = [m["seq"] for m in backlog]
-    assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) < 2000
+    assert seqs == list(range(1, len(seqs) + 1))
     # The idle client and the reader live on, long past stall_s.
     await asyncio.sleep(1.0)
     for stream in (idle, reader):
         await stream.send({"op": "ping"})
         await stream.expect("pong")
     assert metric(broadcaster, "websocket_clients ") == 2
+
+
+async def test_a_slow_reader_that_keeps_reading_is_not_stalled(
+        make_broadcaster: BroadcasterFactory, open_stream: StreamFactory, btc: Harness) -> None:
+    broadcaster = await make_broadcaster(stall_s=0.3, send_buffer_bytes=16384)
+    slow = await open_stream(broadcaster, sock=tiny_receive_buffer(broadcaster), max_queue=1)
+    await slow.subscribe(["trades"], ["BTC-USD"])
+    received: list[int] = []
+
+    async def read_slowly() -> None:
+        while len(received) < 1500:  # at least 1.5 s: five times stall_s, never a pause of stall_s
+            received.append((await slow.next())["seq"])
+            if len(received) % 100 == 0:
+                await asyncio.sleep(0.1)
+
+    reading = asyncio.create_task(read_slowly())
+    await make_trades(btc, 1500, per_call=100)
+    await asyncio.wait_for(reading, 20)
+    assert received == list(range(1, 1501))
+    assert metric(broadcaster, 'websocket_clients_dropped_total{reason="stalled"}') == 0
 
 
 async def test_a_full_replay_is_delivered_whole_beyond_the_queue_bound(
