@@ -21,7 +21,7 @@ measure() {  # measure <checkout> <port>
   (
     cd "$tree"
     export PYTHONPATH=$tree REDIS_KEY_PREFIX=$prefix INGEST_PORT=$port MATCHER_METRICS_PORT=$((port + 1))
-    export LOG_LEVEL=WARNING RATE_LIMIT_PER_SEC=0 DATABASE_URL=postgresql+asyncpg://postgres@127.0.0.1:5432/ab_absent
+    export LOG_LEVEL=WARNING RATE_LIMIT_PER_SEC=0 API_KEY_RATE_LIMIT_PER_SEC=0 DATABASE_URL=postgresql+asyncpg://postgres@127.0.0.1:5432/ab_absent
     "$ROOT/.venv/bin/python" -m services.matcher 2>/dev/null & m=$!
     "$ROOT/.venv/bin/python" -m services.ingest 2>/dev/null & i=$!
     for _ in $(seq 1 100); do curl -sf "localhost:$port/readyz" >/dev/null && break; sleep 0.1; done

@@ -15,7 +15,7 @@
 #   BENCH_SERVERS=own         own: the engine's own Redis (AOF, appendfsync always) and PostgreSQL, as `make run`
 #                             ships it, with their data in the results directory (removed afterwards);
 #                             shared: REDIS_URL / DATABASE_URL (default the machine's 6379 / 5432), own prefix and database
-# The engine runs with LOG_LEVEL=WARNING and RATE_LIMIT_PER_SEC=0 (no per-client rate limit: a capacity test).
+# The engine runs with LOG_LEVEL=WARNING, RATE_LIMIT_PER_SEC=0 and API_KEY_RATE_LIMIT_PER_SEC=0 (no rate limits: a capacity test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -53,7 +53,7 @@ export INGEST_PORT=${PORTS[0]} BROADCASTER_PORT=${PORTS[1]} MATCHER_METRICS_PORT
 export PERSISTER_METRICS_PORT=${PORTS[3]}
 # run.sh's default: the process manager on Unix sockets under this run's ENGINE_RUN_DIR.
 unset CIRCUS_ENDPOINT CIRCUS_PUBSUB_ENDPOINT
-export LOG_LEVEL=WARNING RATE_LIMIT_PER_SEC=0
+export LOG_LEVEL=WARNING RATE_LIMIT_PER_SEC=0 API_KEY_RATE_LIMIT_PER_SEC=0
 export INGEST_URL="http://127.0.0.1:$INGEST_PORT" BROADCASTER_URL="ws://127.0.0.1:$BROADCASTER_PORT/stream"
 CIRCUSCTL=("$ROOT/.venv/bin/circusctl" --endpoint "ipc://$ENGINE_RUN_DIR/control/circus.sock" --timeout 15)
 
@@ -198,7 +198,7 @@ cat >"$RESULTS/config.json" <<EOF
  "notes": [
   "engine: \`scripts/run.sh background\` (circus, deploy/circus.ini) as \`make start\` runs it: 1 ingest process (uvicorn, uvloop, httptools), 1 matcher, $(echo "${PERSISTER_WORKERS:-1}") persister worker(s), 1 broadcaster",
   "isolation: $([[ $SERVERS == own ]] && echo "the engine's own Redis ($(.venv/bin/python -c 'from services.runtime.binaries import redis_version; print(redis_version())'), appendonly yes, appendfsync ${ENGINE_REDIS_APPENDFSYNC:-always}) and PostgreSQL $(.venv/bin/python -c 'from services.runtime.binaries import postgres_version; print(postgres_version())') as make run ships them, data in the results directory, removed afterwards" || echo "REDIS_KEY_PREFIX=$REDIS_KEY_PREFIX on the machine's shared Redis and its own database on the shared PostgreSQL, deleted/dropped afterwards"); its own ports and circus endpoints",
-  "LOG_LEVEL=WARNING; RATE_LIMIT_PER_SEC=0: the per-client rate limit is off for these capacity runs (with it on, each client id may send 1,000/s)",
+  "LOG_LEVEL=WARNING; RATE_LIMIT_PER_SEC=0 and API_KEY_RATE_LIMIT_PER_SEC=0: the per-client and per-key rate limits are off for these capacity runs (with them on, each client id may send 1,000/s and each key 10,000/s)",
   "load: k6 $("$K6" version 2>/dev/null | cut -d' ' -f2) on the same machine, \`load-test/rate.js\` (constant arrival rate) with key demo-broker, 100 client ids, limit orders around 50,000.00 (30% marketable, 2% market orders), a unique idempotency key per order; every other setting at its default",
   "probe: \`scripts/probe_latency.py\`, crossing pairs (a sell resting above the book, then a buy at the same price) at 50 pairs/s during the 2,000/s run and 20 pairs/s during the higher rates"
  ]}
