@@ -76,5 +76,8 @@ def invalid(details: Sequence[ErrorDetail]) -> ApiError:
                     reason="validation")
 
 
-def unavailable(message: str, retry_after_s: int = 1, reason: str = "unavailable") -> ApiError:
-    return ApiError(503, "unavailable", message, headers={"Retry-After": str(retry_after_s)}, reason=reason)
+def unavailable(message: str, retry_after_s: int = 1, reason: str = "unavailable",
+                headers: dict[str, str] | None = None) -> ApiError:
+    """503 with Retry-After (plus `headers`)."""
+    return ApiError(503, "unavailable", message, headers={**(headers or {}), "Retry-After": str(retry_after_s)},
+                    reason=reason)

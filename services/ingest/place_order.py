@@ -26,7 +26,7 @@ from services.ingest.accept import (
     accepted_record,
 )
 from services.ingest.context import IngestContext
-from services.ingest.errors import ApiError, ErrorDetail, forbidden, raw_json_response
+from services.ingest.errors import ApiError, ErrorDetail, forbidden, raw_json_response, unavailable
 from services.ingest.handling import redis_unavailable
 from services.ingest.validation import (
     IDEMPOTENCY_HEADER,
@@ -138,5 +138,5 @@ async def _enqueue(ctx: IngestContext, order: ValidOrder, principal: Principal) 
                        headers=_with_rate_limit(ctx, outcome, {"Retry-After": str(retry_s)}),
                        reason="key_rate_limited" if outcome.by_key else "rate_limited")
     assert isinstance(outcome, Overloaded)
-    raise ApiError(503, "unavailable", f"the {symbol} matcher is behind, retry shortly",
-                   headers=_with_rate_limit(ctx, outcome, {"Retry-After": "1"}), reason="overloaded")
+    raise unavailable(f"the {symbol} matcher is behind, retry shortly", reason="overloaded",
+                      headers=_with_rate_limit(ctx, outcome, {}))

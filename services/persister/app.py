@@ -12,36 +12,20 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.db import make_engine
 from services.common.instruments import Instruments, load_instruments
-from services.common.keys import InstrumentKeys, instrument_keys, keys_by_symbol
+from services.common.keys import InstrumentKeys, keys_by_symbol
 from services.common.ops_http import ops_server
 from services.common.redis_conn import connect
 from services.common.snapshots import take_snapshot
 from services.persister.consumer import Persister
 from services.persister.metrics import HealthState, PersisterMetrics
 from services.persister.periodic import every_instrument
-from services.persister.records import StreamRef
+from services.persister.records import stream_refs
 from services.persister.retention import RetentionPolicy, retention_job
 from services.persister.settings import PersisterSettings
 from services.persister.streams import GroupStreams
 from services.persister.writer import Writer
 
 logger = logging.getLogger(__name__)
-
-
-def deadletter_key(prefix: str, symbol: str) -> str:
-    """The dead-letter stream of an instrument (same hash tag: dead-lettering is one MULTI)."""
-    return f"{prefix}deadletter:{{{symbol}}}"
-
-
-def stream_refs(prefix: str, instruments: Instruments) -> list[StreamRef]:
-    """The trades and events streams of every configured instrument."""
-    refs: list[StreamRef] = []
-    for symbol, instrument in instruments.items():
-        keys = instrument_keys(prefix, symbol)
-        dead = deadletter_key(prefix, symbol)
-        refs.append(StreamRef(keys.trades, "trades", instrument, dead))
-        refs.append(StreamRef(keys.events, "events", instrument, dead))
-    return refs
 
 
 def snapshot_job(redis: Redis, engine: AsyncEngine, instruments: Instruments

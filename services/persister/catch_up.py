@@ -20,8 +20,7 @@ from services.common.instruments import Instrument, Instruments
 from services.common.keys import PERSISTER_GROUP
 from services.common.stream_ids import ZERO, format_stream_id
 from services.common.wire import fields_to_dict, text
-from services.persister.app import stream_refs
-from services.persister.records import Decoded, Entry, MalformedEntry, WriteSet, decode
+from services.persister.records import Decoded, Entry, MalformedEntry, WriteSet, decode, stream_refs
 from services.persister.writer import EntryRejected, Writer
 
 PAGE = 500

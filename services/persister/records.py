@@ -10,7 +10,8 @@ from typing import Literal
 
 import msgspec
 
-from services.common.instruments import Instrument
+from services.common.instruments import Instrument, Instruments
+from services.common.keys import instrument_keys
 from services.common.money import EXACT, parse_decimal
 from services.common.stream_ids import is_stream_id
 from services.common.wire import EventEntry, TradeEntry
@@ -35,6 +36,22 @@ class StreamRef:
     kind: StreamKind
     instrument: Instrument
     deadletter: str
+
+
+def deadletter_key(prefix: str, symbol: str) -> str:
+    """The dead-letter stream of an instrument (same hash tag: dead-lettering is one MULTI)."""
+    return f"{prefix}deadletter:{{{symbol}}}"
+
+
+def stream_refs(prefix: str, instruments: Instruments) -> list[StreamRef]:
+    """The trades and events streams of every configured instrument."""
+    refs: list[StreamRef] = []
+    for symbol, instrument in instruments.items():
+        keys = instrument_keys(prefix, symbol)
+        dead = deadletter_key(prefix, symbol)
+        refs.append(StreamRef(keys.trades, "trades", instrument, dead))
+        refs.append(StreamRef(keys.events, "events", instrument, dead))
+    return refs
 
 
 @dataclass(frozen=True, slots=True)

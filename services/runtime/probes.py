@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import asyncpg
 import redis
@@ -47,11 +48,11 @@ def postgres_answers(url: str) -> bool:
     return asyncio.run(postgres_answers_async(url))
 
 
-def wait_until(answers: object, url: str, timeout_s: float) -> bool:
+def wait_until(answers: Callable[[str], bool], url: str, timeout_s: float) -> bool:
     """Poll `answers(url)` until it is true or `timeout_s` passes."""
     deadline = time.monotonic() + timeout_s
     while True:
-        if answers(url):  # type: ignore[operator]
+        if answers(url):
             return True
         if time.monotonic() >= deadline:
             return False

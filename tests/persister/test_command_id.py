@@ -8,8 +8,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.instruments import Instruments
-from services.persister.app import stream_refs
-from services.persister.records import Entry, MalformedEntry, decode
+from services.persister.records import Entry, MalformedEntry, decode, stream_refs
 from tests.conftest import TWO_INSTRUMENTS
 from tests.matcher.harness import Harness
 from tests.persister.runner import workers

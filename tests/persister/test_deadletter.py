@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.common.instruments import Instruments
 from services.common.keys import instrument_keys
 from services.common.wire import fields_to_dict
-from services.persister.app import deadletter_key
+from services.persister.records import deadletter_key
 from tests.conftest import TWO_INSTRUMENTS
 from tests.persister.runner import workers
 from tests.persister.workload import (

@@ -11,8 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from services.common.instruments import Instruments
 from services.common.keys import PERSISTER_GROUP, instrument_keys
 from services.common.wire import fields_to_dict
-from services.persister.app import stream_refs
-from services.persister.records import Entry, WriteSet, decode
+from services.persister.records import Entry, WriteSet, decode, stream_refs
 from services.persister.writer import Writer
 from tests.conftest import TWO_INSTRUMENTS
 from tests.persister.runner import workers
