@@ -107,14 +107,34 @@ DETACHED=("$ENGINE_PYTHON" -c 'import os, sys; os.setsid(); os.execv(sys.argv[1]
 if [[ $1 == foreground ]]; then
   "${DETACHED[@]}" "$ROOT/$VENV/bin/circusd" "$ENGINE_CIRCUS_INI" </dev/null &
 else
-  # circusd's output (with the services' own log lines) goes to the file.
+  # circusd's own lines go to the file; each service writes its own log under $ENGINE_LOG_DIR.
   nohup "${DETACHED[@]}" "$ROOT/$VENV/bin/circusd" "$ENGINE_CIRCUS_INI" >>"$RUN_DIR/engine.log" 2>&1 </dev/null &
 fi
 CIRCUSD=$!
 echo "$CIRCUSD" >"$RUN_DIR/circusd.pid"
+
+# Each service writes its JSON lines to $ENGINE_LOG_DIR/<service>.log itself (LOG_FILE, deploy/circus.ini), and
+# anything on its stdout/stderr before logging is set up (a traceback at import) to <service>.stderr.log.
+# In the foreground, tail shows them all in the terminal. Started in the background of this script, tail
+# ignores Ctrl-C's SIGINT: it keeps showing the services' last lines while they stop, then is ended here.
+TAIL=""
+show_logs() {
+  local files=() service
+  for service in "${SERVICES[@]}"; do files+=("$ENGINE_LOG_DIR/$service.log" "$ENGINE_LOG_DIR/$service.stderr.log"); done
+  touch "${files[@]}"
+  tail -q -n 0 -F "${files[@]}" &
+  TAIL=$!
+}
+stop_showing_logs() {
+  [[ -n $TAIL ]] || return 0
+  sleep 0.3  # the last lines written before the services exited
+  kill "$TAIL" 2>/dev/null || true
+  wait "$TAIL" 2>/dev/null || true
+  TAIL=""
+}
 interrupted() {
   trap - INT TERM HUP; echo "stopping the engine"; stop_engine; wait_gone "$CIRCUSD"; rm -f "$RUN_DIR/circusd.pid"
-  forget_sockets; exit 0
+  stop_showing_logs; forget_sockets; exit 0
 }
 trap interrupted INT TERM HUP
 
@@ -123,6 +143,7 @@ if [[ -n $ENGINE_DATA_WATCHERS ]]; then echo "data services: $ENGINE_DATA_WATCHE
 if ! "$ENGINE_PYTHON" -m services.runtime ready; then
   stop_engine; wait_gone "$CIRCUSD"; rm -f "$RUN_DIR/circusd.pid"; exit 1
 fi
+if [[ $1 == foreground ]]; then show_logs; fi
 for service in "${SERVICES[@]}"; do "${CIRCUSCTL[@]}" start "$service" >/dev/null; done
 
 echo "engine:"
@@ -137,10 +158,12 @@ echo "  process manager: circusctl --endpoint $CIRCUS_ENDPOINT status"
 
 if [[ $1 == background ]]; then
   trap - INT TERM HUP
-  echo "started in the background (pid $CIRCUSD); logs in $RUN_DIR/engine.log; \`make stop\` stops it"
+  echo "started in the background (pid $CIRCUSD); logs in $ENGINE_LOG_DIR/ (one per service; circus's own in" \
+    "$RUN_DIR/engine.log); \`make stop\` stops it"
   exit 0
 fi
 # Foreground: until circusd ends, or Ctrl-C (the trap) stops the engine.
 while kill -0 "$CIRCUSD" 2>/dev/null; do wait "$CIRCUSD" || true; done
 rm -f "$RUN_DIR/circusd.pid"
+stop_showing_logs
 forget_sockets

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import sys
 import time
+from pathlib import Path
 
 import msgspec
 
@@ -35,9 +37,19 @@ class JsonFormatter(logging.Formatter):
         return _ENCODER.encode(line).decode()
 
 
-def setup_logging(service: str, level: str = "INFO") -> None:
-    """Send JSON lines to stderr for the whole process."""
-    handler = logging.StreamHandler(sys.stderr)
+def setup_logging(service: str, level: str = "INFO", file: str | None = None) -> None:
+    """Send JSON lines to `file` (LOG_FILE) for the whole process, or to stderr without one.
+
+    The file is written by this process itself, not through a process manager's pipe, and reopened when
+    logrotate moves it (WatchedFileHandler). A line (up to 8 KiB) is one write(2) in append mode, so the
+    persister's workers share one file. OSError if it cannot be opened.
+    """
+    handler: logging.Handler
+    if file:
+        Path(file).parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.handlers.WatchedFileHandler(file, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -36,8 +36,14 @@ Serve = Callable[[SettingsT, asyncio.Event], Awaitable[None]]
 
 def run_service(name: str, settings_from_env: Callable[[], SettingsT], serve: Serve[SettingsT]) -> None:
     """Run one service process: JSON logs, settings read once, `serve` on uvloop until SIGTERM/SIGINT, exit 0."""
-    # Logging first (LOG_LEVEL), so that a configuration error is one JSON line like every other.
-    setup_logging(name, env_str("LOG_LEVEL", "INFO"))
+    # Logging first (LOG_LEVEL, LOG_FILE), so that a configuration error is one JSON line like every other.
+    level, file = env_str("LOG_LEVEL", "INFO"), env_str("LOG_FILE", "")
+    try:
+        setup_logging(name, level, file or None)
+    except OSError as exc:
+        setup_logging(name, level)
+        logger.error("cannot open LOG_FILE=%r: %s", file, exc, extra={"event": "config_error"})
+        sys.exit(CONFIG_ERROR_EXIT)
     try:
         settings = settings_from_env()
         uvloop.run(serve_until_signalled(serve, settings))

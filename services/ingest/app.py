@@ -55,9 +55,14 @@ def create_app(settings: IngestSettings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await ctx.start()
+        stopped = asyncio.Event()
+        activity = asyncio.create_task(ctx.activity.run(stopped), name="ingest-activity-log")
         try:
             yield
         finally:
+            stopped.set()
+            await activity
+            ctx.activity.close()
             await ctx.stop()
 
     routes = [

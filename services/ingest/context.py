@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.datastructures import Headers
 from starlette.requests import Request
 
+from services.common.activity import ActivityLog
 from services.common.auth import ADMIN, KeyTable, Principal, key_table_for
 from services.common.db import make_engine
 from services.common.keys import InstrumentKeys, keys_by_symbol
@@ -48,6 +49,7 @@ class IngestContext:
         self.store = OrderStore(self.batcher, self.instruments, self.keys)
         self.lag = LagMonitor(self.redis, self.keys, settings.max_matcher_lag, settings.lag_poll_interval_s)
         self.metrics = IngestMetrics()
+        self.activity = ActivityLog("ingest", settings.log_activity_s)
         # RateLimit-Limit of every order answer, once (None: the client bucket is off, no RateLimit-* headers).
         self.rate_limit_limit: str | None = (
             str(settings.rate_limit_burst) if settings.rate_limit_per_sec > 0 else None)

@@ -61,7 +61,10 @@ async def cancel_order(ctx: IngestContext, request: Request) -> Response:
     assert outcome.record is not None
     if outcome.kind == "final":
         return json_response(render(outcome.record, found.instrument), 409)
-    logger.info("cancel requested for order %s by %s", order_id, principal.label)
+    ctx.activity.count("cancel_requested")
+    if ctx.settings.log_orders:
+        logger.info("cancel requested for order %s by %s", order_id, principal.label,
+                    extra={"event": "cancel_requested", "order_id": order_id})
     record = await ctx.store.wait_final(found.keys, order_id, ctx.settings.cancel_wait_ms / 1000)
     if record is None or record.status not in ("cancelled", "filled", "rejected"):
         return json_response(CancelRequested(order_id), 202)

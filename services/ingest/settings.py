@@ -8,6 +8,7 @@ from pathlib import Path
 from services.common.auth import AuthMode, auth_mode_from_env
 from services.common.db import DEFAULT_DATABASE_URL, database_url
 from services.common.env import (
+    env_bool,
     env_float,
     env_int,
     env_path,
@@ -40,6 +41,10 @@ class IngestSettings:
     host: str = "127.0.0.1"
     port: int = 3000
     log_level: str = "INFO"
+    # One line per order and cancel (LOG_ORDERS=1); by default one `activity` line of counts every
+    # LOG_ACTIVITY_S (0: none): the audit trail is in PostgreSQL and on the streams.
+    log_orders: bool = False
+    log_activity_s: float = 10.0
     database_url: str = DEFAULT_DATABASE_URL
     db_pool_size: int = 4
 
@@ -64,6 +69,8 @@ class IngestSettings:
             host=env_str("INGEST_HOST", "127.0.0.1"),
             port=env_int("INGEST_PORT", 3000, minimum=1),
             log_level=env_str("LOG_LEVEL", "INFO").upper(),
+            log_orders=env_bool("LOG_ORDERS", False),
+            log_activity_s=env_float("LOG_ACTIVITY_S", 10.0),
             database_url=database_url(),
             db_pool_size=env_int("INGEST_DB_POOL", 4, minimum=1),
         )

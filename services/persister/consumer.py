@@ -9,6 +9,7 @@ import time
 
 from redis.exceptions import RedisError
 
+from services.common.activity import ActivityLog
 from services.common.groups import group_lag
 from services.persister.metrics import HealthState, PersisterMetrics
 from services.persister.records import Decoded, Entry, MalformedEntry, StreamRef, WriteSet, decode
@@ -21,6 +22,22 @@ logger = logging.getLogger(__name__)
 
 # Order events worth a line of their own (ingest logs accepted and refused orders, this the matcher's verdicts).
 LOGGED_EVENTS = frozenset({"cancelled", "rejected", "cancel_rejected"})
+
+
+def _count_outcomes(written: list[Decoded], activity: ActivityLog) -> None:
+    """Trades and events persisted, and the matcher's verdicts among them, for the `activity` line."""
+    trades = events = 0
+    for d in written:
+        if d.trade is not None:
+            trades += 1
+        elif d.event is not None:
+            events += 1
+            if d.event.event in LOGGED_EVENTS:
+                activity.count(d.event.event)
+    if trades:
+        activity.count("trades", trades)
+    if events:
+        activity.count("events", events)
 
 
 def _log_outcomes(written: list[Decoded]) -> None:
@@ -62,6 +79,7 @@ class Persister:
         self.metrics = metrics
         self.health = health
         self._per_stream = max(1, settings.batch // max(1, len(streams.refs)))
+        self.activity = ActivityLog("persister", settings.log_activity_s)
 
     # Loop ---------------------------------------------------------------------------------------
 
@@ -72,6 +90,7 @@ class Persister:
         logger.info("persister started", extra={
             "event": "start", "consumer": self.streams.consumer, "streams": sorted(self.streams.refs)})
         lag_task = asyncio.create_task(self._report_lag(stop))
+        activity_task = asyncio.create_task(self.activity.run(stop))
         try:
             await self._loop(stop)
         except ShuttingDown:
@@ -80,6 +99,8 @@ class Persister:
         finally:
             stop.set()
             await lag_task
+            await activity_task
+            self.activity.close()
             self.health.running = False
             logger.info("persister stopped", extra={"event": "stop",
                                                                "consumer": self.streams.consumer})
@@ -191,7 +212,9 @@ class Persister:
                     except EntryRejected as exc:
                         failed.append((one.entry, str(exc)))
         await self.streams.ack((d.entry.stream, d.entry.id) for d in written)
-        _log_outcomes(written)
+        _count_outcomes(written, self.activity)
+        if self.settings.log_orders:
+            _log_outcomes(written)
         for entry, error in failed:
             await self._failed(entry, error)
         self.metrics.batch_size.observe(len(entries))

@@ -9,6 +9,7 @@ from services.common.db import database_url
 from services.common.env import (
     SettingsError,
     env_block_ms,
+    env_bool,
     env_float,
     env_int,
     env_str,
@@ -47,6 +48,10 @@ class PersisterSettings:
     retention_interval_s: float = 0.0
     stream_retention_s: float = 3600.0  # stream entries younger than this are kept, whatever the groups
     order_retention_s: float = 3600.0  # final order records stay in Redis this long after their last change
+    # One line per persisted trade, cancel and matcher rejection (LOG_ORDERS=1); by default one `activity`
+    # line of counts every LOG_ACTIVITY_S (0: none): the rows themselves are the audit trail.
+    log_orders: bool = False
+    log_activity_s: float = 10.0
 
     @classmethod
     def from_env(cls) -> PersisterSettings:
@@ -85,6 +90,8 @@ class PersisterSettings:
             retention_interval_s=_non_negative("PERSISTER_RETENTION_INTERVAL_S", 30.0),
             stream_retention_s=_non_negative("STREAM_RETENTION_S", 3600.0),
             order_retention_s=_non_negative("ORDER_RETENTION_S", 3600.0),
+            log_orders=env_bool("LOG_ORDERS", False),
+            log_activity_s=env_float("LOG_ACTIVITY_S", 10.0),
         )
 
 

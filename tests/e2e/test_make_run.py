@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import stat
@@ -113,6 +114,29 @@ async def test_make_run_serves_the_readme_examples_and_stops_cleanly(
     running.wait_gone(pids, 10)
     assert not [p for p in pids if alive(p)], "processes left behind after Ctrl-C"
     assert not http_ok(f"{running.ingest}/healthz")
+    assert_services_logged_themselves(running)
+
+
+def assert_services_logged_themselves(running: RunningEngine) -> None:
+    """Each service wrote its JSON lines to its own file, not through circus; the terminal showed them, and
+    the orders as counts in one `activity` line (no line per order by default)."""
+    logs, terminal = running.run_dir / "logs", running.log.read_text()
+    for name in ("ingest", "matcher", "persister", "broadcaster"):
+        text = (logs / f"{name}.log").read_text()
+        lines = [json.loads(line) for line in text.splitlines()]
+        assert [line["event"] for line in lines if line.get("event") in ("start", "stop")] == ["start", "stop"], name
+        assert {line["service"] for line in lines} == {name}
+        # Up to the last line, written while the engine stopped after Ctrl-C.
+        assert text.splitlines()[-1] in terminal, name
+        assert not [line for line in (logs / f"{name}.stderr.log").read_text().splitlines() if line.startswith("{")]
+    ingest = [json.loads(line) for line in (logs / "ingest.log").read_text().splitlines()]
+    assert not [line for line in ingest if line.get("event") in ("accepted", "replayed")]
+    counts: dict[str, int] = {}
+    for line in ingest:
+        if line.get("event") == "activity":
+            for key, n in line["counts"].items():
+                counts[key] = counts.get(key, 0) + n
+    assert counts == {"accepted": 2, "replayed": 1, "cancel_requested": 1}
 
 
 async def test_scale_workers_and_automatic_restart(running: RunningEngine, redis: Redis, key_prefix: str) -> None:

@@ -8,6 +8,7 @@ import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import httpx
 import pytest
@@ -44,22 +45,25 @@ def get(url: str) -> tuple[int, str]:
         return err.code, err.read().decode()
 
 
-EngineFactory = Callable[[str], Awaitable[Engine]]
+class EngineFactory(Protocol):
+    def __call__(self, label: str, env: dict[str, str] | None = None) -> Awaitable[Engine]:
+        """The four services with their own prefix and database; `env` is added to every service's."""
 
 
 @pytest.fixture(scope="package")
 async def start_engine(redis: Redis, redis_url: str, database_url: str,
                        tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EngineFactory]:
-    """start_engine(label) -> the four services running with their own prefix and database."""
+    """start_engine(label, env) -> the four services running with their own prefix and database."""
     started: list[tuple[Engine, str, str]] = []
 
-    async def start(label: str) -> Engine:
+    async def start(label: str, env: dict[str, str] | None = None) -> Engine:
         prefix = f"test-ops-{uuid.uuid4().hex[:8]}:"
         db_url = with_database(database_url, f"{make_url(database_url).database}_{uuid.uuid4().hex[:8]}")
         await create_database(db_url, template=database_url)
         log_dir = tmp_path_factory.mktemp(label)
         ports = {name: free_port() for name in ("ingest", "broadcaster", "matcher", "persister")}
-        common = {"REDIS_URL": redis_url, "REDIS_KEY_PREFIX": prefix, "DATABASE_URL": db_url, "LOG_LEVEL": "INFO"}
+        common = {"REDIS_URL": redis_url, "REDIS_KEY_PREFIX": prefix, "DATABASE_URL": db_url, "LOG_LEVEL": "INFO",
+                  **(env or {})}
         envs = {
             "matcher": {"MATCHER_METRICS_PORT": str(ports["matcher"]), "MATCHER_MONITOR_INTERVAL_S": "0.2"},
             "persister": {"PERSISTER_METRICS_PORT": str(ports["persister"]), "PERSISTER_LAG_EVERY_S": "0.2"},

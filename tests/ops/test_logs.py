@@ -1,4 +1,7 @@
-"""One JSON line per important event, with the ids involved, and never an API key."""
+"""One JSON line per important event, with the ids involved, and never an API key.
+
+Per order, trade and event: counts in one `activity` line per service by default, a line each with LOG_ORDERS=1.
+"""
 
 from __future__ import annotations
 
@@ -36,14 +39,56 @@ def events(lines: list[Line], event: str) -> list[Line]:
     return [line for line in lines if line.get("event") == event]
 
 
-@pytest.fixture(scope="module")
-async def stopped(start_engine: EngineFactory) -> AsyncIterator[Engine]:
-    """The four services after traffic with failed authentications, stopped with SIGTERM."""
-    engine = await start_engine("logs")
+async def _after_traffic(start_engine: EngineFactory, label: str, env: dict[str, str]) -> Engine:
+    engine = await start_engine(label, env)
     await drive_traffic(engine)
     codes = {name: await asyncio.to_thread(service.stop) for name, service in engine.services.items()}
     assert codes == dict.fromkeys(engine.services, 0)
-    yield engine
+    return engine
+
+
+@pytest.fixture(scope="module")
+async def stopped(start_engine: EngineFactory) -> AsyncIterator[Engine]:
+    """The four services with the per-order audit lines on, after traffic with failed authentications,
+    stopped with SIGTERM."""
+    yield await _after_traffic(start_engine, "logs", {"LOG_ORDERS": "1"})
+
+
+@pytest.fixture(scope="module")
+async def shipped(start_engine: EngineFactory) -> AsyncIterator[Engine]:
+    """The same traffic with the log settings as shipped: no line per order, an `activity` line of counts."""
+    yield await _after_traffic(start_engine, "quiet", {})
+
+
+def activity(lines: list[Line]) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """The counts of every `activity` line, summed."""
+    counts: dict[str, int] = {}
+    reasons: dict[str, dict[str, int]] = {}
+    for line in events(lines, "activity"):
+        assert line["level"] == "info" and line["seconds"] >= 0, line
+        for name, n in line["counts"].items():
+            counts[name] = counts.get(name, 0) + n
+        for name, by_reason in line["reasons"].items():
+            for reason, n in by_reason.items():
+                reasons.setdefault(name, {})[reason] = reasons.setdefault(name, {}).get(reason, 0) + n
+    return counts, reasons
+
+
+def test_by_default_no_line_per_order_but_counts(shipped: Engine) -> None:
+    ingest = read_log(shipped.services["ingest"].log_path)
+    persister = read_log(shipped.services["persister"].log_path)
+    per_order = ("accepted", "replayed", "rejected", "cancel_requested", "trade", "cancelled")
+    assert not [line for line in ingest + persister if line.get("event") in per_order]
+    assert not [line for line in ingest if line["msg"].startswith("cancel requested")]
+    counts, reasons = activity(ingest)
+    # 4 orders of the traffic and those of the rate-limited burst (RATE_LIMIT_BURST at most) that passed.
+    assert 4 < counts["accepted"] <= 4 + 20 and counts["replayed"] == 1 and counts["cancel_requested"] == 1
+    assert reasons["rejected"]["auth"] == 3 and reasons["rejected"]["validation"] == 1
+    assert reasons["rejected"]["forbidden"] == 1 and reasons["rejected"]["rate_limited"] >= 1
+    assert counts["rejected"] == sum(reasons["rejected"].values())
+    counts, _ = activity(persister)
+    assert (counts["trades"], counts["cancelled"], counts["rejected"]) == (1, 1, 1)
+    assert counts["events"] > 4  # accepted, filled, partially_filled, cancelled, rejected
 
 
 def test_no_api_key_in_any_log_line(stopped: Engine) -> None:
