@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -18,7 +19,8 @@ from services.broadcaster.snapshots import SnapshotCache
 from services.broadcaster.stall import watch_stalls
 
 # The key store belongs to the ingest service; the broadcaster only reads it.
-from services.common.auth import ADMIN, KeyTable, Principal, key_table_for
+from services.common.auth import ADMIN, KeyTable, Principal
+from services.common.key_watch import KeyFile, open_key_file
 from services.common.keys import InstrumentKeys, keys_by_symbol
 from services.common.redis_conn import connect
 from services.common.urls import mask_url
@@ -33,7 +35,12 @@ class BroadcasterContext:
         self.settings = settings
         self.instruments = settings.instruments
         self.keys: dict[str, InstrumentKeys] = keys_by_symbol(settings.key_prefix, settings.instruments)
-        self.key_table: KeyTable | None = key_table_for(settings.auth_mode, settings.api_keys_file)
+        self.key_file: KeyFile | None = open_key_file(settings.auth_mode, settings.api_keys_file,
+                                                      settings.allow_demo_keys)
+        # The revoke callbacks of the sessions authenticated with each key id: a revoked key's are closed.
+        self._by_key: dict[str, set[Callable[[], None]]] = {}
+        if self.key_file is not None:
+            self.key_file.on_revoke(self._revoked)
         self.redis: Redis = connect(settings.redis_url)
         self.metrics = BroadcasterMetrics()
         self.hub = Hub()
@@ -45,6 +52,12 @@ class BroadcasterContext:
         self.clients: set[Client] = set()  # clients with a running sender (stall.py watches them)
         self._reader_task: asyncio.Task[None] | None = None
         self._watchdog_task: asyncio.Task[None] | None = None
+        self._keys_task: asyncio.Task[None] | None = None
+
+    @property
+    def key_table(self) -> KeyTable | None:
+        """The API keys in use now; None under AUTH_MODE=off."""
+        return self.key_file.table if self.key_file is not None else None
 
     def admit(self) -> bool:
         """Count one more connection, or refuse it (False) when at BROADCASTER_MAX_CONNECTIONS."""
@@ -63,13 +76,33 @@ class BroadcasterContext:
             return ADMIN
         return self.key_table.authenticate(f"Bearer {api_key}")
 
+    def hold_key(self, key_id: str, revoke: Callable[[], None]) -> None:
+        """Call revoke() if key `key_id` is revoked (or changed) while the session lasts."""
+        if key_id:
+            self._by_key.setdefault(key_id, set()).add(revoke)
+
+    def release_key(self, key_id: str, revoke: Callable[[], None]) -> None:
+        sessions = self._by_key.get(key_id)
+        if sessions is not None:
+            sessions.discard(revoke)
+            if not sessions:
+                del self._by_key[key_id]
+
+    def _revoked(self, key_ids: frozenset[str]) -> None:
+        for key_id in key_ids:
+            for revoke in self._by_key.pop(key_id, set()):
+                revoke()
+
     def is_alive(self) -> bool:
         return self._reader_task is not None and not self._reader_task.done()
 
     async def start(self) -> None:
-        if self.key_table is None:
+        if self.key_file is None:
             logger.warning("AUTH_MODE=off: API KEYS ARE NOT CHECKED, every connection may read every "
                            "client's orders. For local experiments only, never expose this service.")
+        else:
+            self.key_file.announce()
+            self._keys_task = asyncio.create_task(self.key_file.watch(), name="broadcaster-api-keys")
         try:
             # Fixing the start ids before accepting anyone means no entry after start is missed.
             await self.reader.start_ids()
@@ -82,7 +115,7 @@ class BroadcasterContext:
 
     async def stop(self) -> None:
         self.snapshots.close()
-        for task in (self._reader_task, self._watchdog_task):
+        for task in (self._reader_task, self._watchdog_task, self._keys_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

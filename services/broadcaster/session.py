@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_REASONS = {"slow": "client too slow", "stalled": "client stopped reading"}
+KEY_REVOKED = "API key revoked"  # the reason of the 1008 close of a connection whose key was revoked
 SERVER_SEND = "broadcaster.server_send"  # scope key: the ASGI server's send (see app.KeepServerSend)
 _connection_ids = itertools.count(1)
 FeedKey = tuple[str, str]  # (channel, instrument)
@@ -73,7 +74,7 @@ class Session:
         self.orders: set[str] = set()  # instruments of the orders channel
         self._resyncs: dict[Feed, asyncio.Task[None]] = {}
         self._close_code: int | None = None
-        self._rate_limited = False
+        self._policy_close: str | None = None  # the reason of a 1008 close once the queue is sent
         # Arrival times of the last max_messages_per_sec client messages: a sliding one-second window,
         # so no second ever holds more (a token bucket would let twice as many through across a refill).
         self._recent: deque[float] = deque(maxlen=ctx.settings.max_messages_per_sec)
@@ -106,11 +107,13 @@ class Session:
         receiver = asyncio.create_task(self._receive_loop(), name="ws-receiver")
         try:
             await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
-            if self._rate_limited:
+            if self._policy_close is not None:
                 # The error goes out first; a client that does not read it meets the stall rule.
                 await asyncio.wait({sender})
         finally:
             self.ctx.clients.discard(self.client)
+            if self.principal is not None:
+                self.ctx.release_key(self.principal.key_id, self.revoke)
             tasks = [receiver, sender, *self._resyncs.values()]
             self._unsubscribe_all()
             for task in tasks:
@@ -118,8 +121,8 @@ class Session:
             await asyncio.gather(*tasks, return_exceptions=True)
             if self.client.drop_reason is not None:
                 await self._close_dropped()
-            elif self._rate_limited:
-                await self._close(CLOSE_POLICY_VIOLATION, "message rate limit")
+            elif self._policy_close is not None:
+                await self._close(CLOSE_POLICY_VIOLATION, self._policy_close)
             self.ctx.metrics.clients.dec()
             logger.info("client disconnected", extra={
                 "conn": self.conn_id, "peer": peer, "code": self._close_code, "dropped": self.client.drop_reason,
@@ -166,14 +169,26 @@ class Session:
         return True
 
     def _over_rate(self) -> None:
-        """An `error`, then close 1008 once it is sent; nothing else is sent or read meanwhile."""
-        self._rate_limited = True
-        self.ctx.metrics.dropped.labels("message_rate").inc()
-        self._unsubscribe_all()
         logger.warning("client over the message rate", extra={
             "conn": self.conn_id, "limit": self.settings.max_messages_per_sec})
-        self._send(Error(message=f"more than {self.settings.max_messages_per_sec} messages per second: "
-                                 "closing the connection"))
+        self._policy_violation("message_rate", "message rate limit",
+                               f"more than {self.settings.max_messages_per_sec} messages per second: "
+                               "closing the connection")
+
+    def revoke(self) -> None:
+        """The key this connection authenticated with was revoked (or changed): close it with 1008."""
+        logger.warning("API key revoked, closing the connection", extra={
+            "conn": self.conn_id, "key_id": self.principal.key_id if self.principal else None})
+        self._policy_violation("key_revoked", KEY_REVOKED, f"{KEY_REVOKED}: closing the connection")
+
+    def _policy_violation(self, metric: str, reason: str, message: str) -> None:
+        """An `error`, then close 1008 once it is sent; nothing else is sent or read meanwhile."""
+        if self._policy_close is not None:
+            return
+        self._policy_close = reason
+        self.ctx.metrics.dropped.labels(metric).inc()
+        self._unsubscribe_all()
+        self._send(Error(message=message))
         self.client.finish()
 
     # Client messages ----------------------------------------------------------------------------
@@ -196,14 +211,17 @@ class Session:
             self._send(Pong())
 
     def _authenticate_header(self) -> None:
-        if self.ctx.key_table is None:
+        key_table = self.ctx.key_table
+        if key_table is None:
             self.principal = self.ctx.authenticate("")
             return
         header = self.ws.headers.get("authorization")
         if header:
-            self.principal = self.ctx.key_table.authenticate(header)
+            self.principal = key_table.authenticate(header)
             if self.principal is None:
                 self._send(Error(message="invalid API key in the Authorization header"))
+            else:
+                self.ctx.hold_key(self.principal.key_id, self.revoke)
 
     def _auth(self, api_key: str) -> None:
         if self.principal is not None and self.ctx.key_table is not None:
@@ -213,6 +231,7 @@ class Session:
             logger.info("bad API key", extra={"conn": self.conn_id})  # never the key itself
             raise RequestError("invalid API key")
         self.principal = principal
+        self.ctx.hold_key(principal.key_id, self.revoke)
         self._send(Authenticated(role=principal.role, client_id=principal.client_id))
 
     def _instruments(self, symbols: list[str] | None) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.auth import AuthMode, auth_mode_from_env
+from services.common.auth import AuthMode, allow_demo_keys_from_env, auth_mode_from_env
 from services.common.env import (
     SettingsError,
     env_block_ms,
@@ -29,6 +29,8 @@ class BroadcasterSettings:
     instruments: Instruments
     api_keys_file: Path
     auth_mode: AuthMode = "on"
+    # False (ALLOW_DEMO_KEYS=0, the Docker image): refuse to start with a key of the public demo set.
+    allow_demo_keys: bool = True
     host: str = "127.0.0.1"
     port: int = 3001
     # Messages waiting per client. Payloads are shared between clients, so a slot costs a pointer;
@@ -83,6 +85,7 @@ class BroadcasterSettings:
             instruments=load_instruments(instruments_file()),
             api_keys_file=env_path("API_KEYS_FILE", "config/demo_api_keys.toml"),
             auth_mode=auth_mode_from_env(),
+            allow_demo_keys=allow_demo_keys_from_env(),
             host=env_str("BROADCASTER_HOST", "127.0.0.1"),
             port=env_int("BROADCASTER_PORT", 3001, minimum=0),
             queue_bound=env_int("BROADCASTER_QUEUE_BOUND", 10_000, minimum=2),

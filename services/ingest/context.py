@@ -13,8 +13,9 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 
 from services.common.activity import ActivityLog
-from services.common.auth import ADMIN, KeyTable, Principal, key_table_for
+from services.common.auth import ADMIN, KeyTable, Principal
 from services.common.db import make_engine
+from services.common.key_watch import KeyFile, open_key_file
 from services.common.keys import InstrumentKeys, keys_by_symbol
 from services.common.lua import LuaScript
 from services.common.redis_batch import CommandBatcher
@@ -39,7 +40,9 @@ class IngestContext:
         self.settings = settings
         self.instruments = settings.instruments
         self.keys: dict[str, InstrumentKeys] = keys_by_symbol(settings.key_prefix, settings.instruments)
-        self.key_table: KeyTable | None = key_table_for(settings.auth_mode, settings.api_keys_file)
+        # Re-read while running (key_watch.py): a request meets the table of the moment it arrives.
+        self.key_file: KeyFile | None = open_key_file(settings.auth_mode, settings.api_keys_file,
+                                                      settings.allow_demo_keys)
         # connect() never resends a command after a connection error (accept.lua without an idempotency
         # key would place the order twice): the client gets a 503 instead.
         self.redis: Redis = connect(settings.redis_url)
@@ -54,6 +57,12 @@ class IngestContext:
         self.rate_limit_limit: str | None = (
             str(settings.rate_limit_burst) if settings.rate_limit_per_sec > 0 else None)
         self._lag_task: asyncio.Task[None] | None = None
+        self._keys_task: asyncio.Task[None] | None = None
+
+    @property
+    def key_table(self) -> KeyTable | None:
+        """The API keys in use now; None under AUTH_MODE=off."""
+        return self.key_file.table if self.key_file is not None else None
 
     def authenticate(self, request: Request | Headers) -> Principal:
         """The request's principal; ApiError 401 for a missing or unknown key."""
@@ -66,12 +75,13 @@ class IngestContext:
         return principal
 
     async def start(self) -> None:
-        if self.key_table is None:
+        if self.key_file is None:
             logger.warning(
                 "AUTH_MODE=off: API KEYS ARE NOT CHECKED, every request acts as admin. "
                 "For local experiments only, never expose this service.")
         else:
-            logger.info("loaded %d API keys from %s", len(self.key_table), self.settings.api_keys_file)
+            self.key_file.announce()
+            self._keys_task = asyncio.create_task(self.key_file.watch(), name="ingest-api-keys")
         try:
             await self.load_scripts()
         except (RedisError, OSError) as exc:
@@ -85,6 +95,10 @@ class IngestContext:
             self._lag_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._lag_task
+        if self._keys_task is not None:
+            self._keys_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keys_task
         await self.batcher.close()
         await self.redis.aclose()
         await self.db.dispose()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.auth import AuthMode, auth_mode_from_env
+from services.common.auth import AuthMode, allow_demo_keys_from_env, auth_mode_from_env
 from services.common.db import DEFAULT_DATABASE_URL, database_url
 from services.common.env import (
     env_bool,
@@ -29,6 +29,8 @@ class IngestSettings:
     instruments: Instruments
     api_keys_file: Path
     auth_mode: AuthMode = "on"
+    # False (ALLOW_DEMO_KEYS=0, the Docker image): refuse to start with a key of the public demo set.
+    allow_demo_keys: bool = True
     rate_limit_per_sec: int = 1000
     rate_limit_burst: int = 1000
     api_key_rate_limit_per_sec: int = 10_000  # per API key and instrument (Redis Cluster: one slot per call)
@@ -57,6 +59,7 @@ class IngestSettings:
             instruments=load_instruments(instruments_file()),
             api_keys_file=env_path("API_KEYS_FILE", "config/demo_api_keys.toml"),
             auth_mode=auth_mode_from_env(),
+            allow_demo_keys=allow_demo_keys_from_env(),
             rate_limit_per_sec=env_int("RATE_LIMIT_PER_SEC", 1000, minimum=0),
             rate_limit_burst=env_int("RATE_LIMIT_BURST", 1000, minimum=1),
             api_key_rate_limit_per_sec=env_int("API_KEY_RATE_LIMIT_PER_SEC", 10_000, minimum=0),
