@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from services.broadcaster.settings import BroadcasterSettings
+from services.common.auth import load_key_table
 from services.common.db import ALEMBIC_INI
 from services.common.env import instruments_file
 from services.ingest.settings import IngestSettings
@@ -139,6 +140,23 @@ def test_published_ports_match_the_settings(services: dict[str, dict[str, Any]])
     for name in ("ingest", "broadcaster", "matcher"):
         port = settings_port(name)
         assert services[name]["ports"] == [f"127.0.0.1:{port}:{port}"], name
+
+
+def test_ingest_and_broadcaster_refuse_the_demo_keys_unless_allowed(services: dict[str, dict[str, Any]]) -> None:
+    for name in ("ingest", "broadcaster"):
+        # The operator's ALLOW_DEMO_KEYS, 0 (refused) when unset.
+        assert services[name]["environment"]["ALLOW_DEMO_KEYS"] == "${ALLOW_DEMO_KEYS:-0}", name
+        assert "API_KEYS_FILE" not in services[name]["environment"], name  # so the image's demo set, refused
+    assert re.search(r"^ENV ALLOW_DEMO_KEYS=0$", DOCKERFILE.read_text(), re.M)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("API_KEYS_FILE", raising=False)
+        patch.setenv("ALLOW_DEMO_KEYS", "0")
+        ingest, broadcaster = IngestSettings.from_env(), BroadcasterSettings.from_env()
+        assert not ingest.allow_demo_keys and not broadcaster.allow_demo_keys
+        assert load_key_table(ingest.api_keys_file).has_demo_keys()
+        assert load_key_table(broadcaster.api_keys_file).has_demo_keys()
+        patch.delenv("ALLOW_DEMO_KEYS")
+        assert IngestSettings.from_env().allow_demo_keys and BroadcasterSettings.from_env().allow_demo_keys
 
 
 def test_persister_scales_with_distinct_stable_names(services: dict[str, dict[str, Any]]) -> None:
