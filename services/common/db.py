@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from sqlalchemy import (
@@ -183,10 +184,13 @@ def database_url() -> str:
     return env_str("DATABASE_URL", DEFAULT_DATABASE_URL)
 
 
-def make_engine(url: str, *, pool_size: int = 4) -> AsyncEngine:
-    """An asyncpg engine; pre-ping so connections that died with the server are replaced, not reused."""
-    return create_async_engine(url, pool_size=pool_size, max_overflow=2, pool_pre_ping=True,
-                               pool_recycle=1800)
+def make_engine(url: str, *, pool_size: int = 4, max_overflow: int = 2,
+                server_settings: Mapping[str, str] | None = None) -> AsyncEngine:
+    """An asyncpg engine; pre-ping so connections that died with the server are replaced, not reused.
+    `server_settings` are session settings every connection of the pool starts with (e.g. statement_timeout)."""
+    connect_args = {"server_settings": dict(server_settings)} if server_settings else {}
+    return create_async_engine(url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True,
+                               pool_recycle=1800, connect_args=connect_args)
 
 
 def with_database(url: str, name: str) -> str:

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Awaitable, Callable
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import TypeVar
 
 import msgspec
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -21,14 +17,11 @@ from services.common.money import EXACT, fixed, plain
 from services.common.times import iso
 from services.ingest.context import IngestContext
 from services.ingest.errors import ErrorDetail, invalid, json_response
-from services.ingest.pg_reads import database_unavailable
 
 INTERVALS = {"1m": MINUTE, "5m": 5 * MINUTE, "15m": 15 * MINUTE, "1h": HOUR, "1d": DAY}
 DEFAULT_INTERVAL = "1m"
 MAX_BUCKETS = 1500
 TICKER_WINDOW = DAY
-
-T = TypeVar("T")
 
 
 class TickerView(msgspec.Struct, frozen=True):
@@ -76,15 +69,6 @@ def vwap_text(instrument: Instrument, quantity: Decimal, quote: Decimal) -> str 
     return instrument.price_text(int(ticks.to_integral_value(rounding=ROUND_HALF_EVEN)))
 
 
-async def read(db: AsyncEngine, query: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-    """Run `query` on a connection; 503 when PostgreSQL cannot answer."""
-    try:
-        async with db.connect() as conn:
-            return await query(conn)
-    except (SQLAlchemyError, DBAPIError, OSError) as exc:
-        raise database_unavailable(exc) from exc
-
-
 def instrument_of(ctx: IngestContext, request: Request) -> Instrument:
     symbol = str(request.path_params.get("instrument", ""))
     instrument = ctx.instruments.get(symbol)
@@ -109,7 +93,7 @@ async def get_ticker(ctx: IngestContext, request: Request) -> Response:
     instrument = instrument_of(ctx, request)
     end = now_ms()
     start = end - TICKER_WINDOW
-    stats = await read(ctx.db, lambda conn: market.window_stats(conn, instrument.symbol, start, end))
+    stats = await ctx.public_reads.run(lambda conn: market.window_stats(conn, instrument.symbol, start, end))
     return json_response(TickerView(
         instrument=instrument.symbol, from_=iso(start), to=iso(end), open=price_text(instrument, stats.open),
         high=price_text(instrument, stats.high), low=price_text(instrument, stats.low),
@@ -135,7 +119,8 @@ async def get_candles(ctx: IngestContext, request: Request) -> Response:
         raise invalid([ErrorDetail("start", f"{buckets} buckets of {name} from start to end: at most "
                                             f"{MAX_BUCKETS} per answer, narrow the range")])
     stop = first + buckets * interval
-    found = await read(ctx.db, lambda conn: market.candles(conn, instrument.symbol, first, stop, interval))
+    found = await ctx.public_reads.run(
+        lambda conn: market.candles(conn, instrument.symbol, first, stop, interval))
     return json_response([_candle(instrument, candle) for candle in found])
 
 

@@ -26,6 +26,7 @@ from services.ingest.backpressure import LagMonitor
 from services.ingest.errors import unauthorized
 from services.ingest.metrics import IngestMetrics
 from services.ingest.orders_store import OrderStore
+from services.ingest.pg_reads import PublicReads
 from services.ingest.settings import IngestSettings
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,12 @@ class IngestContext:
         self.redis: Redis = connect(settings.redis_url)
         self.batcher = CommandBatcher(self.redis)
         # Connects lazily: ingest starts, places and cancels orders while PostgreSQL is down.
+        # Order reads (GET /orders/{id} of orders Redis no longer holds) and admin work (snapshots, settlement):
+        # no statement timeout, as a settlement may rightly run long.
         self.db: AsyncEngine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
+        # Public reads on a pool of their own, each bounded by READ_TIMEOUT_MS (pg_reads.PublicReads).
+        self.public_reads = PublicReads(settings.database_url, settings.read_timeout_ms,
+                                        settings.read_db_pool_size)
         self.store = OrderStore(self.batcher, self.instruments, self.keys)
         self.lag = LagMonitor(self.redis, self.keys, settings.max_matcher_lag, settings.lag_poll_interval_s)
         self.metrics = IngestMetrics()
@@ -102,6 +108,7 @@ class IngestContext:
         await self.batcher.close()
         await self.redis.aclose()
         await self.db.dispose()
+        await self.public_reads.close()
 
     async def load_scripts(self) -> None:
         for script in SCRIPTS:

@@ -81,3 +81,11 @@ def unavailable(message: str, retry_after_s: int = 1, reason: str = "unavailable
     """503 with Retry-After (plus `headers`)."""
     return ApiError(503, "unavailable", message, headers={**(headers or {}), "Retry-After": str(retry_after_s)},
                     reason=reason)
+
+
+def read_timeout(timeout_ms: int, retry_after_s: int = 1) -> ApiError:
+    """503 with Retry-After: a public PostgreSQL read did not answer within READ_TIMEOUT_MS."""
+    return ApiError(503, "read_timeout",
+                    f"the read did not complete within {timeout_ms} ms (READ_TIMEOUT_MS); retry shortly, "
+                    f"or ask for less (a shorter range or fewer candles)",
+                    headers={"Retry-After": str(retry_after_s)}, reason="read_timeout")

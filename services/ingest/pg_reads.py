@@ -1,21 +1,30 @@
-"""Reads from PostgreSQL, the system of record: recent trades, and orders no longer held in Redis."""
+"""Reads from PostgreSQL, the system of record: recent trades, and orders no longer held in Redis; and the
+bounded pool every public read (trades, analytics, positions) runs on."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
-from sqlalchemy import select
+from sqlalchemy import RowMapping, select
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.common.db import orders, trades
+from services.common.db import make_engine, orders, trades
 from services.common.instruments import Instrument, Instruments
 from services.common.money import plain
 from services.common.times import iso
-from services.ingest.errors import ApiError, unavailable
+from services.ingest.errors import ApiError, read_timeout, unavailable
 from services.ingest.views import OrderView
+
+T = TypeVar("T")
+
+# SQLSTATE query_canceled: what statement_timeout ends a statement with.
+_QUERY_CANCELED = "57014"
 
 
 class TradeView(msgspec.Struct, frozen=True):
@@ -37,21 +46,57 @@ def database_unavailable(exc: Exception) -> ApiError:
                        reason="database_unavailable")
 
 
+class PublicReads:
+    """The public reads' own pool, apart from the one order reads and admin work use, so a flood of
+    analytics waits here and never takes their connections. Each read gives up after `timeout_ms` (503
+    read_timeout): on the client, a deadline around pool checkout, connecting and the query, so a full pool
+    or an unresponsive server ends too; on the server, the same statement_timeout on every connection of
+    the pool, so a statement the client gave up on (a lock wait, a long scan) stops there as well."""
+
+    def __init__(self, url: str, timeout_ms: int, pool_size: int) -> None:
+        self.timeout_ms = timeout_ms
+        # A session setting of the pool rather than SET LOCAL per read: no extra round trip, and no read
+        # on this pool can run without it. No overflow: the pool's size is the bound.
+        self.engine: AsyncEngine = make_engine(url, pool_size=pool_size, max_overflow=0,
+                                               server_settings={"statement_timeout": str(timeout_ms)})
+
+    async def run(self, query: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """`query` on a connection of the pool; 503 read_timeout past the deadline, 503 unavailable when
+        PostgreSQL cannot answer."""
+        deadline = asyncio.timeout(self.timeout_ms / 1000)
+        try:
+            async with deadline:
+                async with self.engine.connect() as conn:
+                    return await query(conn)
+        except (SQLAlchemyError, OSError) as exc:  # TimeoutError, the deadline's, is an OSError
+            if deadline.expired() or isinstance(exc, PoolTimeout) or _canceled(exc):
+                raise read_timeout(self.timeout_ms) from exc
+            raise database_unavailable(exc) from exc
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+def _canceled(exc: BaseException) -> bool:
+    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) == _QUERY_CANCELED
+
+
 def _price(instrument: Instrument | None, value: Decimal) -> str:
     # Prices carry exactly the tick's decimals; an instrument no longer configured shows them as stored.
     return instrument.price_text(instrument.price_ticks(value)) if instrument else plain(value)
 
 
-async def recent_trades(db: AsyncEngine, instruments: Instruments, symbol: str | None, limit: int) -> list[TradeView]:
+async def recent_trades(reads: PublicReads, instruments: Instruments, symbol: str | None,
+                        limit: int) -> list[TradeView]:
     """The newest `limit` trades, of one instrument or all, newest first."""
     query = select(trades).order_by(trades.c.executed_at.desc(), trades.c.seq.desc()).limit(limit)
     if symbol is not None:
         query = select(trades).where(trades.c.instrument == symbol).order_by(trades.c.seq.desc()).limit(limit)
-    try:
-        async with db.connect() as conn:
-            rows = (await conn.execute(query)).mappings().all()
-    except (SQLAlchemyError, DBAPIError, OSError) as exc:
-        raise database_unavailable(exc) from exc
+
+    async def fetch(conn: AsyncConnection) -> Sequence[RowMapping]:
+        return (await conn.execute(query)).mappings().all()
+
+    rows = await reads.run(fetch)
     return [
         TradeView(
             trade_id=row["trade_id"], seq=row["seq"], instrument=row["instrument"],

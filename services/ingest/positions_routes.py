@@ -15,7 +15,7 @@ from services.analytics.time_buckets import now_ms
 from services.common.instruments import Instrument
 from services.common.money import plain
 from services.common.times import iso
-from services.ingest.analytics_routes import read, time_param, vwap_text
+from services.ingest.analytics_routes import time_param, vwap_text
 from services.ingest.context import IngestContext
 from services.ingest.errors import forbidden, json_response, not_found
 
@@ -60,7 +60,7 @@ async def get_positions(ctx: IngestContext, request: Request) -> Response:
     if not principal.may_act_for(client_id):
         raise forbidden(f"the positions of {client_id!r} belong to another client")
     as_of = time_param(request, "as_of") or now_ms()
-    sides = await read(ctx.db, lambda conn: client_positions(conn, client_id, as_of))
+    sides = await ctx.public_reads.run(lambda conn: client_positions(conn, client_id, as_of))
     return json_response(PositionsView(
         client_id=client_id, as_of=iso(as_of),
         net={asset: plain(value) for asset, value in net_by_asset(sides, ctx.instruments).items()},

@@ -19,6 +19,9 @@ from services.common.env import (
 )
 from services.common.instruments import Instruments, load_instruments
 
+# PostgreSQL's statement_timeout takes at most INT_MAX ms; a larger one would fail every connection.
+MAX_READ_TIMEOUT_MS = 2**31 - 1
+
 
 @dataclass(frozen=True, slots=True)
 class IngestSettings:
@@ -49,6 +52,10 @@ class IngestSettings:
     log_activity_s: float = 10.0
     database_url: str = DEFAULT_DATABASE_URL
     db_pool_size: int = 4
+    # Public PostgreSQL reads (GET /trades, /analytics/*, /clients/{id}/positions): their own pool of this
+    # many connections, and a 503 read_timeout after this long (client deadline and statement_timeout).
+    read_timeout_ms: int = 2000
+    read_db_pool_size: int = 2
 
     @classmethod
     def from_env(cls) -> IngestSettings:
@@ -76,4 +83,6 @@ class IngestSettings:
             log_activity_s=env_float("LOG_ACTIVITY_S", 10.0),
             database_url=database_url(),
             db_pool_size=env_int("INGEST_DB_POOL", 4, minimum=1),
+            read_timeout_ms=env_int("READ_TIMEOUT_MS", 2000, minimum=1, maximum=MAX_READ_TIMEOUT_MS),
+            read_db_pool_size=env_int("INGEST_READ_DB_POOL", 2, minimum=1),
         )

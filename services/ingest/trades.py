@@ -29,4 +29,4 @@ async def get_trades(ctx: IngestContext, request: Request) -> Response:
     if symbol is not None and symbol not in ctx.instruments:
         raise invalid([ErrorDetail("instrument", f"unknown instrument {symbol[:64]!r}")])
     limit = _limit(request.query_params.get("limit"))
-    return json_response(await recent_trades(ctx.db, ctx.instruments, symbol, limit))
+    return json_response(await recent_trades(ctx.public_reads, ctx.instruments, symbol, limit))
