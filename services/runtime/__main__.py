@@ -15,6 +15,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import urllib.parse
 
 from sqlalchemy.engine import make_url
 
@@ -114,18 +115,40 @@ def with_postgres(settings: RuntimeSettings, command: list[str]) -> int:
         return subprocess.run(command, env=env).returncode
 
 
+def redis_cli_target(url: str) -> tuple[list[str], dict[str, str]]:
+    """redis-cli's arguments for a Redis URL, and its password as REDISCLI_AUTH: never on the command line,
+    where every local user could read it (ps, /proc/<pid>/cmdline)."""
+    parts = urllib.parse.urlsplit(url)
+    args = ["-h", parts.hostname or "127.0.0.1", "-p", str(parts.port or 6379)]
+    database = parts.path.strip("/")
+    if database:
+        args += ["-n", database]
+    if parts.username:
+        args += ["--user", urllib.parse.unquote(parts.username)]
+    if parts.scheme == "rediss":
+        args.append("--tls")
+    secret = {"REDISCLI_AUTH": urllib.parse.unquote(parts.password)} if parts.password else {}
+    return args, secret
+
+
 def cli(settings: RuntimeSettings, client: str, args: list[str]) -> None:
-    """exec the shipped client against the engine's server (or the operator's, given by its URL)."""
+    """exec the shipped client against the engine's server (or the operator's, given by its URL); a password
+    goes in the client's environment variable, never on its command line."""
+    secret: dict[str, str] = {}
     if client == "redis":
-        target = ["-p", str(settings.redis_port)] if settings.own_redis else ["-u", redis_url()]
+        if settings.own_redis:
+            target = ["-p", str(settings.redis_port)]
+        else:
+            target, secret = redis_cli_target(redis_url())
         command = [str(binaries.redis_cli()), *target, *args]
     elif client == "psql":
         url = make_url(settings.database_url if settings.own_postgres else database_url())
         command = [str(binaries.postgres_bin("psql")), "-h", url.host or "127.0.0.1", "-p", str(url.port or 5432),
                    "-U", url.username or "postgres", *args, url.database or DATABASE_NAME]
+        secret = {"PGPASSWORD": url.password} if url.password else {}
     else:
         raise SystemExit(f"unknown client {client!r}: redis or psql")
-    os.execv(command[0], command)
+    os.execve(command[0], command, {**os.environ, **secret})
 
 
 def main(argv: list[str]) -> int:
