@@ -15,7 +15,7 @@ class BroadcasterMetrics:
         self.frames_sent = Counter("websocket_frames_sent", "WebSocket frames sent to clients", registry=r)
         self.dropped = Counter("websocket_clients_dropped", "Clients the broadcaster disconnected", ["reason"],
                                registry=r)
-        for reason in ("slow", "stalled", "message_rate"):
+        for reason in ("slow", "stalled", "message_rate", "key_revoked"):
             self.dropped.labels(reason)  # shown as 0 before the first drop, so dashboards and alerts see it
         self.refused = Counter("websocket_connections_refused", "Handshakes refused with 503 (connection cap)",
                                registry=r)

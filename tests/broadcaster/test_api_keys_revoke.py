@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -111,6 +112,9 @@ async def test_a_revoked_keys_sockets_are_closed_with_1008(broadcaster: Service,
         await public.send(json.dumps({"op": "ping"}))
         assert json.loads(await asyncio.wait_for(public.recv(), 5))["type"] == "pong"
 
+    async with httpx.AsyncClient(timeout=5) as http:
+        metrics = (await http.get(broadcaster.health_url.replace("/healthz", "/metrics"))).text
+    assert 'websocket_clients_dropped_total{reason="key_revoked"} 3.0' in metrics
     lines = log_lines(broadcaster.log_path)
     closed = [line for line in lines if line["msg"] == "API key revoked, closing the connection"]
     assert sorted(line["key_id"] for line in closed) == sorted([trader_id, trader_id, broker_id])
