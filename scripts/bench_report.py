@@ -25,6 +25,8 @@ from typing import Any
 
 import asyncpg
 
+from scripts.cpu_per_order import RUNS, orders_received
+from scripts.cpu_per_order import report as cpu_per_order_report
 from services.common.db import database_url, drop_database
 from services.common.env import REPO_ROOT, instruments_file, redis_key_prefix, redis_url
 from services.common.instruments import load_instruments
@@ -119,6 +121,9 @@ async def sample(args: argparse.Namespace) -> None:
     for item in args.pid:
         name, _, pids = item.partition("=")
         groups.setdefault(name, []).extend(c for p in pids.split(",") if p for c in children(int(p)))
+    for item in args.own_pid:  # circusd: its children are the engine's processes, counted on their own
+        name, _, pids = item.partition("=")
+        groups.setdefault(name, []).extend(int(p) for p in pids.split(",") if p)
     # The engine's own servers come as --pid redis= / postgres= (whole process trees); shared ones are
     # found through their clients: the Redis server process and the database's backends.
     if "redis" not in groups and (rpid := redis_server_pid()) is not None:
@@ -137,6 +142,7 @@ async def sample(args: argparse.Namespace) -> None:
     groups["machine (all processes)"] = []
     last = {name: used_by(pids) for name, pids in groups.items()}
     last["machine (all processes)"] = machine_busy_seconds()
+    received = orders_received(args.metrics_url) if args.metrics_url else None
     began = last_t = time.monotonic()
     series: dict[str, list[float]] = {name: [] for name in groups}
     backlogs: list[dict[str, int]] = []
@@ -154,8 +160,12 @@ async def sample(args: argparse.Namespace) -> None:
         if cpu_seconds(args.until_pid) is None or now - began > args.max_seconds:
             break
     elapsed = time.monotonic() - began
+    received_end = orders_received(args.metrics_url) if args.metrics_url else None
     result = {
         "seconds": round(elapsed, 1),
+        # Orders ingest accepted in the same window as the CPU (server CPU per order = cpu_seconds / accepted).
+        "accepted": None if received is None or received_end is None else received_end - received,
+        "cpu_seconds": {name: round(total[name], 3) for name in groups},
         "cpu_percent": {name: round(100 * total[name] / elapsed, 1) for name in groups},
         "cpu_percent_peak": {name: max(values, default=0.0) for name, values in series.items()},
         "backlog_max": {g: max((b[g] for b in backlogs), default=0) for g in ("matcher", "persister")},
@@ -317,6 +327,10 @@ def write_report(args: argparse.Namespace) -> None:
              f"one core busy (of 200%); load average {config.get('load_before', '-')}", "",
              "## Configuration", ""]
     lines += [f"- {line}" for line in config.get("notes", [])]
+    cpus = {name: load(results / f"{name}.cpu.json") for name, _ in RUNS}
+    per_order = cpu_per_order_report(cpus, config.get("log_settings", "not recorded"))
+    if per_order:
+        lines += ["", *per_order[:-1]]
     lines += ["", "## The assignment's target: 2,000 orders/s", ""]
     base = load(results / "rate-2000.k6.json")
     base_probe = load(results / "rate-2000.probe.json")
@@ -501,7 +515,9 @@ def main() -> int:
     smp = sub.add_parser("sample")
     smp.add_argument("--out", required=True)
     smp.add_argument("--until-pid", type=int, required=True)
-    smp.add_argument("--pid", action="append", default=[], help="name=pid[,pid...]")
+    smp.add_argument("--pid", action="append", default=[], help="name=pid[,pid...], with their descendants")
+    smp.add_argument("--own-pid", action="append", default=[], help="name=pid[,pid...], without descendants")
+    smp.add_argument("--metrics-url", help="ingest's /metrics: orders accepted during the run")
     smp.add_argument("--interval", type=float, default=1.0)
     smp.add_argument("--max-seconds", type=float, default=600)
     drn = sub.add_parser("drain")
