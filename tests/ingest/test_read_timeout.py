@@ -108,6 +108,8 @@ async def test_a_locked_table_gives_read_timeout_while_order_reads_answer(
     # The reads of each table (the ticker and positions read trades as well as their aggregate).
     reads = [(p, q, h) for p, q, h in PUBLIC_READS if table in _TABLES_OF[p]]
     assert reads
+    # Its pool connected beforehand, as in a running service: the timing below is the pool's, not a connect's.
+    assert (await engine.get(order_id, headers=KEY_A)).status_code == 200
     async with locked(db, table):
         # All at once: more than the public pool's 2 connections, so some wait for the pool, some for the lock.
         pending = [asyncio.create_task(_timed(engine.client, p, q, h)) for p, q, h in reads * 2]
