@@ -13,6 +13,12 @@ DAY = dt.timedelta(days=1)
 # Far enough from datetime.max that a default window or a day's end never overflows.
 LATEST = dt.datetime(9999, 12, 1, tzinfo=dt.UTC)
 _EPOCH_MS = re.compile(r"^[0-9]{1,15}$")
+# Every time a query parameter takes, exactly (the OpenAPI document publishes this pattern): epoch
+# milliseconds, or an ISO-8601 date or date-time (UTC unless it names an offset; a '+' of an offset that
+# arrived unencoded as a space is read as '+').
+TIME_PATTERN = (r"^([0-9]{1,15}|[0-9]{4}-[0-9]{2}-[0-9]{2}"
+                r"([T ][0-9]{2}(:[0-9]{2}(:[0-9]{2}([.][0-9]{1,6})?)?)?(Z|[+ -][0-9]{2}:?[0-9]{2})?)?)$")
+_TIME = re.compile(TIME_PATTERN)
 _LATEST_MS = (LATEST - EPOCH) // MS
 
 
@@ -35,7 +41,9 @@ def now_ms() -> dt.datetime:
 def parse_time(raw: str) -> dt.datetime:
     """An ISO-8601 time (UTC when it names no offset) or epoch milliseconds, in whole milliseconds;
     ValueError for anything else."""
-    text = raw.strip()
+    if not _TIME.match(raw):
+        raise ValueError(f"not an ISO-8601 time or epoch milliseconds: {raw[:40]!r}")
+    text = raw
     outside = ValueError(f"{raw[:40]!r} is outside 1970-01-01 .. {LATEST.date()}")
     if _EPOCH_MS.match(text):
         milliseconds = int(text)
@@ -60,9 +68,12 @@ def parse_time(raw: str) -> dt.datetime:
     return floor_to(moment, MS)
 
 
+DATE_PATTERN = "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+
+
 def parse_date(raw: str) -> dt.date:
     """A calendar date YYYY-MM-DD; ValueError for anything else."""
-    if not re.match(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$", raw):
+    if not re.match(DATE_PATTERN, raw):
         raise ValueError(f"not a date YYYY-MM-DD: {raw[:40]!r}")
     day = dt.date.fromisoformat(raw)
     if not EPOCH.date() <= day < LATEST.date():

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import msgspec
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import Response
 
 from services.common.instruments import Instrument
-from services.common.snapshots import latest_snapshot, take_snapshot
+from services.common.snapshots import SnapshotInfo, latest_snapshot, take_snapshot
 from services.ingest.context import IngestContext
 from services.ingest.errors import ErrorDetail, forbidden, invalid, json_response, not_found
 from services.ingest.pg_reads import database_unavailable
+
+
+class SnapshotsTaken(msgspec.Struct, frozen=True):
+    """201 of POST /admin/snapshots: one stored snapshot per instrument asked for."""
+
+    snapshots: list[SnapshotInfo]
 
 
 def _require_admin(ctx: IngestContext, request: Request) -> None:
@@ -36,7 +43,7 @@ async def post_snapshots(ctx: IngestContext, request: Request) -> Response:
             taken.append(await take_snapshot(ctx.redis, ctx.db, instrument, ctx.keys[instrument.symbol]))
     except (SQLAlchemyError, OSError) as exc:
         raise database_unavailable(exc) from exc
-    return json_response({"snapshots": taken}, 201)
+    return json_response(SnapshotsTaken(taken), 201)
 
 
 async def get_latest_snapshot(ctx: IngestContext, request: Request) -> Response:

@@ -80,7 +80,7 @@ def instrument_of(ctx: IngestContext, request: Request) -> Instrument:
 def time_param(request: Request, name: str) -> dt.datetime | None:
     """An ISO-8601 or epoch-ms query parameter; 422 when malformed."""
     raw = request.query_params.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return None
     try:
         return parse_time(raw)
@@ -105,7 +105,7 @@ async def get_ticker(ctx: IngestContext, request: Request) -> Response:
 async def get_candles(ctx: IngestContext, request: Request) -> Response:
     """Candles whose start lies in [start, end), oldest first, empty ones left out."""
     instrument = instrument_of(ctx, request)
-    name = request.query_params.get("interval") or DEFAULT_INTERVAL
+    name = request.query_params.get("interval", DEFAULT_INTERVAL)
     interval = INTERVALS.get(name)
     if interval is None:
         raise invalid([ErrorDetail("interval", f"must be one of {', '.join(INTERVALS)}")])

@@ -25,7 +25,7 @@ from services.ingest.errors import ErrorBody, json_response
 from services.ingest.fast_orders import OrdersFastPath
 from services.ingest.handling import Handler, guarded
 from services.ingest.openapi import openapi_endpoint
-from services.ingest.order_reads import cancel_order, get_order
+from services.ingest.order_reads import cancel_order, order_by_method
 from services.ingest.orderbook import get_orderbook
 from services.ingest.positions_routes import get_positions
 from services.ingest.settings import IngestSettings
@@ -66,8 +66,8 @@ def create_app(settings: IngestSettings) -> Starlette:
             await ctx.stop()
 
     routes = [
-        Route("/orders/{order_id}", bind(get_order), methods=["GET"]),
-        Route("/orders/{order_id}", bind(cancel_order), methods=["DELETE"]),
+        # One route for both methods, so a 405 on this path lists them both in Allow.
+        Route("/orders/{order_id}", bind(order_by_method), methods=["GET", "DELETE"]),
         Route("/orders/{order_id}/cancel", bind(cancel_order), methods=["POST"]),
         Route("/orderbook", bind(get_orderbook), methods=["GET"]),
         Route("/trades", bind(get_trades), methods=["GET"]),
@@ -77,7 +77,7 @@ def create_app(settings: IngestSettings) -> Starlette:
         Route("/admin/settlements", bind(post_settlement), methods=["POST"]),
         Route("/admin/snapshots", bind(post_snapshots), methods=["POST"]),
         Route("/admin/snapshots/latest", bind(get_latest_snapshot), methods=["GET"]),
-        Route("/openapi.json", openapi_endpoint(), methods=["GET"]),
+        Route("/openapi.json", openapi_endpoint(settings.instruments), methods=["GET"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", bind(health.readyz), methods=["GET"]),
         Route("/metrics", bind(health.metrics), methods=["GET"]),

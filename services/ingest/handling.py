@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 from collections.abc import Awaitable, Callable
 
 from redis.exceptions import RedisError
@@ -23,12 +22,11 @@ from services.ingest.errors import (
     too_large,
     unavailable,
 )
-from services.ingest.validation import ID_PATTERN
+from services.ingest.validation import ID_TEXT
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[Request], Awaitable[Response]]
-_ORDER_ID = re.compile(ID_PATTERN)
 
 
 def _check_declared_length(headers: Headers, limit: int) -> None:
@@ -76,7 +74,7 @@ async def read_asgi_body(headers: Headers, receive: Receive, limit: int) -> byte
 def order_id_of(request: Request) -> str:
     """The {order_id} path parameter; 404 for anything that cannot be an order id."""
     order_id = str(request.path_params.get("order_id", ""))
-    if not _ORDER_ID.match(order_id):
+    if not ID_TEXT.match(order_id):
         raise not_found(f"no order {order_id[:80]!r}")
     return order_id
 

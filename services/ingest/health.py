@@ -14,13 +14,20 @@ from services.ingest.context import SCRIPTS, IngestContext
 from services.ingest.errors import json_response
 
 
+class Health(msgspec.Struct, frozen=True):
+    status: str = "ok"
+
+
+_HEALTHY = Health()
+
+
 class Readiness(msgspec.Struct, frozen=True):
     status: str
     missing: list[str]
 
 
 async def healthz(request: Request) -> Response:
-    return json_response({"status": "ok"})
+    return json_response(_HEALTHY)
 
 
 async def _missing(ctx: IngestContext) -> list[str]:

@@ -1,4 +1,6 @@
-"""GET /openapi.json: the ingest API described from the very msgspec types the handlers use."""
+"""GET /openapi.json: the ingest API described from the very msgspec types, constants and instruments the
+handlers check against (openapi_parts.py). Every status an operation can answer is listed with its schema;
+tests/ingest/test_schemathesis.py holds the service to it."""
 
 from __future__ import annotations
 
@@ -8,145 +10,191 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.common.book import BookSnapshot
+from services.analytics.settlement import SettlementReport
+from services.common.book import MAX_LEVELS, BookSnapshot
+from services.common.instruments import Instruments
 from services.common.snapshots import SnapshotInfo
-from services.ingest.analytics_routes import CandleView, TickerView
+from services.ingest.admin import SnapshotsTaken
+from services.ingest.analytics_routes import DEFAULT_INTERVAL, INTERVALS, MAX_BUCKETS, CandleView, TickerView
 from services.ingest.errors import ErrorBody, raw_json_response
-from services.ingest.health import Readiness
+from services.ingest.health import Health, Readiness
+from services.ingest.openapi_parts import (
+    BEARER,
+    CLIENT_ID,
+    DB_DOWN,
+    IDEMPOTENCY_HEADER,
+    ORDER_ID,
+    RATE_HEADERS,
+    REDIS_DOWN,
+    REF,
+    RETRY_AFTER,
+    Schema,
+    auth_errors,
+    body_errors,
+    error,
+    instrument_enum,
+    int_range,
+    json_answer,
+    order_bodies,
+    pairs_as_arrays,
+    param,
+    ref,
+    time_param,
+)
+from services.ingest.orderbook import DEFAULT_LEVELS
 from services.ingest.pg_reads import TradeView
 from services.ingest.positions_routes import PositionsView
 from services.ingest.settlement_routes import SettlementRequest
+from services.ingest.trades import DEFAULT_LIMIT, MAX_LIMIT
 from services.ingest.validation import OrderRequest
 from services.ingest.views import CancelRequested, OrderView
 
-_TYPES: list[Any] = [OrderRequest, OrderView, CancelRequested, ErrorBody, BookSnapshot, list[TradeView],
-                     TickerView, list[CandleView], PositionsView, SettlementRequest, SnapshotInfo, Readiness]
-_REF = "#/components/schemas/{name}"
-_ORDER_ERRORS = {"400": "not JSON, or not an object", "401": "no or bad API key", "403": "acting for another client",
-                 "413": "body over the size limit", "422": "a field invalid, missing or unknown (`validation_error`)",
-                 "429": "over the client's or the API key's rate limit (Retry-After)",
-                 "503": "Redis unreachable or the matcher too far behind (Retry-After)"}
-BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
-# The client's token bucket (IETF draft names), on every order answer that reached it; absent while it is off.
-_RATE_HEADERS = {
-    "RateLimit-Limit": {"description": "the bucket's size (RATE_LIMIT_BURST)",
-                        "schema": {"type": "integer", "minimum": 1}},
-    "RateLimit-Remaining": {"description": "whole tokens left after this answer",
-                            "schema": {"type": "integer", "minimum": 0}},
-    "RateLimit-Reset": {"description": "seconds until the bucket is full again",
-                        "schema": {"type": "integer", "minimum": 0}},
+_TYPES: list[Any] = [OrderRequest, OrderView, CancelRequested, ErrorBody, BookSnapshot, TradeView, TickerView,
+                     CandleView, PositionsView, SettlementRequest, SettlementReport, SnapshotInfo, SnapshotsTaken,
+                     Readiness, Health]
+# POST /orders answers 201 and the replayed 200 with an order id: where a client (or schemathesis's
+# stateful phase) goes next.
+_ORDER_LINKS = {
+    name: {"operationId": operation, "parameters": {"order_id": "$response.body#/order_id"}}
+    for name, operation in (("GetOrder", "getOrder"), ("CancelOrder", "cancelOrder"), ("DeleteOrder", "deleteOrder"))
 }
-_RETRY_AFTER = {"description": "seconds to wait", "schema": {"type": "integer", "minimum": 1}}
 
 
-def _ref(name: str) -> dict[str, Any]:
-    return {"$ref": _REF.format(name=name)}
+def _operation(operation_id: str, summary: str, answers: dict[str, Schema], *, secured: bool = False,
+               parameters: list[Schema] | None = None, body: Schema | None = None) -> Schema:
+    operation: Schema = {"operationId": operation_id, "summary": summary, "responses": answers}
+    if secured:
+        operation["security"] = BEARER
+    if parameters:
+        operation["parameters"] = parameters
+    if body is not None:
+        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    return operation
 
 
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _errors(codes: dict[str, str]) -> dict[str, Any]:
-    return {code: _json(_ref("ErrorBody"), text) for code, text in codes.items()}
-
-
-def _param(name: str, where: str, description: str, required: bool = False) -> dict[str, Any]:
-    return {"name": name, "in": where, "required": required or where == "path", "description": description,
-            "schema": {"type": "string"}}
-
-
-def build_openapi() -> dict[str, Any]:
-    """The OpenAPI 3.1 document of the ingest service."""
-    schemas, components = msgspec.json.schema_components(_TYPES, ref_template=_REF)
-    trades, candles = schemas[5], schemas[7]
-    order_id = _param("order_id", "path", "the engine's order id")
-    instrument_q = _param("instrument", "query", "instrument symbol, e.g. BTC-USD")
-    order_answers: dict[str, Any] = {
-        "201": _json(_ref("OrderView"), "accepted: on the instrument's orders stream"),
-        "200": _json(_ref("OrderView"), "idempotent replay of the first answer"),
-        "409": _json(_ref("ErrorBody"), "`idempotency_conflict`: same key, different body; "
-                                        "`duplicate_client_order_id`: client_order_id used"),
-        **_errors(_ORDER_ERRORS)}
-    for status in ("201", "200", "409", "429", "503"):
-        order_answers[status]["headers"] = dict(_RATE_HEADERS)
-    order_answers["429"]["headers"]["Retry-After"] = _RETRY_AFTER
-    order_answers["503"]["headers"]["Retry-After"] = _RETRY_AFTER
-    paths: dict[str, Any] = {
-        "/orders": {"post": {
-            "summary": "Place an order", "security": BEARER,
-            "parameters": [_param("Idempotency-Key", "header", "alternative to the body's idempotency_key")],
-            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("OrderRequest")}}},
-            "responses": order_answers}},
-        "/orders/{order_id}": {
-            "get": {"summary": "An order's state", "security": BEARER, "parameters": [order_id],
-                    "responses": {"200": _json(_ref("OrderView"), "the order"),
-                                  **_errors({"401": "no or bad key", "403": "another client's order",
-                                             "404": "unknown order"})}},
-            "delete": {"summary": "Cancel an order (same as POST /orders/{order_id}/cancel)", "security": BEARER,
-                       "parameters": [order_id], "responses": {"200": _json(_ref("OrderView"), "cancelled")}}},
-        "/orders/{order_id}/cancel": {"post": {
-            "summary": "Cancel an order and wait up to CANCEL_WAIT_MS for the outcome", "security": BEARER,
-            "parameters": [order_id],
-            "responses": {"200": _json(_ref("OrderView"), "cancelled"),
-                          "202": _json(_ref("CancelRequested"), "outcome not known within the wait"),
-                          "409": _json(_ref("OrderView"), "already final"),
-                          **_errors({"403": "another client's order", "404": "unknown order"})}}},
-        "/orderbook": {"get": {
-            "summary": "Aggregated order book, best levels first",
-            "parameters": [instrument_q, _param("levels", "query", "1-1000, default 20")],
-            "responses": {"200": _json(_ref("BookSnapshot"), "the book at `seq`"), **_errors({"422": "bad query"})}}},
-        "/trades": {"get": {
-            "summary": "Recent trades, newest first (PostgreSQL)",
-            "parameters": [instrument_q, _param("limit", "query", "1-1000, default 50")],
-            "responses": {"200": _json(trades, "trades"), **_errors({"422": "bad query", "503": "no database"})}}},
-        "/analytics/{instrument}/ticker": {"get": {
-            "summary": "Rolling 24 h statistics", "parameters": [_param("instrument", "path", "symbol")],
-            "responses": {"200": _json(_ref("TickerView"), "ticker")}}},
-        "/analytics/{instrument}/candles": {"get": {
-            "summary": "OHLCV and VWAP per UTC-aligned bucket",
-            "parameters": [_param("instrument", "path", "symbol"),
-                           _param("interval", "query", "1m, 5m, 15m, 1h or 1d", required=True),
-                           _param("start", "query", "ISO-8601 or epoch ms (default end - 24 h)"),
-                           _param("end", "query", "ISO-8601 or epoch ms (default now)")],
-            "responses": {"200": _json(candles, "candles, oldest first"),
-                          **_errors({"422": "bad query or over 1,500 buckets"})}}},
-        "/clients/{client_id}/positions": {"get": {
-            "summary": "Net positions and volumes of a client", "security": BEARER,
-            "parameters": [_param("client_id", "path", "client id"),
-                           _param("as_of", "query", "ISO-8601 or epoch ms (default now)")],
-            "responses": {"200": _json(_ref("PositionsView"), "positions"),
-                          **_errors({"401": "no or bad key", "403": "another client's positions"})}}},
-        "/admin/settlements": {"post": {
-            "summary": "End-of-day settlement of a UTC date (admin)", "security": BEARER,
-            "requestBody": {"required": True,
-                            "content": {"application/json": {"schema": _ref("SettlementRequest")}}},
-            "responses": {"200": {"description": "settled and reconciled"}}}},
-        "/admin/snapshots": {"post": {
-            "summary": "Store the order book now (admin)", "security": BEARER, "parameters": [instrument_q],
-            "responses": {"201": {"description": "the stored snapshots' ids"}}}},
-        "/admin/snapshots/latest": {"get": {
-            "summary": "The newest stored snapshot (admin)", "security": BEARER, "parameters": [instrument_q],
-            "responses": {"200": _json(_ref("SnapshotInfo"), "snapshot")}}},
-        "/healthz": {"get": {"summary": "The process is up", "responses": {"200": {"description": "ok"}}}},
-        "/readyz": {"get": {"summary": "Redis reachable, Lua loaded, consumer groups present",
-                            "responses": {"200": _json(_ref("Readiness"), "ready"),
-                                          "503": _json(_ref("Readiness"), "not ready")}}},
-        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}},
+def _place_order() -> Schema:
+    with_rate = {"headers": dict(RATE_HEADERS)}
+    answers = {
+        "201": json_answer(ref("OrderView"), "accepted: durably on the instrument's orders stream",
+                           {**RATE_HEADERS, "Location": {"description": "/orders/{order_id}", "required": True,
+                                                         "schema": {"type": "string"}}}, _ORDER_LINKS),
+        "200": json_answer(ref("OrderView"), "the first answer again (Idempotent-Replayed: true): the same client "
+                                             "sent the same idempotency key with the same body",
+                           {**RATE_HEADERS, "Idempotent-Replayed": {"required": True, "schema": {"const": "true"}}},
+                           _ORDER_LINKS),
+        "409": {**error("`idempotency_conflict`: the key was used with another body; "
+                        "`duplicate_client_order_id`: the client already used this client_order_id"), **with_rate},
+        **body_errors("16 KiB (MAX_BODY_BYTES)"),
+        **auth_errors("a trader key acting for another client_id"),
+        "429": {**error("`rate_limited`: over the client's or the API key's token bucket"),
+                "headers": {**RATE_HEADERS, "Retry-After": RETRY_AFTER}},
+        "503": {**error("`unavailable`: Redis cannot be reached, or the matcher is more than MAX_MATCHER_LAG "
+                        "entries behind"), "headers": {**RATE_HEADERS, "Retry-After": RETRY_AFTER}},
     }
+    return _operation("placeOrder", "Place an order", answers, secured=True, parameters=[IDEMPOTENCY_HEADER],
+                      body=ref("OrderRequest"))
+
+
+def _cancel(operation_id: str, summary: str) -> Schema:
+    return _operation(operation_id, summary, {
+        "200": json_answer(ref("OrderView"), "cancelled: the final state"),
+        "202": json_answer(ref("CancelRequested"), "the matcher's outcome did not arrive within CANCEL_WAIT_MS"),
+        "409": json_answer(ref("OrderView"), "the order was already final (filled, cancelled or rejected)"),
+        "404": error("`not_found`: no such order"), **auth_errors("another client's order"), **REDIS_DOWN},
+        secured=True, parameters=[ORDER_ID])
+
+
+def _paths(instruments: Instruments) -> dict[str, Schema]:
+    instrument_path = param("instrument", "path", instrument_enum(instruments), "a configured instrument")
+    any_instrument = param("instrument", "query", instrument_enum(instruments),
+                           "a configured instrument (every instrument when absent)")
+    admin = auth_errors("this endpoint needs an admin key")
+    return {
+        "/orders": {"post": _place_order()},
+        "/orders/{order_id}": {
+            "get": _operation("getOrder", "An order's state", {
+                "200": json_answer(ref("OrderView"), "the order"), "404": error("`not_found`: no such order"),
+                **auth_errors("another client's order"), **REDIS_DOWN}, secured=True, parameters=[ORDER_ID]),
+            "delete": _cancel("deleteOrder", "Cancel an order (as POST /orders/{order_id}/cancel)"),
+        },
+        "/orders/{order_id}/cancel": {"post": _cancel(
+            "cancelOrder", "Cancel an order, waiting up to CANCEL_WAIT_MS for the matcher's outcome")},
+        "/orderbook": {"get": _operation("getOrderbook", "The aggregated order book, best levels first", {
+            "200": json_answer(ref("BookSnapshot"), "the book at `seq` (the WebSocket deltas' sequence)"),
+            "422": error("`validation_error`: instrument missing or unknown, or levels out of range"),
+            **REDIS_DOWN}, parameters=[
+                param("instrument", "query", instrument_enum(instruments), "a configured instrument", required=True),
+                param("levels", "query", int_range(1, MAX_LEVELS, DEFAULT_LEVELS), "levels per side")])},
+        "/trades": {"get": _operation("getTrades", "Recent trades, newest first (PostgreSQL)", {
+            "200": json_answer({"type": "array", "items": ref("TradeView")}, "trades"),
+            "422": error("`validation_error`: unknown instrument, or limit out of range"), **DB_DOWN},
+            parameters=[any_instrument, param("limit", "query", int_range(1, MAX_LIMIT, DEFAULT_LIMIT), "trades")])},
+        "/analytics/{instrument}/ticker": {"get": _operation("getTicker", "Statistics of the last 24 h", {
+            "200": json_answer(ref("TickerView"), "the ticker"),
+            "422": error("`validation_error`: unknown instrument"), **DB_DOWN}, parameters=[instrument_path])},
+        "/analytics/{instrument}/candles": {"get": _operation(
+            "getCandles", "OHLCV and VWAP per UTC-aligned bucket, oldest first, empty buckets left out", {
+                "200": json_answer({"type": "array", "items": ref("CandleView"), "maxItems": MAX_BUCKETS},
+                                   "candles"),
+                "422": error(f"`validation_error`: a bad parameter, start not before end, or more than "
+                             f"{MAX_BUCKETS} buckets"), **DB_DOWN},
+            parameters=[instrument_path,
+                        param("interval", "query", {"type": "string", "enum": list(INTERVALS),
+                                                    "default": DEFAULT_INTERVAL}, "bucket width"),
+                        time_param("start", "first bucket's earliest start (default end - 24 h)"),
+                        time_param("end", "exclusive end (default now)")])},
+        "/clients/{client_id}/positions": {"get": _operation(
+            "getPositions", "A client's net positions and volumes from its trades", {
+                "200": json_answer(ref("PositionsView"), "positions"),
+                "404": error("`not_found`: not a client id"), "422": error("`validation_error`: bad as_of"),
+                **auth_errors("another client's positions"), **DB_DOWN},
+            secured=True, parameters=[CLIENT_ID, time_param("as_of", "trades up to this time (default now)")])},
+        "/admin/settlements": {"post": _operation(
+            "postSettlement", "End-of-day settlement of a UTC date (admin; idempotent)", {
+                "200": json_answer(ref("SettlementReport"), "settled and reconciled"),
+                **body_errors("16 KiB (MAX_BODY_BYTES)"), **admin, **DB_DOWN},
+            secured=True, body=ref("SettlementRequest"))},
+        "/admin/snapshots": {"post": _operation("postSnapshots", "Store the order book now (admin)", {
+            "201": json_answer(ref("SnapshotsTaken"), "the stored snapshots"),
+            "422": error("`validation_error`: unknown instrument"), **admin, **DB_DOWN},
+            secured=True, parameters=[any_instrument])},
+        "/admin/snapshots/latest": {"get": _operation("getLatestSnapshot", "The newest stored snapshot (admin)", {
+            "200": json_answer(ref("SnapshotInfo"), "the snapshot"),
+            "404": error("`not_found`: no snapshot of the instrument yet"),
+            "422": error("`validation_error`: unknown instrument"), **admin, **DB_DOWN},
+            secured=True, parameters=[param("instrument", "query", instrument_enum(instruments),
+                                            "a configured instrument (default: the first)")])},
+        "/healthz": {"get": _operation("healthz", "The process is up", {
+            "200": json_answer(ref("Health"), "up")})},
+        "/readyz": {"get": _operation("readyz", "Redis reachable, Lua loaded, consumer groups present", {
+            "200": json_answer(ref("Readiness"), "ready"),
+            "503": json_answer(ref("Readiness"), "not ready", {"Retry-After": RETRY_AFTER})})},
+        "/metrics": {"get": _operation("metrics", "Prometheus metrics", {
+            "200": {"description": "the Prometheus text format",
+                    "content": {"text/plain": {"schema": {"type": "string"}}}}})},
+    }
+
+
+def build_openapi(instruments: Instruments) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the ingest service for these instruments."""
+    _, generated = msgspec.json.schema_components(_TYPES, ref_template=REF)
+    components: dict[str, Schema] = pairs_as_arrays(generated)
+    components.update(order_bodies(components["OrderRequest"], instruments))
     return {
         "openapi": "3.1.0",
         "info": {"title": "trading-engine ingest", "version": "1",
-                 "description": "Orders, order book, trades, analytics and clearing. Decimals are strings."},
-        "paths": paths,
+                 "description": "Orders, order book, trades, analytics and clearing. Decimals are strings in "
+                                "answers; errors are {\"error\", \"message\", \"details\"}."},
+        "paths": _paths(instruments),
         "components": {"schemas": components,
-                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                                      "description": "an API key: Authorization: Bearer <key>"}}},
     }
 
 
-def openapi_endpoint() -> Any:
+def openapi_endpoint(instruments: Instruments) -> Any:
     """A handler serving the document, encoded once."""
-    body = msgspec.json.encode(build_openapi())
+    body = msgspec.json.encode(build_openapi(instruments))
 
     async def openapi(_: Request) -> Response:
         return raw_json_response(body)

@@ -45,6 +45,11 @@ async def get_order(ctx: IngestContext, request: Request) -> Response:
     return json_response(render(found.record, found.instrument))
 
 
+async def order_by_method(ctx: IngestContext, request: Request) -> Response:
+    """/orders/{order_id}: GET reads the order, DELETE cancels it."""
+    return await (cancel_order if request.method == "DELETE" else get_order)(ctx, request)
+
+
 async def cancel_order(ctx: IngestContext, request: Request) -> Response:
     """Enqueue the cancel, then wait up to CANCEL_WAIT_MS for the matcher's outcome."""
     principal = ctx.authenticate(request)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from decimal import Decimal
 
 import msgspec
@@ -18,8 +17,7 @@ from services.common.times import iso
 from services.ingest.analytics_routes import time_param, vwap_text
 from services.ingest.context import IngestContext
 from services.ingest.errors import forbidden, json_response, not_found
-
-_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+from services.ingest.validation import ID_TEXT
 
 
 class SideView(msgspec.Struct, frozen=True):
@@ -55,7 +53,7 @@ async def get_positions(ctx: IngestContext, request: Request) -> Response:
     """Traders read their own client only; broker and admin keys any client."""
     principal = ctx.authenticate(request)
     client_id = str(request.path_params.get("client_id", ""))
-    if not _CLIENT_ID.match(client_id):
+    if not ID_TEXT.match(client_id):
         raise not_found(f"no client {client_id[:80]!r}")
     if not principal.may_act_for(client_id):
         raise forbidden(f"the positions of {client_id!r} belong to another client")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import Response
 
 from services.analytics.settlement import SettlementError, settle
-from services.analytics.time_buckets import parse_date
+from services.analytics.time_buckets import DATE_PATTERN, parse_date
 from services.ingest.context import IngestContext
 from services.ingest.errors import ErrorDetail, bad_request, forbidden, invalid, json_response
 from services.ingest.handling import read_body
@@ -17,7 +19,9 @@ from services.ingest.validation import check_json
 
 
 class SettlementRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    date: str
+    date: Annotated[str, msgspec.Meta(
+        pattern=DATE_PATTERN, extra_json_schema={"format": "date"},
+        description="a UTC date that is over, from 1970-01-01")]
 
 
 _decode = msgspec.json.Decoder(SettlementRequest).decode

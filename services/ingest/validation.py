@@ -15,6 +15,13 @@ from services.common.wire import OrderType, Side, TimeInForce
 from services.ingest.errors import ErrorDetail, bad_request, invalid
 
 ID_PATTERN = "^[A-Za-z0-9._:-]{1,64}$"
+# A price or quantity sent as a string (the OpenAPI document publishes this pattern): digits with an optional
+# fraction and exponent, not all zero. No sign, spaces, underscores or non-ASCII digits, which Decimal() would
+# take; sent as a JSON number, any number JSON allows is read exactly.
+DECIMAL_TEXT_PATTERN = ("^([0-9]{0,40}[1-9][0-9]{0,40}([.][0-9]{1,40})?|[0-9]{1,40}[.][0-9]{0,40}[1-9][0-9]{0,40})"
+                        "([eE][-+]?[0-9]{1,4})?$")
+_DECIMAL_TEXT = re.compile(DECIMAL_TEXT_PATTERN)
+ID_TEXT = re.compile(ID_PATTERN)
 KEY_TEXT_PATTERN = "^[A-Za-z0-9._:-]{1,128}$"
 KEY_PATTERN = re.compile(KEY_TEXT_PATTERN)
 IDEMPOTENCY_HEADER = "idempotency-key"
@@ -25,14 +32,15 @@ Symbol = Annotated[str, msgspec.Meta(max_length=64)]
 
 
 class OrderRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The POST /orders body as sent; price and quantity are read exactly (JSON numbers or strings)."""
+    """The POST /orders body as sent. Price and quantity stay raw JSON here and are read exactly by
+    validate_order (exact_decimal): a JSON number, or a string of DECIMAL_TEXT_PATTERN."""
 
     client_id: ClientId
     instrument: Symbol
     side: Side
     type: OrderType
-    quantity: Decimal
-    price: Decimal | None = None
+    quantity: msgspec.Raw
+    price: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
     time_in_force: TimeInForce | None = None
     post_only: bool = False
     client_order_id: ClientId | None = None
@@ -119,8 +127,12 @@ def validate_order(request: OrderRequest, instruments: Instruments,
         raise invalid([ErrorDetail("instrument", f"unknown instrument {request.instrument!r}")])
     details: list[ErrorDetail] = []
     try:
-        tif, price_ticks = _check_type(request, instrument, details)
-        lots = _check_quantity(request.quantity, instrument, details)
+        price = exact_decimal("price", request.price, details)
+        quantity = exact_decimal("quantity", request.quantity, details, nullable=False)
+        if details:
+            raise invalid(details)
+        tif, price_ticks = _check_type(request, price, instrument, details)
+        lots = _check_quantity(quantity, instrument, details) if quantity is not None else 0
     except ArithmeticError as exc:  # decimal corner cases must never become a 500
         raise invalid([ErrorDetail("body", f"not a usable number: {exc}")]) from None
     if details:
@@ -132,10 +144,32 @@ def validate_order(request: OrderRequest, instruments: Instruments,
     )
 
 
-def _check_type(request: OrderRequest, instrument: Instrument,
+def exact_decimal(field: str, raw: msgspec.Raw | msgspec.UnsetType, details: list[ErrorDetail],
+                  nullable: bool = True) -> Decimal | None:
+    """A raw JSON value read exactly as a Decimal; None for null or absent (where `nullable`); None after
+    adding to details when it is neither a JSON number nor a string of DECIMAL_TEXT_PATTERN."""
+    if raw is msgspec.UNSET:
+        return None
+    text = bytes(raw).decode()
+    if text == "null" and nullable:
+        return None
+    if text.startswith('"'):
+        value = msgspec.json.decode(text)
+        if isinstance(value, str) and _DECIMAL_TEXT.match(value):
+            return Decimal(value)
+        details.append(ErrorDetail(field, 'must be a positive decimal string of digits, such as "50000.00" or '
+                                          '"1e-8"'))
+        return None
+    if text[0] == "-" or text[0].isdigit():  # a JSON number: msgspec checked its grammar
+        return Decimal(text)
+    details.append(ErrorDetail(field, "must be a number or a decimal string"))
+    return None
+
+
+def _check_type(request: OrderRequest, price: Decimal | None, instrument: Instrument,
                 details: list[ErrorDetail]) -> tuple[TimeInForce, int]:
     if request.type == "market":
-        if request.price is not None:
+        if price is not None:
             details.append(ErrorDetail("price", "a market order takes no price"))
         if request.time_in_force not in (None, "IOC"):
             details.append(ErrorDetail("time_in_force", "a market order is always IOC"))
@@ -143,10 +177,10 @@ def _check_type(request: OrderRequest, instrument: Instrument,
             details.append(ErrorDetail("post_only", "post_only is for limit orders only"))
         return "IOC", 0
     tif: TimeInForce = request.time_in_force or "GTC"
-    if request.price is None:
+    if price is None:
         details.append(ErrorDetail("price", "a limit order needs a price"))
         return tif, 0
-    return tif, _units("price", request.price, instrument.tick, instrument.max_price, details)
+    return tif, _units("price", price, instrument.tick, instrument.max_price, details)
 
 
 def _check_quantity(quantity: Decimal, instrument: Instrument, details: list[ErrorDetail]) -> int:

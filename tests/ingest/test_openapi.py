@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
+import pytest
 from starlette.routing import Route
 
 from services.ingest import fast_orders
-from tests.ingest.conftest import Engine
+from services.ingest.validation import DECIMAL_TEXT_PATTERN
+from tests.ingest.conftest import KEY_A, Engine, limit_order
 
 
 def _refs(node: Any) -> set[str]:
@@ -34,16 +35,69 @@ async def test_openapi_covers_every_route(engine: Engine) -> None:
     components = document["components"]["schemas"]
     for ref in _refs(document):
         assert re.fullmatch(r"#/components/schemas/\w+", ref) and ref.rsplit("/", 1)[1] in components, ref
-    order = components["OrderRequest"]
-    assert set(order["required"]) == {"client_id", "instrument", "side", "type", "quantity"}
-    assert json.dumps(order).count("decimal") >= 2  # price and quantity are decimal strings or numbers
+    limit, market = components["LimitOrderRequest"], components["MarketOrderRequest"]
+    assert set(limit["required"]) == {"client_id", "instrument", "side", "type", "quantity", "price"}
+    assert set(market["required"]) == {"client_id", "instrument", "side", "type", "quantity"}
+    assert limit["additionalProperties"] is False and market["properties"]["price"] == {
+        "type": "null", "description": "a market order has no price"}
+    # The instruments of the configuration (the test's two), the loosest bounds over both in the schema.
+    assert limit["properties"]["instrument"]["enum"] == ["BTC-USD", "ETH-USD"]
+    number, text = limit["properties"]["price"]["anyOf"]
+    assert number == {"type": "number", "exclusiveMinimum": 0, "maximum": 10000000.0, "multipleOf": 0.01}
+    assert text["pattern"] == DECIMAL_TEXT_PATTERN
+    assert limit["properties"]["quantity"]["anyOf"][0]["multipleOf"] == 1e-8
+    assert "ETH-USD: a multiple of 0.05, at most 1000000" in limit["properties"]["price"]["description"]
+
+
+async def test_every_secured_operation_names_the_bearer_scheme_and_its_401(engine: Engine) -> None:
+    document = (await engine.client.get("/openapi.json")).json()
+    public = {"/orderbook", "/trades", "/analytics/{instrument}/ticker", "/analytics/{instrument}/candles",
+              "/healthz", "/readyz", "/metrics"}
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            secured = "security" in operation
+            assert secured == (path not in public), (path, method)
+            assert ("401" in operation["responses"]) == secured, (path, method)
+            for parameter in operation.get("parameters", []):
+                assert parameter["schema"].get("type") or parameter["schema"].get("enum"), (path, parameter)
+    links = document["paths"]["/orders"]["post"]["responses"]["201"]["links"]
+    operation_ids = {op["operationId"] for item in document["paths"].values() for op in item.values()}
+    assert {link["operationId"] for link in links.values()} <= operation_ids
+    assert {link["operationId"] for link in links.values()} == {"getOrder", "cancelOrder", "deleteOrder"}
+
+
+@pytest.mark.parametrize("price", ["1_000.00", " 50000.00", "+50000.00", "0", "0.00", "\uff150000", ".5", "NaN"])
+async def test_decimal_strings_follow_the_published_pattern(engine: Engine, price: str) -> None:
+    answer = await engine.post(limit_order(price=price))
+    assert answer.status_code == 422 and answer.json()["details"][0]["field"] == "price", answer.text
+    assert not re.match(DECIMAL_TEXT_PATTERN, price)
+
+
+@pytest.mark.parametrize("price", ["50000.00", "5e4", "5.00000E+4", 50000, 50000.0, 5e4])
+async def test_decimal_numbers_and_strings_of_the_pattern_are_read_exactly(engine: Engine, price: object) -> None:
+    answer = await engine.post(limit_order(price=price))
+    assert answer.status_code == 201 and answer.json()["price"] == "50000.00", answer.text
+
+
+@pytest.mark.parametrize("query", ["start=", "interval=", "start=2020-W01-1", "end=20200101T0000",
+                                   "start=2026-01-01t00:00", "as_of="])
+async def test_time_and_interval_parameters_follow_the_published_patterns(engine: Engine, query: str) -> None:
+    path = "/clients/client-A/positions" if query.startswith("as_of") else "/analytics/BTC-USD/candles"
+    answer = await engine.client.get(f"{path}?{query}", headers=KEY_A)
+    assert answer.status_code == 422, answer.text
+
+
+async def test_a_405_lists_every_method_of_the_path(engine: Engine) -> None:
+    answer = await engine.client.put("/orders/abc", headers=KEY_A)
+    assert answer.status_code == 405 and set(answer.headers["allow"].split(", ")) >= {"GET", "DELETE"}
 
 
 async def test_post_orders_answers_declare_the_rate_limit_headers(engine: Engine) -> None:
     responses = (await engine.client.get("/openapi.json")).json()["paths"]["/orders"]["post"]["responses"]
     rate = {"RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"}
-    for status in ("201", "200", "409"):
-        assert set(responses[status]["headers"]) == rate, status
+    assert set(responses["201"]["headers"]) == rate | {"Location"}
+    assert set(responses["200"]["headers"]) == rate | {"Idempotent-Replayed"}
+    assert set(responses["409"]["headers"]) == rate
     for status in ("429", "503"):
         assert set(responses[status]["headers"]) == rate | {"Retry-After"}, status
     assert "headers" not in responses["422"]
