@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -137,3 +138,20 @@ def test_a_configuration_error_is_one_json_line_and_exit_2(service: str, env: di
     [line] = [json.loads(text) for text in done.stderr.decode().splitlines()]
     assert (line["service"], line["level"], line["event"]) == (service, "error", "config_error")
     assert names in line["msg"]
+
+
+def test_log_file_gets_the_json_lines_and_stderr_stays_empty(tmp_path: Path) -> None:
+    log = tmp_path / "logs" / "ingest.log"
+    done = subprocess.run([sys.executable, "-m", "services.ingest"], cwd=REPO_ROOT, capture_output=True,
+                          env={**os.environ, "INGEST_PORT": "http", "LOG_FILE": str(log)}, timeout=30)
+    assert done.returncode == CONFIG_ERROR_EXIT and done.stderr == b""
+    [line] = [json.loads(text) for text in log.read_text().splitlines()]
+    assert (line["service"], line["event"]) == ("ingest", "config_error")
+
+
+def test_a_log_file_that_cannot_be_opened_is_a_configuration_error(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "services.matcher"], cwd=REPO_ROOT, capture_output=True,
+                          env={**os.environ, "LOG_FILE": str(tmp_path)}, timeout=30)  # a directory
+    assert done.returncode == CONFIG_ERROR_EXIT, done.stderr
+    [line] = [json.loads(text) for text in done.stderr.decode().splitlines()]
+    assert line["event"] == "config_error" and str(tmp_path) in line["msg"]
