@@ -25,7 +25,7 @@ install-dev: $(DEV_STAMP)  ## plus the test tools
 run: install  ## the whole engine in the foreground (Ctrl-C stops it)
 	bash scripts/run.sh foreground
 
-start: install  ## the whole engine in the background, logs in run/engine.log
+start: install  ## the whole engine in the background, logs in run/logs/ (circus's own in run/engine.log)
 	bash scripts/run.sh background
 
 stop:  ## stop an engine started with `make start`
