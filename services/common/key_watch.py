@@ -92,15 +92,16 @@ class KeyFile:
     def _checked(self, table: KeyTable) -> KeyTable:
         if table.has_demo_keys() and not self.allow_demo:
             raise DemoKeysRefused(
-                f"API keys file {str(self.path)!r} holds a key of the public demo set (demo-key-A, demo-key-B, "
-                "demo-broker, demo-admin) and ALLOW_DEMO_KEYS=0: point API_KEYS_FILE at keys of your own "
+                f"API keys file {str(self.path)!r} holds a key of the public demo set (the keys of "
+                "config/demo_api_keys.toml) and ALLOW_DEMO_KEYS=0: point API_KEYS_FILE at keys of your own "
                 "(python -m services.apikeys create), or set ALLOW_DEMO_KEYS=1 for a local trial")
         return table
 
     def _warn_demo(self) -> None:
         if self.table.has_demo_keys():
-            logger.warning("API keys include the public demo set (demo-key-A, demo-key-B, demo-broker, demo-admin): "
-                           "anyone can use them. Local runs only: set API_KEYS_FILE for anything real",
+            # Never the keys' names: they are keys too, and no key is ever logged.
+            logger.warning("API keys include the public demo set (the keys of config/demo_api_keys.toml): anyone "
+                           "can use them. Local runs only: set API_KEYS_FILE for anything real",
                            extra={"event": "demo_api_keys", "path": str(self.path)})
 
 
