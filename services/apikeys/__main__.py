@@ -15,10 +15,11 @@ from typing import get_args
 
 from services.apikeys.commands import UnknownKeyId, create, list_keys, revoke
 from services.common.auth import ApiKeysError, Role, key_id
-from services.common.env import env_path
+from services.common.env import REPO_ROOT, env_path
 from services.ingest.validation import ID_PATTERN
 
 USAGE_EXIT = 2
+DEMO_FILE = REPO_ROOT / "config" / "demo_api_keys.toml"
 _CLIENT_ID = re.compile(ID_PATTERN)  # a trader key for a client_id POST /orders refuses would be useless
 
 
@@ -37,16 +38,19 @@ def parser() -> argparse.ArgumentParser:
     return cli
 
 
-def keys_file(cli: argparse.ArgumentParser) -> Path:
+def keys_file(cli: argparse.ArgumentParser, command: str) -> Path:
     if not os.environ.get("API_KEYS_FILE"):
         cli.error("set API_KEYS_FILE to the keys file the services read (the demo set is not edited here)")
-    return env_path("API_KEYS_FILE", "")
+    path = env_path("API_KEYS_FILE", "")
+    if command != "list" and path.resolve() == DEMO_FILE.resolve():
+        cli.error(f"{path} is the shipped demo set, which stays as it is: start a file of your own")
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
     cli = parser()
     args = cli.parse_args(argv)
-    path = keys_file(cli)
+    path = keys_file(cli, args.command)
     try:
         if args.command == "create":
             if args.role == "trader" and not args.client:

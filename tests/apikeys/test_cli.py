@@ -87,6 +87,13 @@ def test_bad_arguments_exit_2_and_change_nothing(tmp_path: Path, args: list[str]
 def test_without_api_keys_file_nothing_is_written(tmp_path: Path) -> None:
     done = apikeys(None, "create", "--role", "admin")
     assert done.returncode == 2 and "set API_KEYS_FILE" in done.stderr
+    demo = REPO_ROOT / "config" / "demo_api_keys.toml"
+    for path in (demo, Path("config/demo_api_keys.toml")):  # relative: from the repository root
+        done = apikeys(path, "create", "--role", "admin")
+        assert done.returncode == 2 and "is the shipped demo set" in done.stderr
+    listed = apikeys(demo, "list")
+    assert listed.returncode == 0 and [line.split()[1:] for line in listed.stdout.splitlines()[1:]] == [
+        ["trader", "client-A"], ["trader", "client-B"], ["broker", "-"], ["admin", "-"]]
     assert subprocess.run(["git", "status", "--porcelain", "config"], cwd=REPO_ROOT, capture_output=True,
                           text=True).stdout == ""
 
