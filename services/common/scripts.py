@@ -110,33 +110,47 @@ class MatchArgv(ScriptArgs, frozen=True):
 
 
 # accept.lua --------------------------------------------------------------------------------------
+# N orders of one instrument per call (POST /orders is N = 1, POST /orders/batch one call per instrument):
+# KEYS are AcceptKeys then AcceptOrderKeys per order; ARGV is AcceptArgv then, per order, AcceptOrderArgv
+# followed by its `command_fields` values (the orders-stream entry's field/value pairs).
 
 class AcceptKeys(ScriptArgs, frozen=True):
-    """KEYS of accept.lua: the last three are named even when unused, so every key is in the call."""
+    """KEYS of accept.lua shared by every order of the call."""
 
     orders: str
     order_state: str
-    rate_bucket: str  # the client's
-    idempotency: str
-    client_order_id: str
     key_rate_bucket: str  # the API key's, in this instrument's slot
 
 
+class AcceptOrderKeys(ScriptArgs, frozen=True):
+    """KEYS of one order of an accept.lua call: named even when unused, so every key is in the call."""
+
+    rate_bucket: str  # the client's
+    idempotency: str
+    client_order_id: str
+
+
 class AcceptArgv(ScriptArgs, frozen=True):
-    """ARGV of accept.lua; the orders-stream entry's field/value pairs follow (A_COMMAND_FROM on)."""
+    """ARGV of accept.lua shared by every order of the call."""
 
     rate: int  # the client bucket's tokens per second, 0 = no limit
     burst: int
     key_rate: int  # the API key bucket's, 0 = no limit
     key_burst: int
     overloaded: str  # "1" | "0"
+    ttl_s: int  # of the idempotency and client order id records
+
+
+class AcceptOrderArgv(ScriptArgs, frozen=True):
+    """ARGV of one order of an accept.lua call; `command_fields` values follow (the stream entry's pairs)."""
+
     fingerprint: str  # 64 hex, "" without an idempotency key
     answer: bytes  # the 201 body to replay, b"" without an idempotency key
-    ttl_s: int  # of the idempotency and client order id records
     order_id: str
     record: bytes  # the packed OrderRecord (encode_record)
     has_idempotency_key: str  # "1" | "0"
     has_client_order_id: str  # "1" | "0"
+    command_fields: int  # how many ARGV values follow this block
 
 
 # cancel.lua --------------------------------------------------------------------------------------
@@ -179,23 +193,44 @@ class BookArgv(ScriptArgs, frozen=True):
 
 @dataclass(frozen=True, slots=True)
 class ScriptInterface:
-    """One script's file, its KEYS and ARGV names in order, and the Structs of what it writes, by key."""
+    """One script's file, its KEYS and ARGV names in order, and the Structs of what it writes, by key.
+
+    A script taking several items per call (accept.lua: orders) declares the per-item names too: KEYS are
+    `keys` then `keys_each` per item; ARGV is `argv` then per item `argv_each`, whose last field
+    (`argv_each_rest`) counts the values that follow the item's block. The prelude names the fixed positions
+    (K_*, A_*) and the offsets within an item's block (KE_*, AE_*: 0-based), with K_EACH_FROM / K_EACH_SIZE
+    and A_EACH_FROM / A_EACH_SIZE."""
 
     package: str
     filename: str
     keys: tuple[str, ...]
     argv: tuple[str, ...]
     argv_rest: str | None = None  # name of the variable tail of ARGV (A_<NAME>_FROM is its first index)
+    keys_each: tuple[str, ...] = ()
+    argv_each: tuple[str, ...] = ()
+    argv_each_rest: str | None = None  # the last of argv_each: how many values follow an item's block
     record_codec: bool = False  # the script gets unpack_record / pack_record
     book_member: bool = False  # the script gets MEMBER_FORMAT / MEMBER_ID_AT
     reply: type[msgspec.Struct] | None = None  # array-like: the script gets reply_of(table by field name)
     writes: tuple[tuple[str, type[msgspec.Struct]], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.argv_each_rest is not None and self.argv_each[-1:] != (self.argv_each_rest,):
+            raise ValueError(f"{self.filename}: {self.argv_each_rest!r} must be the last per-item ARGV field")
+        if self.argv_rest is not None and self.argv_each:
+            raise ValueError(f"{self.filename}: a variable ARGV tail and per-item ARGV blocks exclude each other")
 
     def prelude(self) -> str:
         """The generated first line: every position by name, and the codecs the script asked for."""
         parts = [_locals("K_", self.keys, "KEYS"), _locals("A_", self.argv, "ARGV")]
         if self.argv_rest is not None:
             parts.append(f"local A_{self.argv_rest.upper()}_FROM = {len(self.argv) + 1}")
+        if self.keys_each:
+            parts.append(f"local K_EACH_FROM, K_EACH_SIZE = {len(self.keys) + 1}, {len(self.keys_each)}")
+            parts.append(_offsets("KE_", self.keys_each))
+        if self.argv_each:
+            parts.append(f"local A_EACH_FROM, A_EACH_SIZE = {len(self.argv) + 1}, {len(self.argv_each)}")
+            parts.append(_offsets("AE_", self.argv_each))
         if self.book_member:
             parts.append(f"local MEMBER_FORMAT, MEMBER_ID_AT = '{MEMBER_FORMAT}', {MEMBER_ID_AT}")
         if self.record_codec:
@@ -226,6 +261,11 @@ def _locals(prefix: str, names: tuple[str, ...], table: str) -> str:
     return f"local {lua_names} = {values}"
 
 
+def _offsets(prefix: str, names: tuple[str, ...]) -> str:
+    lua_names = ", ".join(prefix + _lua_name(n).upper() for n in names)
+    return f"local {lua_names} = {', '.join(str(i) for i in range(len(names)))}"
+
+
 def record_codec_lua() -> str:
     """Lua functions between a packed OrderRecord (a msgpack array) and a table keyed by its field names."""
     names = [_lua_name(n) for n in OrderRecord.__struct_fields__]
@@ -242,7 +282,8 @@ MATCH = ScriptInterface(
 )
 ACCEPT = ScriptInterface(
     "services.ingest", "accept.lua", AcceptKeys.__struct_fields__, AcceptArgv.__struct_fields__,
-    argv_rest="command",
+    keys_each=AcceptOrderKeys.__struct_fields__, argv_each=AcceptOrderArgv.__struct_fields__,
+    argv_each_rest="command_fields",
     writes=(("orders", NewOrderCommand), ("order_state", OrderRecord)),
 )
 CANCEL = ScriptInterface(

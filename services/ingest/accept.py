@@ -1,12 +1,16 @@
-"""Enqueueing a validated order: one atomic accept.lua call through the command batcher."""
+"""Enqueueing validated orders: one atomic accept.lua call per instrument through the command batcher."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import msgspec
+from redis.typing import EncodableT
 
 from services.common.keys import InstrumentKeys
 from services.common.redis_batch import CommandBatcher
-from services.common.scripts import ACCEPT_SCRIPT, AcceptArgv, AcceptKeys, astuple
+from services.common.scripts import ACCEPT_SCRIPT, AcceptArgv, AcceptKeys, AcceptOrderArgv, AcceptOrderKeys, astuple
 from services.common.wire import NewOrderCommand, OrderRecord, encode_record
 from services.ingest.validation import ValidOrder
 
@@ -72,30 +76,70 @@ def _command_fields(record: OrderRecord) -> list[str]:
     return fields
 
 
-async def accept_order(batcher: CommandBatcher, keys: InstrumentKeys, order: ValidOrder, record: OrderRecord, *,
-                       answer: bytes, rate_per_sec: int, burst: int, key_id: str, key_rate_per_sec: int,
-                       key_burst: int, overloaded: bool, idempotency_ttl_s: int) -> Outcome:
-    """Rate-limit (the client's bucket and the API key `key_id`'s), deduplicate and enqueue `order` (stored as
-    `record`) atomically; `answer` is the 201 body to remember. No key id (AUTH_MODE=off): no key bucket."""
-    if not key_id:
-        key_rate_per_sec = 0
-    # Absent records still get a key name (never read): all keys are passed, all in the instrument's slot.
-    script_keys = astuple(AcceptKeys(
-        orders=keys.orders, order_state=keys.order_state, rate_bucket=keys.rate_bucket(order.client_id),
-        idempotency=keys.idempotency(order.client_id, order.idempotency_key or ""),
-        client_order_id=keys.client_order_id(order.client_id, order.client_order_id),
-        key_rate_bucket=keys.key_rate_bucket(key_id),
-    ))
-    keyed = order.idempotency_key is not None
-    argv = AcceptArgv(
-        # The fingerprint and the answer are read only to store or check an idempotency record.
-        rate=rate_per_sec, burst=burst, key_rate=key_rate_per_sec, key_burst=key_burst,
-        overloaded="1" if overloaded else "0",
-        fingerprint=order.fingerprint() if keyed else "", answer=answer if keyed else b"",
-        ttl_s=idempotency_ttl_s, order_id=record.order_id, record=encode_record(record),
-        has_idempotency_key="1" if keyed else "0", has_client_order_id="1" if order.client_order_id else "0",
-    )
-    reply = await batcher.evalsha(ACCEPT_SCRIPT, script_keys, (*astuple(argv), *_command_fields(record)))
+class Placement(msgspec.Struct, frozen=True):
+    """One order of an accept.lua call: the validated order, what is stored, and its 201 body."""
+
+    order: ValidOrder
+    record: OrderRecord
+    answer: bytes
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True):
+    """What every order of a call shares: the buckets' rates, the API key, backpressure, the records' TTL."""
+
+    rate_per_sec: int
+    burst: int
+    key_id: str
+    key_rate_per_sec: int
+    key_burst: int
+    overloaded: bool
+    idempotency_ttl_s: int
+
+
+async def accept_orders(batcher: CommandBatcher, keys: InstrumentKeys, placements: Sequence[Placement],
+                        limits: Limits) -> list[Outcome]:
+    """Rate-limit (the client's bucket and the API key's), deduplicate and enqueue each of `placements` (orders
+    of `keys`' instrument) atomically in one accept.lua call, in order; one outcome each. No key id
+    (AUTH_MODE=off): no key bucket."""
+    key_rate = limits.key_rate_per_sec if limits.key_id else 0
+    script_keys: list[str] = list(astuple(AcceptKeys(
+        orders=keys.orders, order_state=keys.order_state, key_rate_bucket=keys.key_rate_bucket(limits.key_id))))
+    argv: list[EncodableT] = list(astuple(AcceptArgv(
+        rate=limits.rate_per_sec, burst=limits.burst, key_rate=key_rate, key_burst=limits.key_burst,
+        overloaded="1" if limits.overloaded else "0", ttl_s=limits.idempotency_ttl_s,
+    )))
+    for placement in placements:
+        order, record = placement.order, placement.record
+        # Absent records still get a key name (never read): all keys are passed, all in the instrument's slot.
+        script_keys += astuple(AcceptOrderKeys(
+            rate_bucket=keys.rate_bucket(order.client_id),
+            idempotency=keys.idempotency(order.client_id, order.idempotency_key or ""),
+            client_order_id=keys.client_order_id(order.client_id, order.client_order_id),
+        ))
+        keyed = order.idempotency_key is not None
+        command = _command_fields(record)
+        argv += astuple(AcceptOrderArgv(
+            # The fingerprint and the answer are read only to store or check an idempotency record.
+            fingerprint=order.fingerprint() if keyed else "", answer=placement.answer if keyed else b"",
+            order_id=record.order_id, record=encode_record(record),
+            has_idempotency_key="1" if keyed else "0", has_client_order_id="1" if order.client_order_id else "0",
+            command_fields=len(command),
+        ))
+        argv += command
+    replies = await batcher.evalsha(ACCEPT_SCRIPT, script_keys, argv)
+    if len(replies) != len(placements):
+        raise RuntimeError(f"accept.lua answered {len(replies)} replies for {len(placements)} orders")
+    return [_outcome(reply) for reply in replies]
+
+
+async def accept_order(batcher: CommandBatcher, keys: InstrumentKeys, placement: Placement,
+                       limits: Limits) -> Outcome:
+    """accept_orders of one order."""
+    (outcome,) = await accept_orders(batcher, keys, (placement,), limits)
+    return outcome
+
+
+def _outcome(reply: list[Any]) -> Outcome:
     kind, value, remaining, reset_ms = reply
     if kind == b"ok":
         return Accepted(value.decode(), remaining=remaining, reset_ms=reset_ms)

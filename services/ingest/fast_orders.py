@@ -1,9 +1,11 @@
-"""/orders straight from ASGI: the hot path skips Starlette's router, Request, middleware and exception layers.
+"""/orders and POST /orders/batch straight from ASGI: the hot path skips Starlette's router, Request, middleware
+and exception layers.
 
-Profiles of ingest under load put a fifth of its CPU in routing and per-request wrapper objects; the one
-endpoint that carries the load is answered here (place_order.answer_order), and everything else goes on
-to the Starlette app. This is the only route to POST /orders: the app has none, so a middleware added to
-the app never sees an order.
+Profiles of ingest under load put a fifth of its CPU in routing and per-request wrapper objects; the two
+endpoints that carry the load are answered here (place_order.answer_order, place_batch.answer_batch), and
+everything else goes on to the Starlette app. This is the only route to POST /orders and POST /orders/batch:
+the app has neither, so a middleware added to the app never sees an order. Other methods on /orders/batch go
+on to the app, where the path is /orders/{order_id} with the id "batch" (which no order has: 404).
 """
 
 from __future__ import annotations
@@ -17,38 +19,48 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from services.ingest.context import IngestContext
 from services.ingest.errors import ErrorBody, json_response
 from services.ingest.handling import read_asgi_body
+from services.ingest.place_batch import answer_batch
 from services.ingest.place_order import answer_order
 
 logger = logging.getLogger(__name__)
 
 PATH = "/orders"  # served for POST only (openapi.py describes it beside the app's routes)
+BATCH_PATH = "/orders/batch"  # POST only; other methods are the app's
 _ALLOW_POST = {"Allow": "POST"}
 
 
 class OrdersFastPath:
-    """ASGI middleware answering /orders itself (POST, or 405 for other methods) and passing every other path on."""
+    """ASGI middleware answering /orders itself (POST, or 405 for other methods) and POST /orders/batch, and
+    passing everything else on."""
 
     def __init__(self, app: ASGIApp, ctx: IngestContext) -> None:
         self.app = app
         self.ctx = ctx
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != PATH:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if scope["method"] != "POST":
-            # What Starlette's router answers for a method a route does not have.
-            await json_response(ErrorBody("method_not_allowed", "Method Not Allowed"), 405, _ALLOW_POST)(
-                scope, receive, send)
+        path = scope["path"]
+        if path == PATH:
+            if scope["method"] != "POST":
+                # What Starlette's router answers for a method a route does not have.
+                await json_response(ErrorBody("method_not_allowed", "Method Not Allowed"), 405, _ALLOW_POST)(
+                    scope, receive, send)
+                return
+            answer, limit = answer_order, self.ctx.settings.max_body_bytes
+        elif path == BATCH_PATH and scope["method"] == "POST":
+            answer, limit = answer_batch, self.ctx.settings.batch_max_body_bytes
+        else:
+            await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        limit = self.ctx.settings.max_body_bytes
         try:
-            response = await answer_order(self.ctx, headers, lambda: read_asgi_body(headers, receive, limit))
+            response = await answer(self.ctx, headers, lambda: read_asgi_body(headers, receive, limit))
         except ClientDisconnect:
             return
         except Exception:
-            # answer_order turns every expected failure into its answer; this is a bug, not bad input.
-            logger.exception("unexpected error in POST /orders")
+            # The answer functions turn every expected failure into an answer; this is a bug, not bad input.
+            logger.exception("unexpected error in POST %s", path)
             response = json_response(ErrorBody("internal", "unexpected error"), 500)
         await response(scope, receive, send)

@@ -20,10 +20,14 @@ class IngestMetrics:
             "orders_received_total", "Orders accepted onto their instrument's orders stream",
             ["instrument"], registry=self.registry)
         self.orders_rejected = Counter(
-            "orders_rejected_total", "POST /orders answered without accepting an order, by reason",
+            "orders_rejected_total",
+            "Orders answered without being accepted, by reason (each order of a batch; a batch refused whole: once)",
             ["reason"], registry=self.registry)
         self.order_latency = Histogram(
             "order_latency_seconds", "Time from a POST /orders request's start to its answer",
+            buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.batch_latency = Histogram(
+            "order_batch_latency_seconds", "Time from a POST /orders/batch request's start to its answer",
             buckets=LATENCY_BUCKETS, registry=self.registry)
         self.idempotent_replays = Counter(
             "idempotent_replays_total", "POST /orders answered with a stored first answer",

@@ -18,7 +18,10 @@ from services.ingest.accept import (
     Accepted,
     Conflict,
     DuplicateClientOrderId,
+    Limits,
+    Outcome,
     Overloaded,
+    Placement,
     RateLimited,
     Replayed,
     Reply,
@@ -47,7 +50,7 @@ class _AnswerId(msgspec.Struct):
 _decode_answer_id = msgspec.json.Decoder(_AnswerId).decode
 
 
-def _log(ctx: IngestContext, event: str, client_id: str | None, order_id: str | None = None,
+def log_order(ctx: IngestContext, event: str, client_id: str | None, order_id: str | None = None,
          instrument: str | None = None, reason: str | None = None) -> None:
     # Counted for the periodic `activity` line; a line of its own per order only with LOG_ORDERS=1
     # (the order is on the streams and in PostgreSQL: a line each would cost the hot path ~20%).
@@ -69,11 +72,11 @@ async def answer_order(ctx: IngestContext, headers: Headers, body: Callable[[], 
         response = await _enqueue(ctx, order, principal)
     except ApiError as err:
         ctx.metrics.orders_rejected.labels(err.reason).inc()
-        _log(ctx, "rejected", client_id, reason=err.reason)
+        log_order(ctx, "rejected", client_id, reason=err.reason)
         response = err.response()
     except (RedisError, OSError, BatcherClosed) as exc:
         ctx.metrics.orders_rejected.labels("unavailable").inc()
-        _log(ctx, "rejected", client_id, reason="unavailable")
+        log_order(ctx, "rejected", client_id, reason="unavailable")
         response = redis_unavailable(exc).response()
     ctx.metrics.order_latency.observe(time.perf_counter() - started)
     return response
@@ -83,12 +86,18 @@ async def _checked_order(ctx: IngestContext, headers: Headers, await_body: Calla
                          ) -> tuple[ValidOrder, Principal]:
     body = await await_body()  # first: 413 comes before 401
     principal = ctx.authenticate(headers)
+    return checked_order(ctx, principal, body, headers.get(IDEMPOTENCY_HEADER)), principal
+
+
+def checked_order(ctx: IngestContext, principal: Principal, body: bytes, idempotency_header: str | None
+                  ) -> ValidOrder:
+    """One order's body checked as POST /orders checks it after 413 and 401: ApiError 400, 422 or 403."""
     decoded = decode_order(body)
-    key = resolve_idempotency_key(decoded, headers.get(IDEMPOTENCY_HEADER))
+    key = resolve_idempotency_key(decoded, idempotency_header)
     order = validate_order(decoded, ctx.instruments, key)
     if not principal.may_act_for(order.client_id):
         raise forbidden(f"this key acts for {principal.client_id!r} only, not {order.client_id!r}")
-    return order, principal
+    return order
 
 
 def _with_rate_limit(ctx: IngestContext, reply: Reply, headers: dict[str, str]) -> dict[str, str]:
@@ -100,29 +109,46 @@ def _with_rate_limit(ctx: IngestContext, reply: Reply, headers: dict[str, str]) 
     return headers
 
 
-async def _enqueue(ctx: IngestContext, order: ValidOrder, principal: Principal) -> Response:
-    settings = ctx.settings
-    symbol = order.instrument.symbol
-    created_ms = time.time_ns() // 1_000_000
+def placement_of(order: ValidOrder, created_ms: int) -> Placement:
+    """The order with a new order id, as stored and enqueued, and its 201 body."""
     record = accepted_record(order, new_order_id(created_ms), created_ms)
-    order_id = record.order_id
-    answer = encode_view(render(record, order.instrument))
-    outcome = await accept_order(
-        ctx.batcher, ctx.keys[symbol], order, record, answer=answer,
+    return Placement(order, record, encode_view(render(record, order.instrument)))
+
+
+def limits_of(ctx: IngestContext, principal: Principal, symbol: str) -> Limits:
+    """The buckets, backpressure and TTL every order `principal` places on `symbol` now is held to."""
+    settings = ctx.settings
+    return Limits(
         rate_per_sec=settings.rate_limit_per_sec, burst=settings.rate_limit_burst, key_id=principal.key_id,
         key_rate_per_sec=settings.api_key_rate_limit_per_sec, key_burst=settings.api_key_rate_limit_burst,
         overloaded=ctx.lag.overloaded(symbol), idempotency_ttl_s=settings.idempotency_ttl_s,
     )
+
+
+async def _enqueue(ctx: IngestContext, order: ValidOrder, principal: Principal) -> Response:
+    symbol = order.instrument.symbol
+    placement = placement_of(order, time.time_ns() // 1_000_000)
+    outcome = await accept_order(ctx.batcher, ctx.keys[symbol], placement, limits_of(ctx, principal, symbol))
+    status, body, headers = settle(ctx, placement, outcome)
+    return raw_json_response(body, status, headers)
+
+
+def settle(ctx: IngestContext, placement: Placement, outcome: Outcome) -> tuple[int, bytes, dict[str, str]]:
+    """accept.lua's outcome for one order as POST /orders answers it: (status, body, headers) of a 201 or a
+    200 replay, counted and logged; ApiError for every refusal (counted by the caller)."""
+    order = placement.order
+    symbol = order.instrument.symbol
     if isinstance(outcome, Accepted):
+        order_id = placement.record.order_id
         ctx.metrics.orders_received.labels(symbol).inc()
-        _log(ctx, "accepted", order.client_id, order_id, symbol)
-        return raw_json_response(answer, 201, _with_rate_limit(ctx, outcome, {"Location": f"/orders/{order_id}"}))
+        log_order(ctx, "accepted", order.client_id, order_id, symbol)
+        return 201, placement.answer, _with_rate_limit(ctx, outcome, {"Location": f"/orders/{order_id}"})
     if isinstance(outcome, Replayed):
         ctx.metrics.idempotent_replays.inc()
         first_id = _decode_answer_id(outcome.answer).order_id
-        _log(ctx, "replayed", order.client_id, first_id, symbol)
-        return raw_json_response(outcome.answer, 200, _with_rate_limit(
-            ctx, outcome, {"Idempotent-Replayed": "true", "Location": f"/orders/{first_id}"}))
+        log_order(ctx, "replayed", order.client_id, first_id, symbol)
+        return 200, outcome.answer, _with_rate_limit(
+            ctx, outcome, {"Idempotent-Replayed": "true", "Location": f"/orders/{first_id}"})
     if isinstance(outcome, Conflict):
         raise ApiError(409, "idempotency_conflict",
                        f"idempotency key {order.idempotency_key!r} was used with a different body",

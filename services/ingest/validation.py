@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import msgspec
 
@@ -26,6 +26,7 @@ KEY_TEXT_PATTERN = "^[A-Za-z0-9._:-]{1,128}$"
 KEY_PATTERN = re.compile(KEY_TEXT_PATTERN)
 IDEMPOTENCY_HEADER = "idempotency-key"
 
+T = TypeVar("T")
 ClientId = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
 IdempotencyKey = Annotated[str, msgspec.Meta(pattern=KEY_TEXT_PATTERN)]
 Symbol = Annotated[str, msgspec.Meta(max_length=64)]
@@ -78,8 +79,14 @@ _FIELD_NAMED = re.compile(r"field `([^`]*)`")
 
 def decode_order(body: bytes) -> OrderRequest:
     """Decode a body: ApiError 400 when it is not a JSON object, 422 when a field is bad."""
+    return decode_object(_decoder, body)
+
+
+def decode_object(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
+    """Decode a body that must be a JSON object of `decoder`'s Struct: ApiError 400 when it is not a JSON
+    object, 422 naming the field when a field is bad."""
     try:
-        return _decoder.decode(body)
+        return decoder.decode(body)
     except msgspec.ValidationError as exc:
         message = str(exc)
         if message.startswith("Expected `object`") and " - at " not in message:

@@ -26,6 +26,8 @@ from services.common.scripts import (
     MEMBER_ID_AT,
     AcceptArgv,
     AcceptKeys,
+    AcceptOrderArgv,
+    AcceptOrderKeys,
     BatchResult,
     BookKeys,
     CancelArgv,
@@ -72,11 +74,21 @@ def test_the_script_numbers_no_position_of_keys_or_argv(interface: ScriptInterfa
 @pytest.mark.parametrize("interface", INTERFACES, ids=lambda i: i.filename)
 def test_the_script_uses_exactly_the_declared_keys_and_argv(interface: ScriptInterface) -> None:
     code = _code(interface)
-    assert set(re.findall(r"\bK_[A-Z0-9_]+\b", code)) == {f"K_{n.upper()}" for n in interface.keys}
+    keys = {f"K_{n.upper()}" for n in interface.keys}
     declared = {f"A_{n.upper()}" for n in interface.argv}
     if interface.argv_rest is not None:
         declared.add(f"A_{interface.argv_rest.upper()}_FROM")
+    if interface.keys_each:
+        keys |= {"K_EACH_FROM", "K_EACH_SIZE"}
+    if interface.argv_each:
+        declared |= {"A_EACH_FROM", "A_EACH_SIZE"}
+    assert set(re.findall(r"\bK_[A-Z0-9_]+\b", code)) == keys
     assert set(re.findall(r"\bA_[A-Z0-9_]+\b", code)) == declared
+    # Within an order's block: exactly the declared offsets, each read from KEYS / ARGV at a block's base.
+    assert set(re.findall(r"\bKE_[A-Z0-9_]+\b", code)) == {f"KE_{n.upper()}" for n in interface.keys_each}
+    assert set(re.findall(r"\bAE_[A-Z0-9_]+\b", code)) == {f"AE_{n.upper()}" for n in interface.argv_each}
+    assert re.findall(r"\bKE_\w+", code) == re.findall(r"KEYS\[kb \+ (KE_\w+)\]", code)
+    assert re.findall(r"\bAE_\w+", code) == re.findall(r"ARGV\[ab \+ (AE_\w+)\]", code)
 
 
 @pytest.mark.parametrize("keys", [MatchKeys, CancelKeys, BookKeys], ids=lambda k: k.__name__)
@@ -97,8 +109,18 @@ def test_the_prelude_is_one_line_and_the_sha_covers_it() -> None:
         assert prelude.count("\n") == 1 and prelude.endswith("\n")
         script = interface.script()
         assert script.source.startswith(prelude) and script.sha == interface.script().sha
-    assert "local K_ORDERS, K_ORDER_STATE, K_RATE_BUCKET" in ACCEPT.prelude()
-    assert f"local A_COMMAND_FROM = {len(AcceptArgv.__struct_fields__) + 1}" in ACCEPT.prelude()
+    assert "local K_ORDERS, K_ORDER_STATE, K_KEY_RATE_BUCKET = KEYS[1], KEYS[2], KEYS[3]" in ACCEPT.prelude()
+    assert "local K_EACH_FROM, K_EACH_SIZE = 4, 3 local KE_RATE_BUCKET, KE_IDEMPOTENCY, KE_CLIENT_ORDER_ID = 0, 1, 2" \
+        in ACCEPT.prelude()
+    assert f"local A_EACH_FROM, A_EACH_SIZE = {len(AcceptArgv.__struct_fields__) + 1}, " \
+           f"{len(AcceptOrderArgv.__struct_fields__)}" in ACCEPT.prelude()
+    assert ACCEPT.argv_each[-1] == ACCEPT.argv_each_rest == "command_fields"
+
+
+def test_a_per_item_tail_count_must_close_the_items_block() -> None:
+    with pytest.raises(ValueError, match="must be the last"):
+        ScriptInterface("services.ingest", "accept.lua", ("a",), ("b",), argv_each=("count", "other"),
+                        argv_each_rest="count")
 
 
 def test_match_lua_reads_only_command_fields() -> None:
@@ -224,18 +246,25 @@ def _keys(key_prefix: str) -> InstrumentKeys:
 async def test_accept_lua_writes_a_new_order_command_and_the_record(redis: Redis, key_prefix: str) -> None:
     keys = _keys(key_prefix)
     record = msgspec.structs.replace(RECORD, status="accepted", filled_lots=0, arrival_seq=0)
-    script_keys = astuple(AcceptKeys(keys.orders, keys.order_state, keys.rate_bucket("c"), keys.idempotency("c", ""),
-                                     keys.client_order_id("c", ""), keys.key_rate_bucket("k")))
-    argv = AcceptArgv(rate=0, burst=0, key_rate=0, key_burst=0, overloaded="0", fingerprint="", answer=b"", ttl_s=60,
-                      order_id=record.order_id, record=encode_record(record), has_idempotency_key="0",
-                      has_client_order_id="0")
-    reply = await ACCEPT_SCRIPT(redis, script_keys, (*astuple(argv), *_command_fields(record)))
-    assert reply[0] == b"ok"
-    (_, fields), = await redis.xrange(keys.orders)
-    command = fields_to_dict(fields)
-    assert set(command) == _struct_fields(NewOrderCommand)
-    assert msgspec.convert(command, NewOrderCommand).order_id == record.order_id
+    second = msgspec.structs.replace(record, order_id="second", client_id="c2", quantity_lots=5)
+    script_keys = [*astuple(AcceptKeys(keys.orders, keys.order_state, keys.key_rate_bucket("k")))]
+    argv: list[object] = [*astuple(AcceptArgv(rate=0, burst=0, key_rate=0, key_burst=0, overloaded="0", ttl_s=60))]
+    for r in (record, second):
+        script_keys += astuple(AcceptOrderKeys(keys.rate_bucket(r.client_id), keys.idempotency(r.client_id, ""),
+                                               keys.client_order_id(r.client_id, "")))
+        command = _command_fields(r)
+        argv += [*astuple(AcceptOrderArgv(fingerprint="", answer=b"", order_id=r.order_id, record=encode_record(r),
+                                          has_idempotency_key="0", has_client_order_id="0",
+                                          command_fields=len(command))), *command]
+    replies = await ACCEPT_SCRIPT(redis, script_keys, argv)
+    assert [reply[0] for reply in replies] == [b"ok", b"ok"]
+    entries = await redis.xrange(keys.orders)
+    assert [entry_id for entry_id, _ in entries] == [reply[1] for reply in replies]
+    commands = [fields_to_dict(fields) for _, fields in entries]
+    assert all(set(command) == _struct_fields(NewOrderCommand) for command in commands)
+    assert [msgspec.convert(c, NewOrderCommand).order_id for c in commands] == [record.order_id, "second"]
     assert decode_record(await redis.hget(keys.order_state, record.order_id)) == record
+    assert decode_record(await redis.hget(keys.order_state, "second")) == second
 
 
 async def test_cancel_lua_reads_the_record_and_writes_a_cancel_command(redis: Redis, key_prefix: str) -> None:
