@@ -77,7 +77,7 @@ def create_app(settings: IngestSettings) -> Starlette:
         Route("/admin/settlements", bind(post_settlement), methods=["POST"]),
         Route("/admin/snapshots", bind(post_snapshots), methods=["POST"]),
         Route("/admin/snapshots/latest", bind(get_latest_snapshot), methods=["GET"]),
-        Route("/openapi.json", openapi_endpoint(settings.instruments), methods=["GET"]),
+        Route("/openapi.json", openapi_endpoint(settings.instruments, settings.batch_max_orders), methods=["GET"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", bind(health.readyz), methods=["GET"]),
         Route("/metrics", bind(health.metrics), methods=["GET"]),

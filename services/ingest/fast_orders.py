@@ -4,8 +4,7 @@ and exception layers.
 Profiles of ingest under load put a fifth of its CPU in routing and per-request wrapper objects; the two
 endpoints that carry the load are answered here (place_order.answer_order, place_batch.answer_batch), and
 everything else goes on to the Starlette app. This is the only route to POST /orders and POST /orders/batch:
-the app has neither, so a middleware added to the app never sees an order. Other methods on /orders/batch go
-on to the app, where the path is /orders/{order_id} with the id "batch" (which no order has: 404).
+the app has neither, so a middleware added to the app never sees an order.
 """
 
 from __future__ import annotations
@@ -25,13 +24,13 @@ from services.ingest.place_order import answer_order
 logger = logging.getLogger(__name__)
 
 PATH = "/orders"  # served for POST only (openapi.py describes it beside the app's routes)
-BATCH_PATH = "/orders/batch"  # POST only; other methods are the app's
+BATCH_PATH = "/orders/batch"  # the same: a fixed path wins over /orders/{order_id} (no order id is "batch")
 _ALLOW_POST = {"Allow": "POST"}
 
 
 class OrdersFastPath:
-    """ASGI middleware answering /orders itself (POST, or 405 for other methods) and POST /orders/batch, and
-    passing everything else on."""
+    """ASGI middleware answering /orders and /orders/batch itself (POST, or 405 for other methods) and passing
+    every other path on."""
 
     def __init__(self, app: ASGIApp, ctx: IngestContext) -> None:
         self.app = app
@@ -43,16 +42,16 @@ class OrdersFastPath:
             return
         path = scope["path"]
         if path == PATH:
-            if scope["method"] != "POST":
-                # What Starlette's router answers for a method a route does not have.
-                await json_response(ErrorBody("method_not_allowed", "Method Not Allowed"), 405, _ALLOW_POST)(
-                    scope, receive, send)
-                return
             answer, limit = answer_order, self.ctx.settings.max_body_bytes
-        elif path == BATCH_PATH and scope["method"] == "POST":
+        elif path == BATCH_PATH:
             answer, limit = answer_batch, self.ctx.settings.batch_max_body_bytes
         else:
             await self.app(scope, receive, send)
+            return
+        if scope["method"] != "POST":
+            # What Starlette's router answers for a method a route does not have.
+            await json_response(ErrorBody("method_not_allowed", "Method Not Allowed"), 405, _ALLOW_POST)(
+                scope, receive, send)
             return
         headers = Headers(scope=scope)
         try:

@@ -30,6 +30,7 @@ from services.ingest.openapi_parts import (
     RETRY_AFTER,
     Schema,
     auth_errors,
+    batch_schemas,
     body_errors,
     error,
     instrument_enum,
@@ -43,6 +44,7 @@ from services.ingest.openapi_parts import (
 )
 from services.ingest.orderbook import DEFAULT_LEVELS
 from services.ingest.pg_reads import TradeView
+from services.ingest.place_batch import BatchError
 from services.ingest.positions_routes import PositionsView
 from services.ingest.settlement_routes import SettlementRequest
 from services.ingest.trades import DEFAULT_LIMIT, MAX_LIMIT
@@ -51,7 +53,7 @@ from services.ingest.views import CancelRequested, OrderView
 
 _TYPES: list[Any] = [OrderRequest, OrderView, CancelRequested, ErrorBody, BookSnapshot, TradeView, TickerView,
                      CandleView, PositionsView, SettlementRequest, SettlementReport, SnapshotInfo, SnapshotsTaken,
-                     Readiness, Health]
+                     Readiness, Health, BatchError]
 # POST /orders answers 201 and the replayed 200 with an order id: where a client (or schemathesis's
 # stateful phase) goes next.
 _ORDER_LINKS = {
@@ -95,6 +97,19 @@ def _place_order() -> Schema:
                       body=ref("OrderRequest"))
 
 
+def _place_batch() -> Schema:
+    answers = {
+        "200": json_answer(ref("BatchResults"), "one result per order, in order: each order stands alone"),
+        "400": error("`bad_request`: the body is not JSON, not an object, or nests too deeply"),
+        "401": auth_errors("")["401"],
+        "413": error("`payload_too_large`: the body is over 1 MiB (BATCH_MAX_BODY_BYTES)"),
+        "422": error("`validation_error`: `orders` missing, not an array, empty or over BATCH_MAX_ORDERS, an unknown "
+                     "field, or an Idempotency-Key header (keys go in each order); `details` name it"),
+    }
+    return _operation("placeOrders", "Place up to BATCH_MAX_ORDERS orders, each answered as POST /orders would "
+                                     "answer it alone", answers, secured=True, body=ref("BatchRequest"))
+
+
 def _cancel(operation_id: str, summary: str) -> Schema:
     return _operation(operation_id, summary, {
         "200": json_answer(ref("OrderView"), "cancelled: the final state"),
@@ -111,6 +126,7 @@ def _paths(instruments: Instruments) -> dict[str, Schema]:
     admin = auth_errors("this endpoint needs an admin key")
     return {
         "/orders": {"post": _place_order()},
+        "/orders/batch": {"post": _place_batch()},
         "/orders/{order_id}": {
             "get": _operation("getOrder", "An order's state", {
                 "200": json_answer(ref("OrderView"), "the order"), "404": error("`not_found`: no such order"),
@@ -175,11 +191,12 @@ def _paths(instruments: Instruments) -> dict[str, Schema]:
     }
 
 
-def build_openapi(instruments: Instruments) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of the ingest service for these instruments."""
+def build_openapi(instruments: Instruments, batch_max_orders: int = 100) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the ingest service for these instruments (and BATCH_MAX_ORDERS)."""
     _, generated = msgspec.json.schema_components(_TYPES, ref_template=REF)
     components: dict[str, Schema] = pairs_as_arrays(generated)
     components.update(order_bodies(components["OrderRequest"], instruments))
+    components.update(batch_schemas(batch_max_orders))
     return {
         "openapi": "3.1.0",
         "info": {"title": "trading-engine ingest", "version": "1",
@@ -192,9 +209,9 @@ def build_openapi(instruments: Instruments) -> dict[str, Any]:
     }
 
 
-def openapi_endpoint(instruments: Instruments) -> Any:
+def openapi_endpoint(instruments: Instruments, batch_max_orders: int) -> Any:
     """A handler serving the document, encoded once."""
-    body = msgspec.json.encode(build_openapi(instruments))
+    body = msgspec.json.encode(build_openapi(instruments, batch_max_orders))
 
     async def openapi(_: Request) -> Response:
         return raw_json_response(body)

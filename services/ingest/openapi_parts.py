@@ -172,3 +172,37 @@ def order_bodies(order: Schema, instruments: Instruments) -> dict[str, Schema]:
                              "limit": REF.format(name="LimitOrderRequest"),
                              "market": REF.format(name="MarketOrderRequest")}}},
     }
+
+
+# Each order's status in a POST /orders/batch result: what POST /orders answers past its request-level checks.
+BATCH_ACCEPTED_STATUSES = [201, 200]
+BATCH_REFUSED_STATUSES = [400, 403, 409, 413, 422, 429, 503]
+
+
+def batch_schemas(max_orders: int) -> dict[str, Schema]:
+    """POST /orders/batch's body (1..max_orders orders) and its answer: one result per order, in order."""
+    # Any item is a valid request: an order that is not an OrderRequest is refused in its own result (400, 413,
+    # 422), never the request; the first branch says what an order is (and gives generators valid ones).
+    item = {"anyOf": [ref("OrderRequest"), {"description": "anything else: refused in its own result, as POST /orders "
+                                                           "would refuse it alone"}]}
+    orders = {"type": "array", "minItems": 1, "maxItems": max_orders, "items": item,
+              "description": f"1 to {max_orders} orders (BATCH_MAX_ORDERS), each as POST /orders takes it, with its "
+                             f"own optional idempotency_key; instruments may differ"}
+    results = {"type": "array", "minItems": 1, "maxItems": max_orders,
+               "items": {"oneOf": [ref("BatchAccepted"), ref("BatchRefused")]},
+               "description": "one per order, in the request's order"}
+    return {
+        "BatchRequest": {"title": "BatchRequest", "type": "object", "properties": {"orders": orders},
+                         "required": ["orders"], "additionalProperties": False},
+        "BatchAccepted": {"title": "BatchAccepted", "type": "object", "additionalProperties": False,
+                          "description": "201: accepted; 200: an idempotent replay (the first answer again)",
+                          "properties": {"status": {"enum": BATCH_ACCEPTED_STATUSES}, "order": ref("OrderView")},
+                          "required": ["status", "order"]},
+        "BatchRefused": {"title": "BatchRefused", "type": "object", "additionalProperties": False,
+                         "description": "the status and error POST /orders would have answered for this order alone "
+                                        "(429 and 503 add retry_after_s, Retry-After's seconds)",
+                         "properties": {"status": {"enum": BATCH_REFUSED_STATUSES}, "error": ref("BatchError")},
+                         "required": ["status", "error"]},
+        "BatchResults": {"title": "BatchResults", "type": "object", "additionalProperties": False,
+                         "properties": {"results": results}, "required": ["results"]},
+    }

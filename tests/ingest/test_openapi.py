@@ -10,7 +10,7 @@ from starlette.routing import Route
 
 from services.ingest import fast_orders
 from services.ingest.validation import DECIMAL_TEXT_PATTERN
-from tests.ingest.conftest import KEY_A, Engine, limit_order
+from tests.ingest.conftest import KEY_A, Engine, EngineFactory, limit_order
 
 
 def _refs(node: Any) -> set[str]:
@@ -30,6 +30,7 @@ async def test_openapi_covers_every_route(engine: Engine) -> None:
     served = {(route.path, method.lower()) for route in engine.app.routes if isinstance(route, Route)
               for method in (route.methods or ()) if method != "HEAD" and route.path != "/openapi.json"}
     served.add((fast_orders.PATH, "post"))  # answered before the app's router (fast_orders.py)
+    served.add((fast_orders.BATCH_PATH, "post"))
     described = {(path, method) for path, item in document["paths"].items() for method in item}
     assert served == described
     components = document["components"]["schemas"]
@@ -101,3 +102,20 @@ async def test_post_orders_answers_declare_the_rate_limit_headers(engine: Engine
     for status in ("429", "503"):
         assert set(responses[status]["headers"]) == rate | {"Retry-After"}, status
     assert "headers" not in responses["422"]
+
+
+async def test_the_batch_operation_states_its_bounds_and_each_result(make_engine: EngineFactory) -> None:
+    engine = await make_engine(batch_max_orders=7)
+    document = (await engine.client.get("/openapi.json")).json()
+    operation = document["paths"]["/orders/batch"]["post"]
+    assert set(operation["responses"]) == {"200", "400", "401", "413", "422"}
+    assert operation["security"] == [{"bearer": []}]
+    schemas = document["components"]["schemas"]
+    orders = schemas["BatchRequest"]["properties"]["orders"]
+    assert (orders["minItems"], orders["maxItems"]) == (1, 7)
+    # Any element is a valid request (a bad order is refused in its result); an OrderRequest is what works.
+    assert orders["items"]["anyOf"][0] == {"$ref": "#/components/schemas/OrderRequest"}
+    assert schemas["BatchResults"]["properties"]["results"]["items"]["oneOf"] == [
+        {"$ref": "#/components/schemas/BatchAccepted"}, {"$ref": "#/components/schemas/BatchRefused"}]
+    assert schemas["BatchRefused"]["properties"]["status"]["enum"] == [400, 403, 409, 413, 422, 429, 503]
+    assert set(schemas["BatchError"]["required"]) == {"error", "message"}

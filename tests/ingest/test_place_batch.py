@@ -10,6 +10,7 @@ import re
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.instruments import Instruments
@@ -235,10 +236,11 @@ async def test_request_level_answers(make_engine: EngineFactory) -> None:
     assert 'orders_received_total{instrument="BTC-USD"}' not in metrics
 
 
-async def test_only_post_is_the_batch_other_methods_are_the_order_routes(engine: Engine) -> None:
-    response = await engine.client.get("/orders/batch", headers=KEY_A)
-    assert (response.status_code, response.json()["error"]) == (404, "not_found")
-    assert (await engine.client.put("/orders/batch", headers=KEY_A)).status_code == 405
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "OPTIONS"])
+async def test_other_methods_on_the_batch_are_405_allowing_post(engine: Engine, method: str) -> None:
+    response = await engine.client.request(method, "/orders/batch", headers=KEY_A)
+    assert (response.status_code, response.headers["allow"]) == (405, "POST")
+    assert response.json() == {"error": "method_not_allowed", "message": "Method Not Allowed", "details": []}
 
 
 async def test_batch_orders_match_and_persist_like_single_ones(make_engine: EngineFactory, redis_url: str,
