@@ -26,6 +26,14 @@ T = TypeVar("T")
 # SQLSTATE query_canceled: what statement_timeout ends a statement with.
 _QUERY_CANCELED = "57014"
 
+# Public reads are short scans of aggregate rows (a 1d answer over 1,500 days: 36,000 hourly rows, ~0.1 s)
+# that JIT compilation never pays back: on the 2.16M-minute-row plan this replaced, JIT compiled for 1.1-2.2 s
+# on every execution, and any read whose estimate crosses jit_above_cost would pay that again each time. No
+# parallel workers: then the pool's size (INGEST_READ_DB_POOL) bounds the server processes, and so the
+# cores, that a flood of public reads can take from the engine (these reads' plans launch none anyway).
+# Figures: load-test/optimisations.md.
+PUBLIC_READ_SETTINGS = {"jit": "off", "max_parallel_workers_per_gather": "0"}
+
 
 class TradeView(msgspec.Struct, frozen=True):
     """One trade as GET /trades and the WebSocket `trade` message show it (no client ids)."""
@@ -55,10 +63,11 @@ class PublicReads:
 
     def __init__(self, url: str, timeout_ms: int, pool_size: int) -> None:
         self.timeout_ms = timeout_ms
-        # A session setting of the pool rather than SET LOCAL per read: no extra round trip, and no read
-        # on this pool can run without it. No overflow: the pool's size is the bound.
+        # Session settings of the pool rather than SET LOCAL per read: no extra round trip, and no read
+        # on this pool can run without them. No overflow: the pool's size is the bound.
         self.engine: AsyncEngine = make_engine(url, pool_size=pool_size, max_overflow=0,
-                                               server_settings={"statement_timeout": str(timeout_ms)})
+                                               server_settings=PUBLIC_READ_SETTINGS | {
+                                                   "statement_timeout": str(timeout_ms)})
 
     async def run(self, query: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """`query` on a connection of the pool; 503 read_timeout past the deadline, 503 unavailable when

@@ -35,11 +35,11 @@ PUBLIC_READS: list[tuple[str, dict[str, str], dict[str, str]]] = [
     ("/analytics/BTC-USD/candles", {"interval": "1h"}, {}),
     ("/clients/client-A/positions", {}, KEY_A),
 ]
-TABLES = ("trades", "candles_1m", "client_positions_1h")
+TABLES = ("trades", "candles_1m", "candles_1h", "client_positions_1h")
 _TABLES_OF = {
     "/trades": {"trades"},
     "/analytics/BTC-USD/ticker": {"trades", "candles_1m"},
-    "/analytics/BTC-USD/candles": {"candles_1m"},
+    "/analytics/BTC-USD/candles": {"candles_1h"},  # interval 1h
     "/clients/client-A/positions": {"trades", "client_positions_1h"},
 }
 
@@ -143,6 +143,9 @@ async def test_a_full_public_pool_gives_read_timeout(timed_engine: Engine) -> No
 async def test_statement_timeout_is_on_the_public_pool_only(timed_engine: Engine) -> None:
     async with timed_engine.ctx.public_reads.engine.connect() as conn:
         assert (await conn.execute(text("SHOW statement_timeout"))).scalar_one() == f"{TIMEOUT_MS}ms"
+        # No JIT compilation and no parallel workers for the public reads (pg_reads.PUBLIC_READ_SETTINGS).
+        assert (await conn.execute(text("SHOW jit"))).scalar_one() == "off"
+        assert (await conn.execute(text("SHOW max_parallel_workers_per_gather"))).scalar_one() == "0"
     async with timed_engine.ctx.db.connect() as conn:
         # Order reads and the admin's settlement: no timeout.
         assert (await conn.execute(text("SHOW statement_timeout"))).scalar_one() == "0"
