@@ -75,6 +75,7 @@ class Session:
         self._resyncs: dict[Feed, asyncio.Task[None]] = {}
         self._close_code: int | None = None
         self._policy_close: str | None = None  # the reason of a 1008 close once the queue is sent
+        self._receiver: asyncio.Task[None] | None = None
         # Arrival times of the last max_messages_per_sec client messages: a sliding one-second window,
         # so no second ever holds more (a token bucket would let twice as many through across a refill).
         self._recent: deque[float] = deque(maxlen=ctx.settings.max_messages_per_sec)
@@ -104,7 +105,7 @@ class Session:
         self.client.progress = Progress(_transport(self.ws))
         sender = self.client.start()
         self.ctx.clients.add(self.client)
-        receiver = asyncio.create_task(self._receive_loop(), name="ws-receiver")
+        receiver = self._receiver = asyncio.create_task(self._receive_loop(), name="ws-receiver")
         try:
             await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
             if self._policy_close is not None:
@@ -180,6 +181,9 @@ class Session:
         logger.warning("API key revoked, closing the connection", extra={
             "conn": self.conn_id, "key_id": self.principal.key_id if self.principal else None})
         self._policy_violation("key_revoked", KEY_REVOKED, f"{KEY_REVOKED}: closing the connection")
+        if self._receiver is not None:
+            # Nothing more is read or handled (a subscribe half done stops at its await): the key is gone.
+            self._receiver.cancel()
 
     def _policy_violation(self, metric: str, reason: str, message: str) -> None:
         """An `error`, then close 1008 once it is sent; nothing else is sent or read meanwhile."""
