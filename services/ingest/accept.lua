@@ -37,9 +37,8 @@ if limited then
 end
 
 -- Buckets are read once per call and written once at its end: under one clock an order's take leaves
--- exactly what the next order would read back. tokens[key]: micro-tokens now; taken[key]: {rate, capacity}
--- of a bucket some order took from (only those are written: a refused order leaves the state that refills
--- the same).
+-- exactly what the next order would read back. tokens[key]: micro-tokens now; taken[key]: true for a bucket
+-- some order took from (only those are written: a refused order leaves the state that refills the same).
 local tokens, taken = {}, {}
 
 -- A bucket's micro-tokens now: its stored count refilled since its last write.
@@ -59,9 +58,9 @@ local function tokens_of(key, bucket_rate, bucket_capacity)
   return held
 end
 
-local function take(key, bucket_rate, bucket_capacity)
+local function take(key)
   tokens[key] = tokens[key] - MICRO
-  taken[key] = {bucket_rate, bucket_capacity}
+  taken[key] = true
 end
 
 local records = {} -- order id, packed record: one HSET for the call
@@ -83,7 +82,7 @@ local function accept(kb, ab)
     end
     local refused = client_wait > 0 or key_wait > 0
     if rate > 0 then
-      if not refused then take(bucket, rate, capacity) end
+      if not refused then take(bucket) end
       local held = tokens[bucket]
       remaining = math.floor(held / MICRO)
       reset_ms = math.ceil((capacity - held) / rate / 1000)
@@ -93,7 +92,7 @@ local function accept(kb, ab)
       local kind = client_wait > 0 and 'rate_limited' or 'key_rate_limited'
       return {kind, math.max(client_wait, key_wait), remaining, reset_ms}
     end
-    if key_rate > 0 then take(K_KEY_RATE_BUCKET, key_rate, key_capacity) end
+    if key_rate > 0 then take(K_KEY_RATE_BUCKET) end
   end
 
   local fingerprint = ARGV[ab + AE_FINGERPRINT]
@@ -141,8 +140,10 @@ for kb = K_EACH_FROM, #KEYS, K_EACH_SIZE do
 end
 
 if #records > 0 then redis.call('HSET', K_ORDER_STATE, unpack(records)) end
-for key, bucket in pairs(taken) do
+for key in pairs(taken) do
+  local bucket_rate, bucket_capacity = rate, capacity -- a client's bucket, or the API key's:
+  if key == K_KEY_RATE_BUCKET then bucket_rate, bucket_capacity = key_rate, key_capacity end
   redis.call('HSET', key, 'tokens', string.format('%d', tokens[key]), 'ts', string.format('%d', now))
-  redis.call('PEXPIRE', key, math.ceil(bucket[2] / bucket[1] / 1000) + 1000)
+  redis.call('PEXPIRE', key, math.ceil(bucket_capacity / bucket_rate / 1000) + 1000)
 end
 return replies

@@ -101,32 +101,7 @@ async def accept_orders(batcher: CommandBatcher, keys: InstrumentKeys, placement
     """Rate-limit (the client's bucket and the API key's), deduplicate and enqueue each of `placements` (orders
     of `keys`' instrument) atomically in one accept.lua call, in order; one outcome each. No key id
     (AUTH_MODE=off): no key bucket."""
-    key_rate = limits.key_rate_per_sec if limits.key_id else 0
-    script_keys: list[str] = list(astuple(AcceptKeys(
-        orders=keys.orders, order_state=keys.order_state, key_rate_bucket=keys.key_rate_bucket(limits.key_id))))
-    argv: list[EncodableT] = list(astuple(AcceptArgv(
-        rate=limits.rate_per_sec, burst=limits.burst, key_rate=key_rate, key_burst=limits.key_burst,
-        overloaded="1" if limits.overloaded else "0", ttl_s=limits.idempotency_ttl_s,
-    )))
-    for placement in placements:
-        order, record = placement.order, placement.record
-        # Absent records still get a key name (never read): all keys are passed, all in the instrument's slot.
-        script_keys += astuple(AcceptOrderKeys(
-            rate_bucket=keys.rate_bucket(order.client_id),
-            idempotency=keys.idempotency(order.client_id, order.idempotency_key or ""),
-            client_order_id=keys.client_order_id(order.client_id, order.client_order_id),
-        ))
-        keyed = order.idempotency_key is not None
-        command = _command_fields(record)
-        argv += astuple(AcceptOrderArgv(
-            # The fingerprint and the answer are read only to store or check an idempotency record.
-            fingerprint=order.fingerprint() if keyed else "", answer=placement.answer if keyed else b"",
-            order_id=record.order_id, record=encode_record(record),
-            has_idempotency_key="1" if keyed else "0", has_client_order_id="1" if order.client_order_id else "0",
-            command_fields=len(command),
-        ))
-        argv += command
-    replies = await batcher.evalsha(ACCEPT_SCRIPT, script_keys, argv)
+    replies = await batcher.evalsha(ACCEPT_SCRIPT, *_script_args(keys, placements, limits))
     if len(replies) != len(placements):
         raise RuntimeError(f"accept.lua answered {len(replies)} replies for {len(placements)} orders")
     return [_outcome(reply) for reply in replies]
@@ -134,9 +109,37 @@ async def accept_orders(batcher: CommandBatcher, keys: InstrumentKeys, placement
 
 async def accept_order(batcher: CommandBatcher, keys: InstrumentKeys, placement: Placement,
                        limits: Limits) -> Outcome:
-    """accept_orders of one order."""
-    (outcome,) = await accept_orders(batcher, keys, (placement,), limits)
-    return outcome
+    """accept_orders of one order (POST /orders), without the list around it."""
+    (reply,) = await batcher.evalsha(ACCEPT_SCRIPT, *_script_args(keys, (placement,), limits))
+    return _outcome(reply)
+
+
+def _script_args(keys: InstrumentKeys, placements: Sequence[Placement], limits: Limits
+                 ) -> tuple[list[str], list[EncodableT]]:
+    """accept.lua's KEYS and ARGV for `placements`, as scripts.ACCEPT declares them."""
+    key_rate = limits.key_rate_per_sec if limits.key_id else 0
+    script_keys: list[str] = [*astuple(AcceptKeys(
+        orders=keys.orders, order_state=keys.order_state, key_rate_bucket=keys.key_rate_bucket(limits.key_id)))]
+    argv: list[EncodableT] = [*astuple(AcceptArgv(
+        rate=limits.rate_per_sec, burst=limits.burst, key_rate=key_rate, key_burst=limits.key_burst,
+        overloaded="1" if limits.overloaded else "0", ttl_s=limits.idempotency_ttl_s))]
+    for placement in placements:
+        order, record = placement.order, placement.record
+        client_id = order.client_id
+        # Absent records still get a key name (never read): all keys are passed, all in the instrument's slot.
+        script_keys += astuple(AcceptOrderKeys(
+            rate_bucket=keys.rate_bucket(client_id),
+            idempotency=keys.idempotency(client_id, order.idempotency_key or ""),
+            client_order_id=keys.client_order_id(client_id, order.client_order_id)))
+        keyed = order.idempotency_key is not None
+        command = _command_fields(record)
+        # The fingerprint and the answer are read only to store or check an idempotency record.
+        argv += astuple(AcceptOrderArgv(
+            fingerprint=order.fingerprint() if keyed else "", answer=placement.answer if keyed else b"",
+            order_id=record.order_id, record=encode_record(record), has_idempotency_key="1" if keyed else "0",
+            has_client_order_id="1" if order.client_order_id else "0", command_fields=len(command)))
+        argv += command
+    return script_keys, argv
 
 
 def _outcome(reply: list[Any]) -> Outcome:
