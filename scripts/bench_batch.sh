@@ -95,6 +95,14 @@ wait "$k6_pid" || k6_rc=$?
 # From the moment the load stops: seconds until the matcher and the persister have nothing left.
 "$PY" -m scripts.bench_report drain --out "$RESULTS/batch.drain.json" --timeout "$DRAIN_TIMEOUT"
 wait "$sampler" || true
+# Where Redis spent its time (warm-up included): microseconds per command name, the costliest first.
+"$PY" - >"$RESULTS/redis-commandstats.txt" <<'PYEOF'
+import redis
+from services.common.env import redis_url
+stats = redis.Redis.from_url(redis_url()).info("commandstats")
+for name, s in sorted(stats.items(), key=lambda kv: -kv[1]["usec"])[:12]:
+    print(f"{name[8:]:>12} {s['calls']:>9} calls {s['usec'] / 1e6:8.2f} s {s['usec_per_call']:9.1f} us/call")
+PYEOF
 
 "$PY" - "$RESULTS" "$RATE" "$SIZE" "$SECONDS_" "$k6_rc" <<'EOF'
 import json, sys
@@ -119,4 +127,6 @@ print("  server CPU per accepted order: " + ", ".join(f"{n} {v:,.0f}" for n, v i
 print(f"  CPU % of one core over the run: " + ", ".join(f"{n} {v}" for n, v in cpu["cpu_percent"].items()))
 print(f"  peak matcher / persister backlog during the run: {cpu['backlog_max']}; load average at the end "
       f"{cpu['host_load']:.2f}")
+print("  Redis time by command (the run and its warm-up):")
+print("\n".join("    " + line for line in (results / "redis-commandstats.txt").read_text().splitlines()))
 EOF
