@@ -96,6 +96,9 @@ def decode_object(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
         raise invalid([ErrorDetail(_field_of(message), message)]) from None
     except msgspec.DecodeError:
         raise bad_request("the body is not valid JSON") from None
+    except RecursionError:
+        # A raw value (price, quantity, a batch's order) is skipped recursively: 8,000 nested arrays fit in 16 KiB.
+        raise bad_request("the body nests too deeply") from None
 
 
 def check_json(body: bytes) -> object:

@@ -227,9 +227,13 @@ async def test_request_level_answers(make_engine: EngineFactory) -> None:
     assert details(await post(b'{"orders": [1], "more": 2}'))[0]["field"] == "more"
     header = await post(json.dumps({"orders": [limit_order()]}), {"Idempotency-Key": "k"})
     assert details(header)[0]["field"] == "Idempotency-Key"
-    # Deep nesting inside an order is that order's 400, never a 500.
+    # Deep nesting inside an order is that order's 400, or the request's where it is too deep to skip; never a 500.
     deep = await post(b'{"orders": [' + b"[" * 500 + b"]" * 500 + b"]}")
     assert deep.status_code == 200 and deep.json()["results"][0]["status"] == 400
+    wide = await make_engine()  # the default 1 MiB
+    deeper = await wide.client.post("/orders/batch", content=b'{"orders": [' + b"[" * 5000 + b"]" * 5000 + b"]}",
+                                headers=BROKER)
+    assert (deeper.status_code, deeper.json()["message"]) == (400, "the body nests too deeply")
     assert await engine.redis.xlen(engine.keys["BTC-USD"].orders) == 0
     metrics = (await client.get("/metrics")).text
     assert 'orders_rejected_total{reason="too_large"} 2.0' in metrics

@@ -72,6 +72,9 @@ async def test_400_when_the_body_is_not_a_json_object(engine: Engine, body: byte
     b"[" * 8000 + b"]" * 8000,
     b'{"client_id": ' + b"[" * 8000 + b"]" * 8000 + b"}",  # once a 500: the JSON check recursed
     b'{"client_id": "client-A", "extra": ' + b"[" * 8000 + b"]" * 8000 + b"}",
+    # once a 500: msgspec skips a raw value (price, quantity) recursively
+    b'{"client_id": "client-A", "instrument": "BTC-USD", "side": "buy", "type": "limit", "quantity": '
+    + b"[" * 8000 + b"]" * 8000 + b"}",
 ])
 async def test_400_for_a_body_nested_8000_levels_deep(engine: Engine, body: bytes,
                                                      caplog: pytest.LogCaptureFixture) -> None:
