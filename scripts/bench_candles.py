@@ -1,5 +1,6 @@
-"""The cost of a long candle answer: GET /analytics/BTC-USD/candles?interval=1d over 1,500 days, on a
-throwaway database holding a fully populated history of 1-minute candles (one per minute, ~2.16M rows).
+"""The cost of the longest candle answers: GET /analytics/BTC-USD/candles at 1,500 buckets of each interval
+(1d: 1,500 days), on a throwaway database holding a fully populated history of 1-minute candles (one per
+minute, ~2.16M rows).
 
     .venv/bin/python scripts/bench_candles.py populate [--days 1501]       # prints the database's URL
     .venv/bin/python scripts/bench_candles.py http --database-url URL [--requests 5] [--read-timeout-ms 60000]
@@ -9,9 +10,9 @@ throwaway database holding a fully populated history of 1-minute candles (one pe
 
 `populate` migrates a new database to 0003, INSERTs the minute candles straight into candles_1m (no trades:
 only the aggregates are read), then migrates to head, so candles_1h comes from the migration's backfill,
-whose time it prints. `http` times the request through an ingest app in-process (httpx over ASGI:
+whose time it prints. `http` times the requests through an ingest app in-process (httpx over ASGI:
 routing, the public-reads pool with its session settings, SQL, rendering), with READ_TIMEOUT_MS raised so
-that a slow answer is timed rather than cut at 2 s; then once at the default 2,000 ms, printing the
+that a slow answer is timed rather than cut at 2 s; then 1d once at the default 2,000 ms, printing the
 status. The app is the one of the checkout BENCH_TREE names (default this one), for before/after. `sql`
 times the two 1d queries (from candles_1m, as before; from candles_1h) under the server's defaults, with
 jit off, and with jit off and no parallel workers, alternated. Needs Redis only for the app's start.
@@ -44,11 +45,12 @@ from services.common.db import database_url, drop_database, migrate, with_databa
 from services.common.env import REPO_ROOT, instruments_file, redis_url
 from services.common.instruments import load_instruments
 from services.common.times import iso
+from services.ingest.analytics_routes import INTERVALS
 from services.ingest.app import create_app
 from services.ingest.settings import IngestSettings
 
 SYMBOL = "BTC-USD"
-SPAN_DAYS = 1500
+BUCKETS = 1500  # the most one answer holds: 1,500 days of 1d
 
 # One candle per minute over the range: a slow random-ish walk around 50,000 with exact 2-decimal prices and
 # 8-decimal volumes; open/close times and seqs inside the minute.
@@ -117,27 +119,29 @@ def _settings(url: str, timeout_ms: int) -> IngestSettings:
 
 
 async def http(url: str, requests: int, timeout_ms: int) -> None:
-    start = iso(now_ms() - SPAN_DAYS * DAY)
-    print(f"app from {REPO_ROOT}; GET /analytics/{SYMBOL}/candles?interval=1d&start={start}")
-    for label, limit, runs in ((f"READ_TIMEOUT_MS={timeout_ms}", timeout_ms, requests),
-                               ("READ_TIMEOUT_MS=2000 (default)", 2000, 1)):
+    print(f"app from {REPO_ROOT}; GET /analytics/{SYMBOL}/candles?interval=...&start=<1,500 buckets ago>")
+    for label, limit, intervals, runs in (
+            (f"READ_TIMEOUT_MS={timeout_ms}", timeout_ms, INTERVALS, requests),
+            ("READ_TIMEOUT_MS=2000 (default)", 2000, {"1d": DAY}, 1)):
         app = create_app(_settings(url, limit))
         async with app.router.lifespan_context(app), httpx.AsyncClient(
                 transport=httpx.ASGITransport(app=app), base_url="http://ingest", timeout=600) as client:
+            for name, interval in intervals.items():
+                params = {"interval": name, "start": iso(now_ms() - BUCKETS * interval)}
 
-            async def get(client: httpx.AsyncClient = client) -> str:
-                answer = await client.get(f"/analytics/{SYMBOL}/candles", params={"interval": "1d", "start": start})
-                return f"{answer.status_code}, {len(answer.json()) if answer.status_code == 200 else '-'} candles"
+                async def get(client: httpx.AsyncClient = client, params: dict[str, str] = params) -> str:
+                    answer = await client.get(f"/analytics/{SYMBOL}/candles", params=params)
+                    return f"{answer.status_code}, {len(answer.json()) if answer.status_code == 200 else '-'} candles"
 
-            await get()  # a connection of the pool, the plan: as in a running service
-            await timed(f"1d over {SPAN_DAYS} days, {label}", runs, get)
+                await get()  # a connection of the pool, the plan: as in a running service
+                await timed(f"{name} over 1,500 buckets, {label}", runs, get)
 
 
 async def sql(url: str, runs: int) -> None:
     from services.analytics import market
 
     end = now_ms()
-    first = ceil_to(end - SPAN_DAYS * DAY, DAY)
+    first = ceil_to(end - BUCKETS * DAY, DAY)
     stop = ceil_to(end, DAY)
     args = (SYMBOL, first, stop, dt.timedelta(days=1))
     parsed = make_url(url)
@@ -174,7 +178,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("populate")
-    p.add_argument("--days", type=int, default=SPAN_DAYS + 1)
+    p.add_argument("--days", type=int, default=BUCKETS + 1)
     for name in ("http", "sql", "drop"):
         p = sub.add_parser(name)
         p.add_argument("--database-url", required=True)

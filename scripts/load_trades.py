@@ -83,7 +83,7 @@ async def load(url: str, count: int, days: float, clients: int, seed: int, instr
             print(f"{symbol}: {n:,} trades (generated in {generated - started:.1f} s, "
                   f"written in {time.monotonic() - generated:.1f} s)", flush=True)
         async with engine.begin() as conn:
-            for table in ("trades", "candles_1m", "client_positions_1h"):
+            for table in ("trades", "candles_1m", "candles_1h", "client_positions_1h"):
                 await conn.exec_driver_sql(f"ANALYZE {table}")
     finally:
         await engine.dispose()
