@@ -124,16 +124,20 @@ show_logs() {
   touch "${files[@]}"
   tail -q -n 0 -F "${files[@]}" &
   TAIL=$!
+  trap kill_tail EXIT  # whatever ends this script (an error, a second Ctrl-C), tail goes with it
 }
+kill_tail() { if [[ -n $TAIL ]]; then kill "$TAIL" 2>/dev/null || true; fi; }
 stop_showing_logs() {
   [[ -n $TAIL ]] || return 0
   sleep 0.3  # the last lines written before the services exited
-  kill "$TAIL" 2>/dev/null || true
+  kill_tail
   wait "$TAIL" 2>/dev/null || true
   TAIL=""
 }
 interrupted() {
-  trap - INT TERM HUP; echo "stopping the engine"; stop_engine; wait_gone "$CIRCUSD"; rm -f "$RUN_DIR/circusd.pid"
+  # A second Ctrl-C while stopping ends this script at once, as it always did (`make stop` then finishes the stop).
+  trap 'kill_tail; exit 130' INT TERM HUP
+  echo "stopping the engine"; stop_engine; wait_gone "$CIRCUSD"; rm -f "$RUN_DIR/circusd.pid"
   stop_showing_logs; forget_sockets; exit 0
 }
 trap interrupted INT TERM HUP
