@@ -33,6 +33,23 @@ def test_from_env_reads_every_variable(monkeypatch: pytest.MonkeyPatch) -> None:
         IngestSettings.from_env()
 
 
+def test_batch_limits_are_read_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INSTRUMENTS_FILE", str(TWO_INSTRUMENTS))
+    settings = IngestSettings.from_env()
+    assert (settings.batch_max_orders, settings.batch_max_body_bytes) == (100, 1_048_576)
+    monkeypatch.setenv("BATCH_MAX_ORDERS", "1000")
+    monkeypatch.setenv("BATCH_MAX_BODY_BYTES", "2048")
+    settings = IngestSettings.from_env()
+    assert (settings.batch_max_orders, settings.batch_max_body_bytes) == (1000, 2048)
+    for name, value, message in (("BATCH_MAX_ORDERS", "0", "at least 1"), ("BATCH_MAX_ORDERS", "1001", "at most 1000"),
+                                 ("BATCH_MAX_ORDERS", "many", "not an integer"),
+                                 ("BATCH_MAX_BODY_BYTES", "0", "at least 1")):
+        with monkeypatch.context() as env:
+            env.setenv(name, value)
+            with pytest.raises(SettingsError, match=message):
+                IngestSettings.from_env()
+
+
 def test_the_demo_keys_and_bearer_parsing() -> None:
     table = load_key_table(DEMO_KEYS)
     assert table.authenticate("Bearer demo-key-A") == Principal("trader", "client-A", _key_id(b"demo-key-A"))
