@@ -124,6 +124,18 @@ async def test_one_lua_call_per_instrument_and_list_order_on_each_stream(engine:
     assert len(set(ids)) == 30
 
 
+async def test_the_largest_batch_allowed_is_one_call(make_engine: EngineFactory) -> None:
+    # BATCH_MAX_ORDERS' upper bound: 1,000 orders in one accept.lua call (3,003 keys, one HSET of 2,000 values).
+    engine = await make_engine(batch_max_orders=1000, rate_limit_burst=1000)
+    orders = [limit_order(client_id=f"c{n % 7}", client_order_id=f"o{n}", idempotency_key=f"k{n}") for n in range(1000)]
+    sent = engine.ctx.batcher.commands_sent
+    results = await results_of(engine, orders)
+    assert engine.ctx.batcher.commands_sent - sent == 1
+    assert [r["status"] for r in results] == [201] * 1000
+    assert await stream_ids(engine, "BTC-USD") == [r["order"]["order_id"] for r in results]
+    assert await engine.redis.hlen(engine.keys["BTC-USD"].order_state) == 1000
+
+
 async def test_a_whole_batch_again_is_replayed_and_places_nothing(engine: Engine) -> None:
     orders = [limit_order(idempotency_key=f"k{n}", quantity=f"0.{n + 1}") for n in range(5)]
     orders.append(eth(idempotency_key="k0"))
