@@ -11,7 +11,7 @@
 // API_KEY=demo-broker, SEED, CROSS, MARKET, CLIENTS, INSTRUMENT, IDEMPOTENCY, ...).
 // Run it against an engine with RATE_LIMIT_PER_SEC=0 and API_KEY_RATE_LIMIT_PER_SEC=0 (or enough CLIENTS):
 // this is a capacity test. Each order's own status is counted from the results: batch_orders_accepted (201),
-// batch_orders_replayed (200), batch_orders_refused (any other, tagged with its status).
+// batch_orders_replayed (200), batch_orders_refused (any other).
 // Fails (exit 99) when the request p99 passes P99_MS, more than 0.1% of requests fail or are not answered
 // with every order accepted, or k6 dropped more than 1% of the planned batches.
 import http from 'k6/http';
@@ -56,19 +56,18 @@ export default function () {
   for (let i = 0; i < BATCH; i += 1) orders.push(next());
   const res = http.post(`${BASE_URL}/orders/batch`, `{"orders":[${orders.join(',')}]}`,
     { headers: HEADERS, tags: { name: 'POST /orders/batch' } });
-  let results = [];
-  if (res.status === 200) {
-    try { results = JSON.parse(res.body).results || []; } catch (e) { results = []; }
-  }
-  let ok = 0;
-  for (const r of results) {
-    if (r.status === 201) { ok += 1; accepted.add(1); }
-    else if (r.status === 200) { replayed.add(1); }
-    else { refused.add(1, { status: String(r.status) }); }
-  }
+  // Counted in the body's text, not through JSON.parse (k6's CPU is the engine's too on this box): ingest writes
+  // each result as {"status":NNN,... with no spaces, and an order's own fields never start an object that way.
+  const body = res.status === 200 && typeof res.body === 'string' ? res.body : '';
+  const results = body.split('{"status":').length - 1;
+  const ok = body.split('{"status":201,').length - 1;
+  const again = body.split('{"status":200,').length - 1;
+  accepted.add(ok);
+  replayed.add(again);
+  if (results > ok + again) refused.add(results - ok - again);
   check(res, {
     'status is 200': (r) => r.status === 200,
-    'one result per order': () => results.length === BATCH,
+    'one result per order': () => results === BATCH,
     'every order accepted (201)': () => ok === BATCH,
   });
 }
