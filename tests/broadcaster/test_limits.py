@@ -107,9 +107,10 @@ async def test_a_stalled_client_under_the_queue_bound_is_closed_with_1013(
     burst_done = time.monotonic()
     assert [t["seq"] for t in await reader.collect(lambda m: m["seq"] == 2000)] == list(range(1, 2001))
 
-    await eventually(lambda: metric(broadcaster, 'websocket_clients_dropped_total{reason="stalled"}') == 1, 3,
+    await eventually(lambda: metric(broadcaster, 'websocket_clients_dropped_total{reason="stalled"}') == 1, 6,
                      "the stalled client dropped")
-    assert time.monotonic() - burst_done < 0.5 + 1.5
+    # stall_s, plus the check's period and slack for a loaded machine (CI shares its two cores).
+    assert time.monotonic() - burst_done < 0.5 + 3.5
     assert metric(broadcaster, 'websocket_clients_dropped_total{reason="slow"}') == 0
     # Reading again (within close_timeout_s), it gets what was on its way, then the 1013.
     stalled.ws.transport.resume_reading()

@@ -156,6 +156,7 @@ async def drive_traffic(engine: Engine) -> None:
         statuses = [(await http.post("/orders", headers=B, json=order("client-B", "sell", "90000.00", "0.001")))
                     .status_code for _ in range(RATE_LIMIT_BURST + 5)]
         assert 429 in statuses and 201 in statuses, statuses
+        facts["burst_accepted"] = str(statuses.count(201))
 
         async def persisted() -> bool:
             trades = (await http.get("/trades", params={"instrument": "BTC-USD"})).json()

@@ -81,8 +81,10 @@ def test_by_default_no_line_per_order_but_counts(shipped: Engine) -> None:
     assert not [line for line in ingest + persister if line.get("event") in per_order]
     assert not [line for line in ingest if line["msg"].startswith("cancel requested")]
     counts, reasons = activity(ingest)
-    # 4 orders of the traffic and those of the rate-limited burst (RATE_LIMIT_BURST at most) that passed.
-    assert 4 < counts["accepted"] <= 4 + 20 and counts["replayed"] == 1 and counts["cancel_requested"] == 1
+    # 4 orders of the traffic and those of the rate-limited burst that passed (a bucket that refills while
+    # a slow machine sends the burst lets more than RATE_LIMIT_BURST through).
+    assert counts["accepted"] == 4 + int(shipped.facts["burst_accepted"])
+    assert counts["replayed"] == 1 and counts["cancel_requested"] == 1
     assert reasons["rejected"]["auth"] == 3 and reasons["rejected"]["validation"] == 1
     assert reasons["rejected"]["forbidden"] == 1 and reasons["rejected"]["rate_limited"] >= 1
     assert counts["rejected"] == sum(reasons["rejected"].values())
