@@ -39,59 +39,15 @@ RESULTS="$ROOT/run/bench-$ID"
 mkdir -p "$RESULTS"
 
 # An engine of our own: everything it touches is named after this run.
-mapfile -t PORTS < <("$PY" -m scripts.bench_report ports 8)
-SERVERS=${BENCH_SERVERS:-own}
-export ENGINE_RUN_DIR="$RESULTS/engine"
-if [[ $SERVERS == own ]]; then
-  # run.sh starts the servers where the URLs are unset; this script and its helpers then use their URLs.
-  export ENGINE_REDIS_PORT=${PORTS[6]} ENGINE_PG_PORT=${PORTS[7]}
-  RUN=(env -u REDIS_URL -u DATABASE_URL bash "$ENGINE_TREE/scripts/run.sh")
-  export REDIS_URL="redis://127.0.0.1:$ENGINE_REDIS_PORT/0"
-  export DATABASE_URL="postgresql+asyncpg://postgres@127.0.0.1:$ENGINE_PG_PORT/trading"
-  export REDIS_KEY_PREFIX=""
-else
-  RUN=(bash "$ENGINE_TREE/scripts/run.sh")
-  BASE_DB=${DATABASE_URL:-postgresql+asyncpg://postgres@127.0.0.1:5432/trading}
-  export REDIS_KEY_PREFIX="bench-$ID:"
-  export DATABASE_URL="${BASE_DB%/*}/bench_${ID//-/_}"
-fi
-export INGEST_PORT=${PORTS[0]} BROADCASTER_PORT=${PORTS[1]} MATCHER_METRICS_PORT=${PORTS[2]}
-export PERSISTER_METRICS_PORT=${PORTS[3]}
-# run.sh's default: the process manager on Unix sockets under this run's ENGINE_RUN_DIR.
-unset CIRCUS_ENDPOINT CIRCUS_PUBSUB_ENDPOINT
-export RATE_LIMIT_PER_SEC=0 API_KEY_RATE_LIMIT_PER_SEC=0
+source "$ROOT/scripts/bench_engine.sh"
+bench_engine_env
 LOG_SETTINGS="LOG_LEVEL=${LOG_LEVEL:-INFO}, LOG_ORDERS=${LOG_ORDERS:-0}$([[ -z ${LOG_LEVEL:-}${LOG_ORDERS:-} ]] && echo ' (as shipped)')"
-export INGEST_URL="http://127.0.0.1:$INGEST_PORT" BROADCASTER_URL="ws://127.0.0.1:$BROADCASTER_PORT/stream"
-CIRCUSCTL=("$ROOT/.venv/bin/circusctl" --endpoint "ipc://$ENGINE_RUN_DIR/control/circus.sock" --timeout 15)
-
-cleanup() {
-  bash "$ENGINE_TREE/scripts/run.sh" stop >/dev/null 2>&1 || true
-  if [[ $SERVERS == own ]]; then
-    rm -rf "$ENGINE_RUN_DIR/data"
-  else
-    "$PY" -m scripts.bench_report cleanup >/dev/null 2>&1 || echo "warning: could not clean up $REDIS_KEY_PREFIX / $DATABASE_URL" >&2
-  fi
-}
-trap cleanup EXIT
 
 LOAD_BEFORE=$(cut -d' ' -f1 /proc/loadavg)
 BUSY_BEFORE=$("$PY" -m scripts.bench_report busy 3)
 echo "bench: machine busy before start: ${BUSY_BEFORE}% of one core (other work); load average $LOAD_BEFORE"
 echo "bench: engine of $ENGINE_TREE on :$INGEST_PORT ($LOG_SETTINGS; $SERVERS servers: $REDIS_URL prefix '$REDIS_KEY_PREFIX', database ${DATABASE_URL##*/}, appendfsync ${ENGINE_REDIS_APPENDFSYNC:-always}); results in $RESULTS"
-"${RUN[@]}" background >"$RESULTS/run.log" 2>&1
-ready() { curl -fs "$INGEST_URL/readyz" >/dev/null && curl -fs "http://127.0.0.1:$MATCHER_METRICS_PORT/healthz" >/dev/null \
-  && curl -fs "http://127.0.0.1:$PERSISTER_METRICS_PORT/healthz" >/dev/null \
-  && curl -fs "http://127.0.0.1:$BROADCASTER_PORT/readyz" >/dev/null; }
-for _ in $(seq 1 600); do ready && break; sleep 0.1; done
-ready || { echo "engine not ready after 60 s:"; tail -n 40 "$ENGINE_RUN_DIR/engine.log" "$ENGINE_RUN_DIR"/logs/*.log; exit 1; }
-
-pids_of() { "${CIRCUSCTL[@]}" list "$1" | tr -d ' ' ; }
-PID_ARGS=()
-for watcher in ingest matcher persister broadcaster; do PID_ARGS+=(--pid "$watcher=$(pids_of $watcher)"); done
-# The engine's own servers: the whole process tree (PostgreSQL's WAL writer and checkpointer count too).
-[[ $SERVERS == own ]] && for watcher in redis postgres; do PID_ARGS+=(--pid "$watcher=$(pids_of $watcher)"); done
-# The process manager itself, without its children (the processes above).
-PID_ARGS+=(--own-pid "circusd=$(cat "$ENGINE_RUN_DIR/circusd.pid")" --metrics-url "$INGEST_URL/metrics")
+bench_engine_start
 
 K6_STATS="med,p(90),p(95),p(99),p(99.9),max"
 # run NAME PROBE_RATE K6_ARGS...: k6 with the probe beside it, CPU/backlog sampled, then the drain timed.

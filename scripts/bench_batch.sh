@@ -28,54 +28,15 @@ RESULTS="$ROOT/run/bench-batch-$ID"
 mkdir -p "$RESULTS"
 
 # The engine, exactly as bench.sh sets it up.
-mapfile -t PORTS < <("$PY" -m scripts.bench_report ports 8)
-SERVERS=${BENCH_SERVERS:-own}
-export ENGINE_RUN_DIR="$RESULTS/engine"
-if [[ $SERVERS == own ]]; then
-  export ENGINE_REDIS_PORT=${PORTS[6]} ENGINE_PG_PORT=${PORTS[7]}
-  RUN=(env -u REDIS_URL -u DATABASE_URL bash "$ENGINE_TREE/scripts/run.sh")
-  export REDIS_URL="redis://127.0.0.1:$ENGINE_REDIS_PORT/0"
-  export DATABASE_URL="postgresql+asyncpg://postgres@127.0.0.1:$ENGINE_PG_PORT/trading"
-  export REDIS_KEY_PREFIX=""
-else
-  RUN=(bash "$ENGINE_TREE/scripts/run.sh")
-  BASE_DB=${DATABASE_URL:-postgresql+asyncpg://postgres@127.0.0.1:5432/trading}
-  export REDIS_KEY_PREFIX="bench-$ID:"
-  export DATABASE_URL="${BASE_DB%/*}/bench_${ID//-/_}"
-fi
-export INGEST_PORT=${PORTS[0]} BROADCASTER_PORT=${PORTS[1]} MATCHER_METRICS_PORT=${PORTS[2]}
-export PERSISTER_METRICS_PORT=${PORTS[3]}
-unset CIRCUS_ENDPOINT CIRCUS_PUBSUB_ENDPOINT
-export RATE_LIMIT_PER_SEC=0 API_KEY_RATE_LIMIT_PER_SEC=0
-export INGEST_URL="http://127.0.0.1:$INGEST_PORT"
-CIRCUSCTL=("$ROOT/.venv/bin/circusctl" --endpoint "ipc://$ENGINE_RUN_DIR/control/circus.sock" --timeout 15)
+source "$ROOT/scripts/bench_engine.sh"
+bench_engine_env
 
-cleanup() {
-  bash "$ENGINE_TREE/scripts/run.sh" stop >/dev/null 2>&1 || true
-  if [[ $SERVERS == own ]]; then
-    rm -rf "$ENGINE_RUN_DIR/data"
-  else
-    "$PY" -m scripts.bench_report cleanup >/dev/null 2>&1 || echo "warning: could not clean up $REDIS_KEY_PREFIX / $DATABASE_URL" >&2
-  fi
-}
-trap cleanup EXIT
 
 echo "bench-batch: machine busy before start: $("$PY" -m scripts.bench_report busy 3)% of one core (other work);" \
   "load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "bench-batch: engine of $ENGINE_TREE on :$INGEST_PORT ($SERVERS servers, appendfsync ${ENGINE_REDIS_APPENDFSYNC:-always}," \
   "LOG_LEVEL=${LOG_LEVEL:-INFO} LOG_ORDERS=${LOG_ORDERS:-0}); results in $RESULTS"
-"${RUN[@]}" background >"$RESULTS/run.log" 2>&1
-ready() { curl -fs "$INGEST_URL/readyz" >/dev/null && curl -fs "http://127.0.0.1:$MATCHER_METRICS_PORT/healthz" >/dev/null \
-  && curl -fs "http://127.0.0.1:$PERSISTER_METRICS_PORT/healthz" >/dev/null \
-  && curl -fs "http://127.0.0.1:$BROADCASTER_PORT/readyz" >/dev/null; }
-for _ in $(seq 1 600); do ready && break; sleep 0.1; done
-ready || { echo "engine not ready after 60 s:"; tail -n 40 "$ENGINE_RUN_DIR/engine.log" "$ENGINE_RUN_DIR"/logs/*.log; exit 1; }
-
-pids_of() { "${CIRCUSCTL[@]}" list "$1" | tr -d ' ' ; }
-PID_ARGS=()
-for watcher in ingest matcher persister broadcaster; do PID_ARGS+=(--pid "$watcher=$(pids_of $watcher)"); done
-[[ $SERVERS == own ]] && for watcher in redis postgres; do PID_ARGS+=(--pid "$watcher=$(pids_of $watcher)"); done
-PID_ARGS+=(--own-pid "circusd=$(cat "$ENGINE_RUN_DIR/circusd.pid")" --metrics-url "$INGEST_URL/metrics")
+bench_engine_start
 
 echo "bench-batch: warm-up (1,000 orders/s in batches of $SIZE for 5 s)"
 "$K6" run --quiet --no-color -e "BASE_URL=$INGEST_URL" -e RATE=1000 -e "BATCH=$SIZE" -e DURATION=5s -e P99_MS=100000 \
