@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+
+from services.common.db import drop_database, with_database
 
 
 @pytest.fixture
@@ -21,3 +24,11 @@ def own_run_dir() -> Iterator[Path]:
     run_dir = Path(tempfile.mkdtemp(prefix="engine-run-"))
     yield run_dir
     shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@pytest.fixture
+async def engine_db(postgres_server_url: str) -> AsyncIterator[str]:
+    """A database that does not exist yet: `make run` must create and migrate it; dropped afterwards."""
+    url = with_database(postgres_server_url, f"test_e2e_{uuid.uuid4().hex[:10]}")
+    yield url
+    await drop_database(url)

@@ -9,15 +9,13 @@ import signal
 import stat
 import subprocess
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from redis.asyncio import Redis
 
-from services.common.db import drop_database, with_database
 from services.common.keys import PERSISTER_GROUP, instrument_keys
 from tests.e2e.engine import RunningEngine, alive, engine_env, http_ok, running_engine
 from tests.processes import REPO_ROOT
@@ -26,14 +24,6 @@ pytestmark = pytest.mark.timeout(240)
 
 A = {"Authorization": "Bearer demo-key-A"}
 B = {"Authorization": "Bearer demo-key-B"}
-
-
-@pytest.fixture
-async def engine_db(postgres_server_url: str) -> AsyncIterator[str]:
-    """A database that does not exist yet: `make run` must create and migrate it."""
-    url = with_database(postgres_server_url, f"test_run_{uuid.uuid4().hex[:10]}")
-    yield url
-    await drop_database(url)
 
 
 @pytest.fixture

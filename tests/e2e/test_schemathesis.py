@@ -9,28 +9,19 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from services.common.db import drop_database, with_database
 from tests.e2e.engine import RunningEngine, engine_env, running_engine
 from tests.processes import REPO_ROOT
 
 pytestmark = pytest.mark.timeout(300)
 
 SEED = 1
-MAX_EXAMPLES = 30  # per operation and phase: about 1,500 requests, 30 s here
+MAX_EXAMPLES = 30  # per operation and phase: about 1,200 cases, 30 s here
 EXCLUDED_CHECKS = "positive_data_acceptance,use_after_free"
-
-
-@pytest.fixture
-async def engine_db(postgres_server_url: str) -> AsyncIterator[str]:
-    url = with_database(postgres_server_url, f"test_st_{uuid.uuid4().hex[:10]}")
-    yield url
-    await drop_database(url)
 
 
 @pytest.fixture
