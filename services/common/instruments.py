@@ -86,10 +86,18 @@ class Instrument:
 
     def price_text(self, ticks: int) -> str:
         """Price with exactly the tick's decimals ("50000.00")."""
+        # In integers (ticks x price_mult is the price in units of 10^-price_places): what the Decimal
+        # arithmetic below gives, at a tenth of its cost; the Decimal path keeps its rounding past 60 digits.
+        scaled = ticks * self.price_mult
+        if -_INT_TEXT_LIMIT < scaled < _INT_TEXT_LIMIT:
+            return _point_text(scaled, self.price_places, strip=False)
         return fixed(EXACT.multiply(Decimal(ticks), self.tick), self.tick_places)
 
     def quantity_text(self, lots: int) -> str:
         """Quantity exact, without trailing zeros ("0.5")."""
+        scaled = lots * self.qty_mult
+        if -_INT_TEXT_LIMIT < scaled < _INT_TEXT_LIMIT:
+            return _point_text(scaled, self.lot_places, strip=True)
         return plain(EXACT.multiply(Decimal(lots), self.lot))
 
     def average_price_text(self, notional_tick_lots: int, lots: int) -> str | None:
@@ -106,6 +114,24 @@ class Instrument:
     def quote_text(self, notional_tick_lots: int) -> str:
         """Quote amount (price x quantity) of notional_tick_lots, exact."""
         return plain(EXACT.multiply(EXACT.multiply(Decimal(notional_tick_lots), self.tick), self.lot))
+
+
+# Integers under 10^50 hold every digit the 60-digit Decimal context keeps (money.EXACT), so both paths agree.
+_INT_TEXT_LIMIT = 10**50
+
+
+def _point_text(scaled: int, places: int, *, strip: bool) -> str:
+    """`scaled` x 10^-places as text with `places` decimals, or (`strip`) without trailing zeros ("0" for 0)."""
+    sign = "-" if scaled < 0 else ""
+    whole, fraction = divmod(-scaled if scaled < 0 else scaled, 10**places)
+    if places == 0:
+        return f"{sign}{whole}"
+    digits = f"{fraction:0{places}d}"
+    if strip:
+        digits = digits.rstrip("0")
+        if not digits:
+            return f"{sign}{whole}" if whole else "0"
+    return f"{sign}{whole}.{digits}"
 
 
 class Instruments(dict[str, Instrument]):

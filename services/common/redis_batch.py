@@ -28,9 +28,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
 import hiredis
@@ -153,11 +154,18 @@ class CommandBatcher:
 
     def submit(self, *args: EncodableT) -> asyncio.Future[Any]:
         """Queue one command (e.g. "HGET", key, field); the future resolves to its raw reply."""
+        return self.submit_packed(pack_command(args))
+
+    def submit_packed(self, command: bytes) -> asyncio.Future[Any]:
+        """Queue one command already in RESP (pack_command); the future resolves to its raw reply."""
         if self._closed:
             raise BatcherClosed("the command batcher is closed")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((pack_command(args), future))
-        self._schedule()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending.append((command, future))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
         return future
 
     async def execute(self, *args: EncodableT) -> Any:
@@ -166,13 +174,19 @@ class CommandBatcher:
 
     async def evalsha(self, script: LuaScript, keys: Sequence[str], args: Sequence[EncodableT]) -> Any:
         """Run `script` within the next pipeline and return its reply; on NOSCRIPT, load it and retry once."""
+        return await self.evalsha_packed(script, len(keys), pack_args((*keys, *args)), len(keys) + len(args))
+
+    async def evalsha_packed(self, script: LuaScript, key_count: int, packed: bytes, count: int) -> Any:
+        """evalsha of KEYS then ARGV already packed (pack_args: `count` values, the first `key_count` KEYS)."""
+        command = b"*%d\r\n%b$%d\r\n%d\r\n%b" % (count + 3, _evalsha_head(script.sha), len(str(key_count)),
+                                                  key_count, packed)
         try:
-            return await self.submit("EVALSHA", script.sha, len(keys), *keys, *args)
+            return await self.submit_packed(command)
         except NoScriptError:
             # NOSCRIPT means the script did not run at all, so running it again is safe. A second
             # NOSCRIPT (a SCRIPT FLUSH in between) reaches the caller as an error.
             await self.submit("SCRIPT", "LOAD", script.source)
-            return await self.submit("EVALSHA", script.sha, len(keys), *keys, *args)
+            return await self.submit_packed(command)
 
     async def close(self) -> None:
         """Send what is queued, wait for every answer, refuse new commands, close the connection."""
@@ -280,21 +294,39 @@ class CommandBatcher:
         self._watchdog = loop.call_later(1.0, self._watch)
 
 
-def pack_command(args: tuple[EncodableT, ...]) -> bytes:
+def pack_command(args: Sequence[EncodableT]) -> bytes:
     """One command in RESP: *<n> then $<len> <bytes> per argument."""
-    parts = [b"*%d\r\n" % len(args)]
+    return b"*%d\r\n%b" % (len(args), pack_args(args))
+
+
+def pack_args(args: Iterable[EncodableT]) -> bytes:
+    """Arguments as RESP bulk strings, $<len> <bytes> each, without the *<n> header (pack_command adds it)."""
+    parts = []
     for arg in args:
-        if isinstance(arg, bytes):
+        kind = type(arg)  # exact types first: str, bytes and int are nearly every argument
+        if kind is str:
+            data = arg.encode()  # type: ignore[union-attr]
+        elif kind is bytes:
+            data = arg
+        elif kind is int:
+            data = b"%d" % arg  # type: ignore[str-format]
+        elif isinstance(arg, bool):
+            raise DataError(f"refusing to send a bool ({arg!r}) to Redis: convert it explicitly")
+        elif isinstance(arg, bytes):
             data = arg
         elif isinstance(arg, str):
             data = arg.encode()
-        elif isinstance(arg, bool):
-            raise DataError(f"refusing to send a bool ({arg!r}) to Redis: convert it explicitly")
         elif isinstance(arg, int):
             data = b"%d" % arg
         elif isinstance(arg, float):
             data = repr(arg).encode()
         else:
             data = bytes(arg)
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
     return b"".join(parts)
+
+
+@functools.lru_cache(maxsize=64)
+def _evalsha_head(sha: str) -> bytes:
+    """EVALSHA <sha> in RESP, once per script."""
+    return pack_args(("EVALSHA", sha))

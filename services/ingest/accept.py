@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,7 +11,7 @@ import msgspec
 from redis.typing import EncodableT
 
 from services.common.keys import InstrumentKeys
-from services.common.redis_batch import CommandBatcher
+from services.common.redis_batch import CommandBatcher, pack_args
 from services.common.scripts import ACCEPT_SCRIPT, AcceptArgv, AcceptKeys, AcceptOrderArgv, AcceptOrderKeys, astuple
 from services.common.wire import NewOrderCommand, OrderRecord, encode_record
 from services.ingest.validation import ValidOrder
@@ -101,7 +103,7 @@ async def accept_orders(batcher: CommandBatcher, keys: InstrumentKeys, placement
     """Rate-limit (the client's bucket and the API key's), deduplicate and enqueue each of `placements` (orders
     of `keys`' instrument) atomically in one accept.lua call, in order; one outcome each. No key id
     (AUTH_MODE=off): no key bucket."""
-    replies = await batcher.evalsha(ACCEPT_SCRIPT, *_script_args(keys, placements, limits))
+    replies = await batcher.evalsha_packed(ACCEPT_SCRIPT, *packed_script_args(keys, placements, limits))
     if len(replies) != len(placements):
         raise RuntimeError(f"accept.lua answered {len(replies)} replies for {len(placements)} orders")
     return [_outcome(reply) for reply in replies]
@@ -110,13 +112,14 @@ async def accept_orders(batcher: CommandBatcher, keys: InstrumentKeys, placement
 async def accept_order(batcher: CommandBatcher, keys: InstrumentKeys, placement: Placement,
                        limits: Limits) -> Outcome:
     """accept_orders of one order (POST /orders), without the list around it."""
-    (reply,) = await batcher.evalsha(ACCEPT_SCRIPT, *_script_args(keys, (placement,), limits))
+    (reply,) = await batcher.evalsha_packed(ACCEPT_SCRIPT, *packed_script_args(keys, (placement,), limits))
     return _outcome(reply)
 
 
-def _script_args(keys: InstrumentKeys, placements: Sequence[Placement], limits: Limits
-                 ) -> tuple[list[str], list[EncodableT]]:
-    """accept.lua's KEYS and ARGV for `placements`, as scripts.ACCEPT declares them."""
+def script_args(keys: InstrumentKeys, placements: Sequence[Placement], limits: Limits
+                ) -> tuple[list[str], list[EncodableT]]:
+    """accept.lua's KEYS and ARGV for `placements`, as scripts.ACCEPT declares them (the plain form of
+    packed_script_args, which tests hold to it)."""
     key_rate = limits.key_rate_per_sec if limits.key_id else 0
     script_keys: list[str] = [*astuple(AcceptKeys(
         orders=keys.orders, order_state=keys.order_state, key_rate_bucket=keys.key_rate_bucket(limits.key_id)))]
@@ -124,22 +127,75 @@ def _script_args(keys: InstrumentKeys, placements: Sequence[Placement], limits: 
         rate=limits.rate_per_sec, burst=limits.burst, key_rate=key_rate, key_burst=limits.key_burst,
         overloaded="1" if limits.overloaded else "0", ttl_s=limits.idempotency_ttl_s))]
     for placement in placements:
-        order, record = placement.order, placement.record
-        client_id = order.client_id
-        # Absent records still get a key name (never read): all keys are passed, all in the instrument's slot.
-        script_keys += astuple(AcceptOrderKeys(
-            rate_bucket=keys.rate_bucket(client_id),
-            idempotency=keys.idempotency(client_id, order.idempotency_key or ""),
-            client_order_id=keys.client_order_id(client_id, order.client_order_id)))
-        keyed = order.idempotency_key is not None
-        command = _command_fields(record)
-        # The fingerprint and the answer are read only to store or check an idempotency record.
-        argv += astuple(AcceptOrderArgv(
-            fingerprint=order.fingerprint() if keyed else "", answer=placement.answer if keyed else b"",
-            order_id=record.order_id, record=encode_record(record), has_idempotency_key="1" if keyed else "0",
-            has_client_order_id="1" if order.client_order_id else "0", command_fields=len(command)))
-        argv += command
+        order_keys, order_argv = _order_args(keys, placement)
+        script_keys += order_keys
+        argv += order_argv
+        argv += _command_fields(placement.record)
     return script_keys, argv
+
+
+def _order_args(keys: InstrumentKeys, placement: Placement) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """One order's AcceptOrderKeys and AcceptOrderArgv (the command's values follow that block)."""
+    order, record = placement.order, placement.record
+    client_id = order.client_id
+    keyed = order.idempotency_key is not None
+    # Absent records still get a key name (never read): all keys are passed, all in the instrument's slot.
+    order_keys = astuple(AcceptOrderKeys(
+        rate_bucket=keys.rate_bucket(client_id),
+        idempotency=keys.idempotency(client_id, order.idempotency_key or ""),
+        client_order_id=keys.client_order_id(client_id, order.client_order_id)))
+    # The fingerprint and the answer are read only to store or check an idempotency record.
+    order_argv = astuple(AcceptOrderArgv(
+        fingerprint=order.fingerprint() if keyed else "", answer=placement.answer if keyed else b"",
+        order_id=record.order_id, record=encode_record(record), has_idempotency_key="1" if keyed else "0",
+        has_client_order_id="1" if order.client_order_id else "0", command_fields=_COMMAND_VALUES))
+    return order_keys, order_argv
+
+
+# The orders-stream entry, packed: NewOrderCommand's tag, then each field's name (RESP, built once) and the
+# record's value of the same name, integers as text (post_only is the record's 0 or 1).
+_TAG = NewOrderCommand.__struct_config__
+_COMMAND_HEAD = pack_args((_TAG.tag_field or "", str(_TAG.tag)))
+_COMMAND_NAMES = [pack_args((name,)) for name in NewOrderCommand.__struct_fields__]
+_command_values = operator.attrgetter(*NewOrderCommand.__struct_fields__)
+_COMMAND_VALUES = 2 + 2 * len(NewOrderCommand.__struct_fields__)
+_KEYS_EACH = len(AcceptOrderKeys.__struct_fields__)
+_ARGV_EACH = len(AcceptOrderArgv.__struct_fields__) + _COMMAND_VALUES
+_KEYS_SHARED = len(AcceptKeys.__struct_fields__)
+_ARGV_SHARED = len(AcceptArgv.__struct_fields__)
+
+
+def packed_script_args(keys: InstrumentKeys, placements: Sequence[Placement], limits: Limits
+                       ) -> tuple[int, bytes, int]:
+    """script_args as CommandBatcher.evalsha_packed takes them: (KEYS count, KEYS then ARGV in RESP, count).
+    What every order of every call shares is packed once (per instrument and API key, per settings)."""
+    key_rate = limits.key_rate_per_sec if limits.key_id else 0
+    key_parts = [_shared_keys(keys.orders, keys.order_state, keys.key_rate_bucket(limits.key_id))]
+    argv_parts = [_shared_argv(limits.rate_per_sec, limits.burst, key_rate, limits.key_burst,
+                               "1" if limits.overloaded else "0", limits.idempotency_ttl_s)]
+    for placement in placements:
+        order_keys, order_argv = _order_args(keys, placement)
+        key_parts.append(pack_args(order_keys))
+        argv_parts.append(pack_args(order_argv))
+        argv_parts.append(_COMMAND_HEAD)
+        for name, value in zip(_COMMAND_NAMES, _command_values(placement.record), strict=True):
+            data = value.encode() if type(value) is str else b"%d" % value
+            argv_parts.append(name)
+            argv_parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    key_count = _KEYS_SHARED + _KEYS_EACH * len(placements)
+    key_parts += argv_parts
+    return key_count, b"".join(key_parts), key_count + _ARGV_SHARED + _ARGV_EACH * len(placements)
+
+
+@functools.lru_cache(maxsize=1024)
+def _shared_keys(orders: str, order_state: str, key_rate_bucket: str) -> bytes:
+    return pack_args(astuple(AcceptKeys(orders=orders, order_state=order_state, key_rate_bucket=key_rate_bucket)))
+
+
+@functools.lru_cache(maxsize=256)
+def _shared_argv(rate: int, burst: int, key_rate: int, key_burst: int, overloaded: str, ttl_s: int) -> bytes:
+    return pack_args(astuple(AcceptArgv(rate=rate, burst=burst, key_rate=key_rate, key_burst=key_burst,
+                                        overloaded=overloaded, ttl_s=ttl_s)))
 
 
 def _outcome(reply: list[Any]) -> Outcome:

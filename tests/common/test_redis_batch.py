@@ -8,11 +8,11 @@ import uuid
 
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError, ResponseError
+from redis.exceptions import ConnectionError, DataError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.common.lua import LuaScript
-from services.common.redis_batch import BatcherClosed, CommandBatcher
+from services.common.redis_batch import BatcherClosed, CommandBatcher, pack_args, pack_command
 from services.common.redis_conn import connect
 
 
@@ -132,3 +132,20 @@ async def test_the_url_database_is_selected(redis_url: str, key_prefix: str) -> 
         await other.delete(f"{key_prefix}db5")
         await batcher.close()
         await other.aclose()
+
+
+def test_pack_command_is_resp_of_every_argument_type() -> None:
+    assert pack_command(("SET", b"k\r\n", 12, -3, 1.5, memoryview(b"mv"))) == (
+        b"*6\r\n$3\r\nSET\r\n$3\r\nk\r\n\r\n$2\r\n12\r\n$2\r\n-3\r\n$3\r\n1.5\r\n$2\r\nmv\r\n")
+    assert pack_command(("SET", "é")) == b"*2\r\n$3\r\nSET\r\n$2\r\n\xc3\xa9\r\n"
+    with pytest.raises(DataError):
+        pack_command(("SET", True))
+
+
+async def test_evalsha_packed_runs_the_script_after_noscript(redis: Redis, key_prefix: str) -> None:
+    batcher = CommandBatcher(redis)
+    await redis.set(f"{key_prefix}e", "stored")
+    script = _fresh_script()
+    reply = await batcher.evalsha_packed(script, 1, pack_args((f"{key_prefix}e", "arg")), 2)
+    assert reply == [b"arg", b"stored"]
+    await batcher.close()

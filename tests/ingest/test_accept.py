@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
+from services.common.redis_batch import pack_args
+from services.ingest.accept import Limits, packed_script_args, script_args
+from services.ingest.place_order import placement_of
+from services.ingest.validation import decode_order, validate_order
 from tests.ingest.conftest import BROKER, KEY_A, KEY_B, Engine, limit_order
 
 
@@ -75,3 +80,22 @@ async def test_keys_with_the_separator_in_them_never_collide_across_clients(engi
     again = await engine.post(limit_order(client_id="a", idempotency_key="b:c", quantity="0.6"), BROKER)
     assert again.status_code == 200 and again.content == second.content
     assert await engine.redis.xlen(engine.keys["BTC-USD"].orders) == 2
+
+
+def test_packed_arguments_are_the_declared_keys_and_argv_in_resp(engine: Engine) -> None:
+    # packed_script_args (the hot path) builds the RESP itself: it must be exactly script_args, packed.
+    keys = engine.ctx.keys["BTC-USD"]
+    instruments = engine.ctx.instruments
+    orders = [validate_order(decode_order(json.dumps(limit_order(**fields)).encode()), instruments, key)
+              for fields, key in (({}, None), ({"client_order_id": "c:1", "type": "market", "price": None}, "k:1"),
+                                  ({"client_id": "client-B", "post_only": True}, "k2"))]
+    placements = [placement_of(order, 1_700_000_000_000 + i) for i, order in enumerate(orders)]
+    for limits in (Limits(rate_per_sec=5, burst=6, key_id="kid", key_rate_per_sec=7, key_burst=8, overloaded=True,
+                          idempotency_ttl_s=9),
+                   Limits(rate_per_sec=0, burst=1, key_id="", key_rate_per_sec=7, key_burst=8, overloaded=False,
+                          idempotency_ttl_s=60)):
+        for some in (placements[:1], placements):
+            script_keys, argv = script_args(keys, some, limits)
+            key_count, packed, count = packed_script_args(keys, some, limits)
+            assert (key_count, count) == (len(script_keys), len(script_keys) + len(argv))
+            assert packed == pack_args((*script_keys, *argv))
