@@ -49,6 +49,25 @@ def raw_json_response(content: bytes, status: int = 200,
     return Response(content, status_code=status, headers=headers, media_type="application/json")
 
 
+RawHeaders = list[tuple[bytes, bytes]]
+_JSON_CONTENT_TYPE = (b"content-type", b"application/json")
+
+
+class RawJsonResponse(Response):
+    """raw_json_response with its headers given as lowercase (name, value) bytes: the header list Response
+    would build from a dict, in the same order, without the dict or encoding each header (the order path)."""
+
+    media_type = "application/json"
+
+    def __init__(self, content: bytes, status_code: int, raw_headers: RawHeaders) -> None:
+        self.status_code = status_code
+        self.background = None
+        self.body = content
+        raw_headers.append((b"content-length", b"%d" % len(content)))
+        raw_headers.append(_JSON_CONTENT_TYPE)
+        self.raw_headers = raw_headers
+
+
 def too_large(limit: int) -> ApiError:
     return ApiError(413, "payload_too_large", f"the body is over {limit} bytes", reason="too_large")
 

@@ -29,7 +29,7 @@ from services.ingest.accept import (
     accepted_record,
 )
 from services.ingest.context import IngestContext
-from services.ingest.errors import ApiError, ErrorDetail, forbidden, raw_json_response, unavailable
+from services.ingest.errors import ApiError, ErrorDetail, RawHeaders, RawJsonResponse, forbidden, unavailable
 from services.ingest.handling import redis_unavailable
 from services.ingest.validation import (
     IDEMPOTENCY_HEADER,
@@ -109,6 +109,15 @@ def _with_rate_limit(ctx: IngestContext, reply: Reply, headers: dict[str, str]) 
     return headers
 
 
+def _raw_with_rate_limit(ctx: IngestContext, reply: Reply, headers: RawHeaders) -> RawHeaders:
+    """_with_rate_limit for the headers of a 201 or a replay, already as RawJsonResponse takes them."""
+    if ctx.rate_limit_limit is not None:
+        headers.append((b"ratelimit-limit", ctx.rate_limit_limit.encode()))
+        headers.append((b"ratelimit-remaining", b"%d" % reply.remaining))
+        headers.append((b"ratelimit-reset", b"%d" % -(-reply.reset_ms // 1000)))
+    return headers
+
+
 def placement_of(order: ValidOrder, created_ms: int) -> Placement:
     """The order with a new order id, as stored and enqueued, and its 201 body."""
     record = accepted_record(order, new_order_id(created_ms), created_ms)
@@ -130,10 +139,10 @@ async def _enqueue(ctx: IngestContext, order: ValidOrder, principal: Principal) 
     placement = placement_of(order, time.time_ns() // 1_000_000)
     outcome = await accept_order(ctx.batcher, ctx.keys[symbol], placement, limits_of(ctx, principal, symbol))
     status, body, headers = settle(ctx, placement, outcome)
-    return raw_json_response(body, status, headers)
+    return RawJsonResponse(body, status, headers)
 
 
-def settle(ctx: IngestContext, placement: Placement, outcome: Outcome) -> tuple[int, bytes, dict[str, str]]:
+def settle(ctx: IngestContext, placement: Placement, outcome: Outcome) -> tuple[int, bytes, RawHeaders]:
     """accept.lua's outcome for one order as POST /orders answers it: (status, body, headers) of a 201 or a
     200 replay, counted and logged; ApiError for every refusal (counted by the caller)."""
     order = placement.order
@@ -142,13 +151,14 @@ def settle(ctx: IngestContext, placement: Placement, outcome: Outcome) -> tuple[
         order_id = placement.record.order_id
         ctx.metrics.orders_received.labels(symbol).inc()
         log_order(ctx, "accepted", order.client_id, order_id, symbol)
-        return 201, placement.answer, _with_rate_limit(ctx, outcome, {"Location": f"/orders/{order_id}"})
+        location = b"/orders/" + order_id.encode()
+        return 201, placement.answer, _raw_with_rate_limit(ctx, outcome, [(b"location", location)])
     if isinstance(outcome, Replayed):
         ctx.metrics.idempotent_replays.inc()
         first_id = _decode_answer_id(outcome.answer).order_id
         log_order(ctx, "replayed", order.client_id, first_id, symbol)
-        return 200, outcome.answer, _with_rate_limit(
-            ctx, outcome, {"Idempotent-Replayed": "true", "Location": f"/orders/{first_id}"})
+        return 200, outcome.answer, _raw_with_rate_limit(
+            ctx, outcome, [(b"idempotent-replayed", b"true"), (b"location", b"/orders/" + first_id.encode())])
     if isinstance(outcome, Conflict):
         raise ApiError(409, "idempotency_conflict",
                        f"idempotency key {order.idempotency_key!r} was used with a different body",

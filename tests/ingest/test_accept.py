@@ -99,3 +99,18 @@ def test_packed_arguments_are_the_declared_keys_and_argv_in_resp(engine: Engine)
             key_count, packed, count = packed_script_args(keys, some, limits)
             assert (key_count, count) == (len(script_keys), len(script_keys) + len(argv))
             assert packed == pack_args((*script_keys, *argv))
+
+
+async def test_201_and_replay_headers_are_those_of_a_starlette_response_in_order(engine: Engine) -> None:
+    rate = ["ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"] if engine.ctx.rate_limit_limit else []
+    first = await engine.post(limit_order(idempotency_key="headers-1"), headers=BROKER)
+    again = await engine.post(limit_order(idempotency_key="headers-1"), headers=BROKER)
+    order_id = first.json()["order_id"]
+    assert [name.decode() for name, _ in first.headers.raw] == [
+        "location", *rate, "content-length", "content-type"]
+    assert [name.decode() for name, _ in again.headers.raw] == [
+        "idempotent-replayed", "location", *rate, "content-length", "content-type"]
+    for response in (first, again):
+        assert response.headers["location"] == f"/orders/{order_id}"
+        assert response.headers["content-type"] == "application/json"
+        assert response.headers["content-length"] == str(len(response.content))
