@@ -34,7 +34,10 @@ def metric(broadcaster: Broadcaster, line_start: str) -> float:
 
 async def test_a_client_that_never_reads_is_dropped_and_the_other_gets_everything(
         make_broadcaster: BroadcasterFactory, open_stream: StreamFactory, btc: Harness) -> None:
-    broadcaster = await make_broadcaster(queue_bound=200, read_count=100, send_buffer_bytes=16384)
+    # A close timeout longer than the test: the dropped client reads its backlog (and the 1013) only after
+    # the reader got everything, which a loaded machine may take longer than the default 5 s to do.
+    broadcaster = await make_broadcaster(queue_bound=200, read_count=100, send_buffer_bytes=16384,
+                                         close_timeout_s=60)
     stalled = await open_stream(broadcaster, sock=tiny_receive_buffer(broadcaster), max_queue=1)
     await stalled.subscribe(["trades"], ["BTC-USD"])
     reader = await open_stream(broadcaster)

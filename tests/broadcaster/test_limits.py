@@ -91,11 +91,12 @@ async def test_a_stalled_client_under_the_queue_bound_is_closed_with_1013(
     # The queue bound (10,000) is far above the burst: only the stall rule can close this client.
     # "default": the burst fits in the kernel buffers of both ends, so nothing even waits in the
     # broadcaster's queue (the case that stayed open forever); "tiny": the sender itself is blocked.
+    # close_timeout_s: the stalled client resumes reading only after the reader got the whole burst.
     if buffers == "default":
-        broadcaster = await make_broadcaster(stall_s=0.5)
+        broadcaster = await make_broadcaster(stall_s=0.5, close_timeout_s=60)
         stalled = await open_stream(broadcaster)
     else:
-        broadcaster = await make_broadcaster(stall_s=0.5, send_buffer_bytes=16384)
+        broadcaster = await make_broadcaster(stall_s=0.5, send_buffer_bytes=16384, close_timeout_s=60)
         stalled = await open_stream(broadcaster, sock=tiny_receive_buffer(broadcaster), max_queue=1)
     await stalled.subscribe(["trades"], ["BTC-USD"])
     stalled.ws.transport.pause_reading()
