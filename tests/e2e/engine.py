@@ -97,11 +97,18 @@ class RunningEngine:
         assert result.returncode == 0, result.stdout + result.stderr
         return result.stdout
 
-    def interrupt(self, timeout: float = 30) -> int:
-        """Ctrl-C: SIGINT to the whole process group; the exit code of make."""
+    def interrupt(self, timeout: float = 60) -> int:
+        """Ctrl-C: SIGINT to the whole process group; the exit code of make. A stop that does not end within
+        `timeout` (the services' graceful timeouts are 10-15 s) fails with what make run and each service
+        logged, so the next occurrence says where it hung."""
         assert self.process is not None
         os.killpg(self.process.pid, signal.SIGINT)
-        return self.process.wait(timeout)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            logs = [self.log, *sorted((self.run_dir / "logs").glob("*.log"))]
+            tails = "\n".join(f"--- {path.name}\n{path.read_text()[-3000:]}" for path in logs if path.is_file())
+            raise AssertionError(f"make run still running {timeout}s after Ctrl-C\n{tails}") from None
 
     def wait_gone(self, pids: list[int], timeout: float) -> None:
         deadline = time.monotonic() + timeout
