@@ -39,6 +39,14 @@ def http_ok(url: str) -> bool:
         return False
 
 
+def terminal_signals() -> None:
+    """In the child: Ctrl-C, Ctrl-\\ and hangup as a terminal delivers them. A test run started in the
+    background of a non-interactive shell (nohup, `cmd &`) inherits SIGINT, SIGQUIT and SIGHUP ignored, and
+    bash cannot trap a signal ignored on entry: make run's Ctrl-C handling would never run."""
+    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 class RunningEngine:
     """`make run` in its own process group; stop() sends SIGINT to the group as Ctrl-C would."""
 
@@ -57,7 +65,8 @@ class RunningEngine:
     def start(self, timeout: float = 60) -> None:
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(["make", "-s", "run"], cwd=REPO_ROOT, env=self.env, stdout=out,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+                                            stderr=subprocess.STDOUT, start_new_session=True,
+                                            preexec_fn=terminal_signals)
         self.wait_until(lambda: http_ok(f"{self.ingest}/readyz") and http_ok(f"{self.matcher_metrics}/healthz")
                         and http_ok(f"{self.persister_metrics()}/healthz"), timeout, "engine ready")
 
