@@ -152,7 +152,7 @@ def format_key_file(specs: list[KeySpec]) -> str:
 
 
 def _toml_string(value: str) -> str:
-    """A TOML basic string: JSON's escapes are TOML's (\\uXXXX, \\", \\\\ and the short ones)."""
+    """A TOML basic string: JSON's escapes are TOML's (\\u and four hex digits, \\", \\\\ and the short ones)."""
     return json.dumps(value, ensure_ascii=False)
 
 

@@ -112,8 +112,8 @@ async def accept_orders(batcher: CommandBatcher, keys: InstrumentKeys, placement
 async def accept_order(batcher: CommandBatcher, keys: InstrumentKeys, placement: Placement,
                        limits: Limits) -> Outcome:
     """accept_orders of one order (POST /orders), without the list around it."""
-    (reply,) = await batcher.evalsha_packed(ACCEPT_SCRIPT, *packed_script_args(keys, (placement,), limits))
-    return _outcome(reply)
+    (outcome,) = await accept_orders(batcher, keys, (placement,), limits)
+    return outcome
 
 
 def script_args(keys: InstrumentKeys, placements: Sequence[Placement], limits: Limits
