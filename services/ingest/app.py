@@ -20,6 +20,7 @@ from services.common.runner import Server
 from services.ingest import health
 from services.ingest.admin import get_latest_snapshot, post_snapshots
 from services.ingest.analytics_routes import get_candles, get_ticker
+from services.ingest.client_fills import get_client_fills
 from services.ingest.context import IngestContext
 from services.ingest.errors import ErrorBody, json_response
 from services.ingest.fast_orders import OrdersFastPath
@@ -74,6 +75,7 @@ def create_app(settings: IngestSettings) -> Starlette:
         Route("/analytics/{instrument}/ticker", bind(get_ticker), methods=["GET"]),
         Route("/analytics/{instrument}/candles", bind(get_candles), methods=["GET"]),
         Route("/clients/{client_id}/positions", bind(get_positions), methods=["GET"]),
+        Route("/clients/{client_id}/fills", bind(get_client_fills), methods=["GET"]),
         Route("/admin/settlements", bind(post_settlement), methods=["POST"]),
         Route("/admin/snapshots", bind(post_snapshots), methods=["POST"]),
         Route("/admin/snapshots/latest", bind(get_latest_snapshot), methods=["GET"]),

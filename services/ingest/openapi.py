@@ -16,6 +16,8 @@ from services.common.instruments import Instruments
 from services.common.snapshots import SnapshotInfo
 from services.ingest.admin import SnapshotsTaken
 from services.ingest.analytics_routes import DEFAULT_INTERVAL, INTERVALS, MAX_BUCKETS, CandleView, TickerView
+from services.ingest.client_fills import DEFAULT_LIMIT as FILLS_LIMIT
+from services.ingest.client_fills import FillView
 from services.ingest.errors import ErrorBody, raw_json_response
 from services.ingest.health import Health, Readiness
 from services.ingest.openapi_parts import (
@@ -53,7 +55,7 @@ from services.ingest.views import CancelRequested, OrderView
 
 _TYPES: list[Any] = [OrderRequest, OrderView, CancelRequested, ErrorBody, BookSnapshot, TradeView, TickerView,
                      CandleView, PositionsView, SettlementRequest, SettlementReport, SnapshotInfo, SnapshotsTaken,
-                     Readiness, Health, BatchError]
+                     Readiness, Health, BatchError, FillView]
 # POST /orders answers 201 and the replayed 200 with an order id: where a client (or schemathesis's
 # stateful phase) goes next.
 _ORDER_LINKS = {
@@ -165,6 +167,17 @@ def _paths(instruments: Instruments) -> dict[str, Schema]:
                 "404": error("`not_found`: not a client id"), "422": error("`validation_error`: bad as_of"),
                 **auth_errors("another client's positions"), **DB_DOWN},
             secured=True, parameters=[CLIENT_ID, time_param("as_of", "trades up to this time (default now)")])},
+        "/clients/{client_id}/fills": {"get": _operation(
+            "getClientFills", "A client's fills, newest first (PostgreSQL): its order's side of each trade, "
+                              "maker or taker; a self-trade is two fills", {
+                "200": json_answer({"type": "array", "items": ref("FillView"), "maxItems": MAX_LIMIT}, "fills"),
+                "404": error("`not_found`: not a client id"),
+                "422": error("`validation_error`: unknown instrument, limit out of range, or a bad end"),
+                **auth_errors("another client's fills"), **DB_DOWN},
+            secured=True, parameters=[CLIENT_ID, any_instrument,
+                                      param("limit", "query", int_range(1, MAX_LIMIT, FILLS_LIMIT), "fills"),
+                                      time_param("end", "exclusive: fills executed before it (default now), to "
+                                                        "page back in time")])},
         "/admin/settlements": {"post": _operation(
             "postSettlement", "End-of-day settlement of a UTC date (admin; idempotent)", {
                 "200": json_answer(ref("SettlementReport"), "settled and reconciled"),

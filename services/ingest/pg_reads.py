@@ -90,7 +90,8 @@ def _canceled(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) == _QUERY_CANCELED
 
 
-def _price(instrument: Instrument | None, value: Decimal) -> str:
+def stored_price(instrument: Instrument | None, value: Decimal) -> str:
+    """A stored price as answers show it."""
     # Prices carry exactly the tick's decimals; an instrument no longer configured shows them as stored.
     return instrument.price_text(instrument.price_ticks(value)) if instrument else plain(value)
 
@@ -109,7 +110,7 @@ async def recent_trades(reads: PublicReads, instruments: Instruments, symbol: st
     return [
         TradeView(
             trade_id=row["trade_id"], seq=row["seq"], instrument=row["instrument"],
-            price=_price(instruments.get(row["instrument"]), row["price"]), quantity=plain(row["quantity"]),
+            price=stored_price(instruments.get(row["instrument"]), row["price"]), quantity=plain(row["quantity"]),
             taker_side=row["taker_side"], buy_order_id=row["buy_order_id"], sell_order_id=row["sell_order_id"],
             executed_at=iso(row["executed_at"]),
         )
@@ -127,7 +128,7 @@ def _order_view(row: Any, instrument: Instrument | None) -> OrderView:
         order_id=row["order_id"], client_order_id=row["client_order_id"], client_id=row["client_id"],
         instrument=row["instrument"], side=row["side"], type=row["type"], time_in_force=row["time_in_force"],
         post_only=bool(row["post_only"]),
-        price=_price(instrument, row["price"]) if row["price"] is not None else None,
+        price=stored_price(instrument, row["price"]) if row["price"] is not None else None,
         quantity=plain(row["quantity"]), filled_quantity=plain(filled),
         remaining_quantity=plain(row["remaining_quantity"]), average_price=average,
         status=row["status"], reason=row["reason"],

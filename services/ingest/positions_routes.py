@@ -15,9 +15,9 @@ from services.common.instruments import Instrument
 from services.common.money import plain
 from services.common.times import iso
 from services.ingest.analytics_routes import time_param, vwap_text
+from services.ingest.clients import client_of
 from services.ingest.context import IngestContext
-from services.ingest.errors import forbidden, json_response, not_found
-from services.ingest.validation import ID_TEXT
+from services.ingest.errors import json_response
 
 
 class SideView(msgspec.Struct, frozen=True):
@@ -51,12 +51,7 @@ def _instrument_view(instrument: Instrument | None, s: Sides) -> InstrumentPosit
 
 async def get_positions(ctx: IngestContext, request: Request) -> Response:
     """Traders read their own client only; broker and admin keys any client."""
-    principal = ctx.authenticate(request)
-    client_id = str(request.path_params.get("client_id", ""))
-    if not ID_TEXT.match(client_id):
-        raise not_found(f"no client {client_id[:80]!r}")
-    if not principal.may_act_for(client_id):
-        raise forbidden(f"the positions of {client_id!r} belong to another client")
+    _, client_id = client_of(ctx, request, "positions")
     as_of = time_param(request, "as_of") or now_ms()
     sides = await ctx.public_reads.run(lambda conn: client_positions(conn, client_id, as_of))
     return json_response(PositionsView(

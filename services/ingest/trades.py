@@ -16,9 +16,10 @@ MAX_LIMIT = 1000
 _DIGITS = re.compile(r"^[0-9]{1,5}$")
 
 
-def _limit(raw: str | None) -> int:
+def limit_param(raw: str | None, default: int = DEFAULT_LIMIT) -> int:
+    """A `limit` query parameter, 1 to MAX_LIMIT; 422 naming it otherwise."""
     if raw is None:
-        return DEFAULT_LIMIT
+        return default
     if not _DIGITS.match(raw) or not 1 <= int(raw) <= MAX_LIMIT:
         raise invalid([ErrorDetail("limit", f"must be an integer from 1 to {MAX_LIMIT}")])
     return int(raw)
@@ -28,5 +29,5 @@ async def get_trades(ctx: IngestContext, request: Request) -> Response:
     symbol = request.query_params.get("instrument")
     if symbol is not None and symbol not in ctx.instruments:
         raise invalid([ErrorDetail("instrument", f"unknown instrument {symbol[:64]!r}")])
-    limit = _limit(request.query_params.get("limit"))
+    limit = limit_param(request.query_params.get("limit"))
     return json_response(await recent_trades(ctx.public_reads, ctx.instruments, symbol, limit))
