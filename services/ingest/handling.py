@@ -73,7 +73,11 @@ async def read_asgi_body(headers: Headers, receive: Receive, limit: int) -> byte
 
 def order_id_of(request: Request) -> str:
     """The {order_id} path parameter; 404 for anything that cannot be an order id."""
-    order_id = str(request.path_params.get("order_id", ""))
+    return checked_order_id(str(request.path_params.get("order_id", "")))
+
+
+def checked_order_id(order_id: str) -> str:
+    """`order_id` if it can be an order id; ApiError 404 otherwise."""
     if not ID_TEXT.match(order_id):
         raise not_found(f"no order {order_id[:80]!r}")
     return order_id

@@ -23,10 +23,9 @@ def _check_owner(principal: Principal, order_id: str, client_id: str) -> None:
         raise forbidden(f"order {order_id!r} belongs to another client")
 
 
-async def _find(ctx: IngestContext, request: Request, principal: Principal) -> Found | OrderView:
+async def _find(ctx: IngestContext, order_id: str, principal: Principal) -> Found | OrderView:
     """The order's live record in Redis, else its row in PostgreSQL (after a rebuild Redis holds only the
     open orders); 404 if neither knows it, 403 if it is another client's."""
-    order_id = order_id_of(request)
     found = await ctx.store.find(order_id)
     if found is not None:
         _check_owner(principal, order_id, found.record.client_id)
@@ -39,7 +38,8 @@ async def _find(ctx: IngestContext, request: Request, principal: Principal) -> F
 
 
 async def get_order(ctx: IngestContext, request: Request) -> Response:
-    found = await _find(ctx, request, ctx.authenticate(request))
+    principal = ctx.authenticate(request)
+    found = await _find(ctx, order_id_of(request), principal)
     if isinstance(found, OrderView):
         return json_response(found)
     return json_response(render(found.record, found.instrument))
@@ -51,9 +51,15 @@ async def order_by_method(ctx: IngestContext, request: Request) -> Response:
 
 
 async def cancel_order(ctx: IngestContext, request: Request) -> Response:
-    """Enqueue the cancel, then wait up to CANCEL_WAIT_MS for the matcher's outcome."""
+    """POST /orders/{order_id}/cancel and DELETE /orders/{order_id}."""
     principal = ctx.authenticate(request)
-    found = await _find(ctx, request, principal)
+    return await cancel(ctx, principal, order_id_of(request))
+
+
+async def cancel(ctx: IngestContext, principal: Principal, order_id: str) -> Response:
+    """Enqueue the cancel of `order_id` (a valid id's text), then wait up to CANCEL_WAIT_MS for the matcher's
+    outcome; ApiError 404 or 403 (the order-entry socket's `cancel` too)."""
+    found = await _find(ctx, order_id, principal)
     if isinstance(found, OrderView):
         # Known to PostgreSQL alone: not in the rebuilt book, so it is final.
         return json_response(found, 409)

@@ -24,7 +24,7 @@ from services.ingest.accept import Outcome, Placement, accept_orders
 from services.ingest.context import IngestContext
 from services.ingest.errors import ApiError, ErrorDetail, invalid, raw_json_response, too_large
 from services.ingest.handling import redis_unavailable
-from services.ingest.place_order import checked_order, limits_of, log_order, placement_of, settle
+from services.ingest.place_order import checked_order, limits_of, log_order, placement_of, refusal, settle
 from services.ingest.validation import IDEMPOTENCY_HEADER, decode_object
 
 
@@ -66,18 +66,29 @@ async def answer_batch(ctx: IngestContext, headers: Headers, body: Callable[[], 
     """Answer one POST /orders/batch and record its latency and each order's outcome."""
     started = time.perf_counter()
     try:
-        raw_orders, principal = await _checked_batch(ctx, headers, await body())
-        response = raw_json_response(await _place(ctx, principal, raw_orders))
+        raw = await body()  # first: 413 comes before 401
+        principal = ctx.authenticate(headers)
     except ApiError as err:
-        ctx.metrics.orders_rejected.labels(err.reason).inc()
-        log_order(ctx, "rejected", None, reason=err.reason)
-        response = err.response()
+        response = refusal(ctx, err, None)
+    else:
+        response = await place_batch(ctx, principal, raw, headers.get(IDEMPOTENCY_HEADER))
     ctx.metrics.batch_latency.observe(time.perf_counter() - started)
     return response
 
 
-async def _checked_batch(ctx: IngestContext, headers: Headers, body: bytes) -> tuple[list[msgspec.Raw], Principal]:
-    principal = ctx.authenticate(headers)  # the body was read first: 413 comes before 401
+async def place_batch(ctx: IngestContext, principal: Principal, body: bytes, idempotency_header: str | None,
+                      session: str = "") -> Response:
+    """POST /orders/batch's answer past its 413 and 401 (the order-entry socket's `place_batch` too): the
+    request-level 400 and 422, else 200 with each order's result. `session`: the cancel-on-disconnect session
+    the orders are placed through ("" none)."""
+    try:
+        raw_orders = _checked_batch(ctx, body, idempotency_header)
+    except ApiError as err:
+        return refusal(ctx, err, None)
+    return raw_json_response(await _place(ctx, principal, raw_orders, session))
+
+
+def _checked_batch(ctx: IngestContext, body: bytes, idempotency_header: str | None) -> list[msgspec.Raw]:
     request = decode_object(_decoder, body)
     limit = ctx.settings.batch_max_orders
     if not request.orders:
@@ -85,13 +96,13 @@ async def _checked_batch(ctx: IngestContext, headers: Headers, body: bytes) -> t
     if len(request.orders) > limit:
         raise invalid([ErrorDetail("orders", f"must hold at most {limit} orders (BATCH_MAX_ORDERS), "
                                              f"not {len(request.orders)}")])
-    if headers.get(IDEMPOTENCY_HEADER) is not None:
+    if idempotency_header is not None:
         raise invalid([ErrorDetail("Idempotency-Key", "is not taken on a batch: give each order its "
                                                       "idempotency_key")])
-    return request.orders, principal
+    return request.orders
 
 
-async def _place(ctx: IngestContext, principal: Principal, raw_orders: list[msgspec.Raw]) -> bytes:
+async def _place(ctx: IngestContext, principal: Principal, raw_orders: list[msgspec.Raw], session: str) -> bytes:
     """Check every order, enqueue the valid ones with one accept.lua call per instrument, and encode the
     results in the orders' order."""
     results: list[bytes] = [b""] * len(raw_orders)
@@ -106,7 +117,7 @@ async def _place(ctx: IngestContext, principal: Principal, raw_orders: list[msgs
         except ApiError as err:
             results[index] = _refused(ctx, err, None)
             continue
-        by_symbol.setdefault(order.instrument.symbol, []).append((index, placement_of(order, created_ms)))
+        by_symbol.setdefault(order.instrument.symbol, []).append((index, placement_of(order, created_ms, session)))
 
     calls = [_accept(ctx, principal, symbol, placed) for symbol, placed in by_symbol.items()]
     # Each instrument's call is one command of the same pipeline (the batcher sends what one tick queued).

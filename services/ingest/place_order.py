@@ -65,28 +65,38 @@ def log_order(ctx: IngestContext, event: str, client_id: str | None, order_id: s
 async def answer_order(ctx: IngestContext, headers: Headers, body: Callable[[], Awaitable[bytes]]) -> Response:
     """Answer one POST /orders and record its latency and outcome."""
     started = time.perf_counter()
-    client_id: str | None = None
     try:
-        order, principal = await _checked_order(ctx, headers, await_body=body)
-        client_id = order.client_id
-        response = await _enqueue(ctx, order, principal)
+        raw = await body()  # first: 413 comes before 401
+        principal = ctx.authenticate(headers)
     except ApiError as err:
-        ctx.metrics.orders_rejected.labels(err.reason).inc()
-        log_order(ctx, "rejected", client_id, reason=err.reason)
-        response = err.response()
-    except (RedisError, OSError, BatcherClosed) as exc:
-        ctx.metrics.orders_rejected.labels("unavailable").inc()
-        log_order(ctx, "rejected", client_id, reason="unavailable")
-        response = redis_unavailable(exc).response()
+        response = refusal(ctx, err, None)
+    else:
+        response = await place_order(ctx, principal, raw, headers.get(IDEMPOTENCY_HEADER))
     ctx.metrics.order_latency.observe(time.perf_counter() - started)
     return response
 
 
-async def _checked_order(ctx: IngestContext, headers: Headers, await_body: Callable[[], Awaitable[bytes]]
-                         ) -> tuple[ValidOrder, Principal]:
-    body = await await_body()  # first: 413 comes before 401
-    principal = ctx.authenticate(headers)
-    return checked_order(ctx, principal, body, headers.get(IDEMPOTENCY_HEADER)), principal
+async def place_order(ctx: IngestContext, principal: Principal, body: bytes, idempotency_header: str | None,
+                      session: str = "") -> Response:
+    """POST /orders's answer past its 413 and 401 (the order-entry socket's `place` too): 400, 422, 403, then
+    accept.lua's outcome; every refusal counted and logged. `session`: the cancel-on-disconnect session the
+    order is placed through ("" none)."""
+    client_id: str | None = None
+    try:
+        order = checked_order(ctx, principal, body, idempotency_header)
+        client_id = order.client_id
+        return await _enqueue(ctx, order, principal, session)
+    except ApiError as err:
+        return refusal(ctx, err, client_id)
+    except (RedisError, OSError, BatcherClosed) as exc:
+        return refusal(ctx, redis_unavailable(exc), client_id)
+
+
+def refusal(ctx: IngestContext, err: ApiError, client_id: str | None) -> Response:
+    """`err`'s answer, counted (orders_rejected_total) and logged as a rejected order."""
+    ctx.metrics.orders_rejected.labels(err.reason).inc()
+    log_order(ctx, "rejected", client_id, reason=err.reason)
+    return err.response()
 
 
 def checked_order(ctx: IngestContext, principal: Principal, body: bytes, idempotency_header: str | None
@@ -118,9 +128,11 @@ def _raw_with_rate_limit(ctx: IngestContext, reply: Reply, headers: RawHeaders) 
     return headers
 
 
-def placement_of(order: ValidOrder, created_ms: int) -> Placement:
+def placement_of(order: ValidOrder, created_ms: int, session: str = "") -> Placement:
     """The order with a new order id, as stored and enqueued, and its 201 body."""
     record = accepted_record(order, new_order_id(created_ms), created_ms)
+    if session:
+        record = msgspec.structs.replace(record, session=session)
     return Placement(order, record, encode_view(render(record, order.instrument)))
 
 
@@ -134,9 +146,9 @@ def limits_of(ctx: IngestContext, principal: Principal, symbol: str) -> Limits:
     )
 
 
-async def _enqueue(ctx: IngestContext, order: ValidOrder, principal: Principal) -> Response:
+async def _enqueue(ctx: IngestContext, order: ValidOrder, principal: Principal, session: str) -> Response:
     symbol = order.instrument.symbol
-    placement = placement_of(order, time.time_ns() // 1_000_000)
+    placement = placement_of(order, time.time_ns() // 1_000_000, session)
     outcome = await accept_order(ctx.batcher, ctx.keys[symbol], placement, limits_of(ctx, principal, symbol))
     status, body, headers = settle(ctx, placement, outcome)
     return RawJsonResponse(body, status, headers)
