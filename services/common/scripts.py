@@ -18,7 +18,7 @@ from typing import Any, Self
 
 import msgspec
 
-from services.common.keys import InstrumentKeys
+from services.common.keys import DEADLINE_CLIENT, DEADLINE_SESSION, ID_KEYS, IdKey, InstrumentKeys
 from services.common.lua import LuaScript
 from services.common.wire import (
     BookEntry,
@@ -94,10 +94,13 @@ class MatchKeys(InstrumentScriptKeys, frozen=True):
     ask_depth: str
     order_state: str
     meta: str
+    deadlines: str  # swept at the start of every call
 
 
 class MatchArgv(ScriptArgs, frozen=True):
-    """ARGV of match.lua."""
+    """ARGV of match.lua. The keys named after a client, session or request id (keys.ID_KEYS: co, cs, res) are
+    built inside the script from key_prefix and symbol by the generated id_keys: they cannot be known before
+    the commands are read. All carry the instrument's hash tag, so they are in the slot of the KEYS."""
 
     group: str
     consumer: str
@@ -107,6 +110,7 @@ class MatchArgv(ScriptArgs, frozen=True):
     price_decimals: str
     quantity_multiplier: str
     quantity_decimals: str
+    key_prefix: str  # the engine's REDIS_KEY_PREFIX
 
 
 # accept.lua --------------------------------------------------------------------------------------
@@ -128,6 +132,8 @@ class AcceptOrderKeys(ScriptArgs, frozen=True):
     rate_bucket: str  # the client's
     idempotency: str
     client_order_id: str
+    client_orders: str  # the client's live orders (ZADD)
+    session_orders: str  # the COD session's orders (SADD when the order has a session)
 
 
 class AcceptArgv(ScriptArgs, frozen=True):
@@ -150,6 +156,8 @@ class AcceptOrderArgv(ScriptArgs, frozen=True):
     record: bytes  # the packed OrderRecord (encode_record)
     has_idempotency_key: str  # "1" | "0"
     has_client_order_id: str  # "1" | "0"
+    created_at: int  # ms: the order's score in client_orders
+    has_session: str  # "1" | "0"
     command_fields: int  # how many ARGV values follow this block
 
 
@@ -211,6 +219,7 @@ class ScriptInterface:
     argv_each_rest: str | None = None  # the last of argv_each: how many values follow an item's block
     record_codec: bool = False  # the script gets unpack_record / pack_record
     book_member: bool = False  # the script gets MEMBER_FORMAT / MEMBER_ID_AT
+    id_keys: tuple[IdKey, ...] = ()  # the script gets id_keys(prefix, symbol) and the DEADLINE_* member prefixes
     reply: type[msgspec.Struct] | None = None  # array-like: the script gets reply_of(table by field name)
     writes: tuple[tuple[str, type[msgspec.Struct]], ...] = ()
 
@@ -233,6 +242,8 @@ class ScriptInterface:
             parts.append(_offsets("AE_", self.argv_each))
         if self.book_member:
             parts.append(f"local MEMBER_FORMAT, MEMBER_ID_AT = '{MEMBER_FORMAT}', {MEMBER_ID_AT}")
+        if self.id_keys:
+            parts.append(id_keys_lua(self.id_keys))
         if self.record_codec:
             parts.append(record_codec_lua())
         if self.reply is not None:
@@ -266,10 +277,40 @@ def _offsets(prefix: str, names: tuple[str, ...]) -> str:
     return f"local {lua_names} = {', '.join(str(i) for i in range(len(names)))}"
 
 
+def _lua_literal(value: object) -> str:
+    if isinstance(value, str):
+        if not value.isascii() or not value.isprintable():
+            raise ValueError(f"{value!r} is not a plain Lua string literal")
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:d}"
+    raise ValueError(f"{value!r} has no Lua literal here")
+
+
+def id_keys_lua(id_keys: tuple[IdKey, ...]) -> str:
+    """`id_keys(prefix, symbol)`: a table of functions naming each IdKey's key as IdKey.build does (the byte
+    length of a sized id is Lua's #), and the deadlines members' prefixes."""
+    builders = []
+    for key in id_keys:
+        args = ", ".join(_lua_name(n) for n in key.ids)
+        parts = [f"prefix .. {_lua_literal(key.kind + ':{')} .. symbol .. '}}'"]
+        for name, sized in zip(key.ids, key.sized, strict=True):
+            parts.append(f"':' .. #{name} .. ':' .. {name}" if sized else f"':' .. {name}")
+        builders.append(f"{_lua_name(key.name)} = function({args}) return {' .. '.join(parts)} end")
+    return (f"local DEADLINE_CLIENT, DEADLINE_SESSION = {_lua_literal(DEADLINE_CLIENT)}, "
+            f"{_lua_literal(DEADLINE_SESSION)} "
+            f"local function id_keys(prefix, symbol) return {{{', '.join(builders)}}} end")
+
+
 def record_codec_lua() -> str:
-    """Lua functions between a packed OrderRecord (a msgpack array) and a table keyed by its field names."""
+    """Lua functions between a packed OrderRecord (a msgpack array) and a table keyed by its field names.
+    Fields with a default (appended to the layout later) take it when an older, shorter record lacks them."""
     names = [_lua_name(n) for n in OrderRecord.__struct_fields__]
-    fields = ", ".join(f"{n} = r[{i}]" for i, n in enumerate(names, 1))
+    defaults = OrderRecord.__struct_defaults__
+    first_default = len(names) - len(defaults)
+    fields = ", ".join(
+        f"{n} = r[{i}]" if i <= first_default else f"{n} = r[{i}] or {_lua_literal(defaults[i - first_default - 1])}"
+        for i, n in enumerate(names, 1))
     values = ", ".join(f"o.{n}" for n in names)
     return (f"local function unpack_record(packed) local r = cmsgpack.unpack(packed) return {{{fields}}} end "
             f"local function pack_record(o) return cmsgpack.pack({{{values}}}) end")
@@ -277,7 +318,7 @@ def record_codec_lua() -> str:
 
 MATCH = ScriptInterface(
     "services.matcher", "match.lua", MatchKeys.__struct_fields__, MatchArgv.__struct_fields__,
-    record_codec=True, book_member=True, reply=BatchResult,
+    record_codec=True, book_member=True, reply=BatchResult, id_keys=ID_KEYS,
     writes=(("trades", TradeEntry), ("events", EventEntry), ("book", BookEntry), ("order_state", OrderRecord)),
 )
 ACCEPT = ScriptInterface(

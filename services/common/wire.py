@@ -14,6 +14,9 @@ OrderType = Literal["limit", "market"]
 TimeInForce = Literal["GTC", "IOC", "FOK"]
 Status = Literal["accepted", "open", "partially_filled", "filled", "cancelled", "rejected"]
 FINAL_STATUSES = frozenset({"filled", "cancelled", "rejected"})
+# The incoming order's self-trade prevention mode (docs/order-management.md): under `none` a client's orders
+# may trade with each other.
+SelfTradePrevention = Literal["none", "cancel_taker", "cancel_maker", "cancel_both", "decrement"]
 
 
 class NewOrderCommand(msgspec.Struct, frozen=True, tag="new", tag_field="cmd"):
@@ -29,6 +32,9 @@ class NewOrderCommand(msgspec.Struct, frozen=True, tag="new", tag_field="cmd"):
     price_ticks: str  # "0" for market orders
     quantity_lots: str
     created_at: str  # ms since the epoch
+    # Appended with defaults: entries written before these fields existed decode as `none` and no session.
+    self_trade_prevention: SelfTradePrevention = "none"
+    session: str = ""  # the cancel-on-disconnect session the order was placed through, "" none
 
 
 class CancelCommand(msgspec.Struct, frozen=True, tag="cancel", tag_field="cmd"):
@@ -39,7 +45,54 @@ class CancelCommand(msgspec.Struct, frozen=True, tag="cancel", tag_field="cmd"):
     ts: str
 
 
-Command = NewOrderCommand | CancelCommand
+class AmendCommand(msgspec.Struct, frozen=True, tag="amend", tag_field="cmd"):
+    """Inbound `orders:{I}` entry that changes a resting order's price and/or total quantity."""
+
+    order_id: str
+    client_id: str  # who asked (the owner, a broker or an admin)
+    request_id: str  # names the outcome key res:{I}:<request_id> the asking ingest waits on
+    price_ticks: str  # "" = unchanged
+    quantity_lots: str  # the new total, filled included; "" = unchanged
+    ts: str
+
+
+CancelAllSide = Literal["", "buy", "sell"]
+CancelAllReason = Literal["user", "halted"]
+
+
+class CancelAllCommand(msgspec.Struct, frozen=True, tag="cancel_all", tag_field="cmd"):
+    """Inbound `orders:{I}` entry that cancels every resting order of one client on the instrument."""
+
+    client_id: str  # whose orders
+    side: CancelAllSide  # "" = both sides
+    reason: CancelAllReason  # the cancelled events' reason
+    request_id: str  # names the outcome key res:{I}:<request_id>
+    requester: str  # who asked
+    ts: str
+
+
+Command = NewOrderCommand | CancelCommand | AmendCommand | CancelAllCommand
+
+AmendOutcomeKind = Literal["amended", "unchanged", "amend_rejected"]
+
+
+class AmendOutcome(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What match.lua stores as JSON under res:{I}:<request_id> for an amend (reason "" unless rejected;
+    the rejection reasons are the amend_rejected event's)."""
+
+    outcome: AmendOutcomeKind
+    reason: str
+
+
+class CancelAllOutcome(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What match.lua stores as JSON under res:{I}:<request_id> for a cancel-all: the orders it cancelled."""
+
+    cancelled: list[str]
+
+
+# The outcome keys' codecs: ingest decodes exactly what match.lua writes (tests hold the script to these).
+decode_amend_outcome = msgspec.json.Decoder(AmendOutcome).decode
+decode_cancel_all_outcome = msgspec.json.Decoder(CancelAllOutcome).decode
 
 
 class OrderRecord(msgspec.Struct, frozen=True, array_like=True):
@@ -65,6 +118,10 @@ class OrderRecord(msgspec.Struct, frozen=True, array_like=True):
     arrival_seq: int  # time priority while resting; 0 before the matcher saw it
     notional_hi: int  # sum of fill price x lots, in two limbs: hi * NOTIONAL_LIMB + lo
     notional_lo: int
+    # Appended with defaults (a decoder fills them in for a shorter array, here and in the generated Lua codec):
+    # records written before these fields existed read as `none` and no session.
+    self_trade_prevention: SelfTradePrevention = "none"
+    session: str = ""  # the cancel-on-disconnect session, "" none
 
     @property
     def notional(self) -> int:
@@ -96,11 +153,12 @@ class TradeEntry(msgspec.Struct, frozen=True):
     ts: str
 
 
-EventKind = Literal["accepted", "rejected", "partially_filled", "filled", "cancelled", "cancel_rejected"]
+EventKind = Literal["accepted", "rejected", "partially_filled", "filled", "cancelled", "cancel_rejected", "amended",
+                    "amend_rejected"]
 
 
 class EventEntry(msgspec.Struct, frozen=True):
-    """`events:{I}` entry. `accepted` and `rejected` also carry every field of the order."""
+    """`events:{I}` entry. `accepted`, `rejected` and `amended` also carry every field of the order."""
 
     event: EventKind
     seq: str
@@ -124,6 +182,9 @@ class EventEntry(msgspec.Struct, frozen=True):
     price: str | None = None  # "" for market orders
     quantity: str | None = None
     created_at: str | None = None
+    self_trade_prevention: SelfTradePrevention | None = None  # with the order's fields
+    # `amended` only: "1" the order went to the back of its (new) level, "0" it kept its place.
+    requeued: str | None = None
 
 
 class BookEntry(msgspec.Struct, frozen=True):

@@ -15,7 +15,8 @@
 -- field/value strings that follow. An order's idempotency, client order id and (with A_KEY_RATE 0) key
 -- bucket keys are used only when its AE_HAS_* / A_KEY_RATE say so: every key is still named up front, in
 -- the instrument's slot (so an API key's bucket is per instrument, like a client's).
--- Writes: orders (NewOrderCommand), order state (OrderRecord, packed by the caller).
+-- Writes: orders (NewOrderCommand), order state (OrderRecord, packed by the caller), the client's live orders
+-- (ZADD, score created_at) and, for an order placed through a cancel-on-disconnect session, the session's orders.
 -- Returns one {kind, value, remaining, reset ms} per order, in order: remaining is the client bucket's
 -- whole tokens after that order and reset ms the time until it is full again (both 0 when A_RATE is 0).
 -- Kind and value:
@@ -128,6 +129,13 @@ local function accept(kb, ab)
   end
   if has_coid then
     redis.call('SET', coid, order_id, 'EX', ttl_s)
+  end
+  -- The per-client and per-session indexes (docs/order-management.md) hold the order from the moment it is on
+  -- the stream: match.lua removes it when it goes final, so listings and cancel-on-disconnect see it while
+  -- it is still `accepted`.
+  redis.call('ZADD', KEYS[kb + KE_CLIENT_ORDERS], ARGV[ab + AE_CREATED_AT], order_id)
+  if ARGV[ab + AE_HAS_SESSION] == '1' then
+    redis.call('SADD', KEYS[kb + KE_SESSION_ORDERS], order_id)
   end
   return {'ok', id, remaining, reset_ms}
 end

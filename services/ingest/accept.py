@@ -52,29 +52,37 @@ class DuplicateClientOrderId(Reply, frozen=True):
 Outcome = Accepted | Replayed | Conflict | RateLimited | Overloaded | DuplicateClientOrderId
 
 
-def accepted_record(order: ValidOrder, order_id: str, created_ms: int) -> OrderRecord:
-    """The order as it stands once on the stream: what ingest stores, answers (201) and enqueues."""
+def accepted_record(order: ValidOrder, order_id: str, created_ms: int, *, session: str = "") -> OrderRecord:
+    """The order as it stands once on the stream: what ingest stores, answers (201) and enqueues. `session` is
+    the cancel-on-disconnect session the order comes through ("" none)."""
     return OrderRecord(
         order_id=order_id, client_id=order.client_id, client_order_id=order.client_order_id,
         side=order.side, type=order.type, time_in_force=order.time_in_force,
         post_only=1 if order.post_only else 0, price_ticks=order.price_ticks,
         quantity_lots=order.quantity_lots, filled_lots=0, status="accepted", reason="",
         created_at=created_ms, updated_at=created_ms, arrival_seq=0, notional_hi=0, notional_lo=0,
+        self_trade_prevention=order.self_trade_prevention, session=session,
     )
 
 
 def _command_fields(record: OrderRecord) -> list[str]:
-    """The orders-stream entry of a new order: NewOrderCommand's fields, flat, integers as text."""
+    """The orders-stream entry of a new order: NewOrderCommand's fields, flat, integers as text; a field with a
+    default only when the order's value differs from it (packed_script_args writes the same)."""
     command = NewOrderCommand(
         order_id=record.order_id, client_id=record.client_id, client_order_id=record.client_order_id,
         side=record.side, type=record.type, time_in_force=record.time_in_force,
         post_only="1" if record.post_only else "0", price_ticks=str(record.price_ticks),
         quantity_lots=str(record.quantity_lots), created_at=str(record.created_at),
+        self_trade_prevention=record.self_trade_prevention, session=record.session,
     )
     fields = ["cmd", "new"]
-    for name in command.__struct_fields__:
+    for name in _COMMAND_REQUIRED:
         fields.append(name)
         fields.append(getattr(command, name))
+    for name, default in _COMMAND_OPTIONAL:
+        if getattr(command, name) != default:
+            fields.append(name)
+            fields.append(getattr(command, name))
     return fields
 
 
@@ -143,26 +151,44 @@ def _order_args(keys: InstrumentKeys, placement: Placement) -> tuple[tuple[Any, 
     order_keys = astuple(AcceptOrderKeys(
         rate_bucket=keys.rate_bucket(client_id),
         idempotency=keys.idempotency(client_id, order.idempotency_key or ""),
-        client_order_id=keys.client_order_id(client_id, order.client_order_id)))
+        client_order_id=keys.client_order_id(client_id, order.client_order_id),
+        client_orders=keys.client_orders(client_id), session_orders=keys.session_orders(record.session)))
     # The fingerprint and the answer are read only to store or check an idempotency record.
     order_argv = astuple(AcceptOrderArgv(
         fingerprint=order.fingerprint() if keyed else "", answer=placement.answer if keyed else b"",
         order_id=record.order_id, record=encode_record(record), has_idempotency_key="1" if keyed else "0",
-        has_client_order_id="1" if order.client_order_id else "0", command_fields=_COMMAND_VALUES))
+        has_client_order_id="1" if order.client_order_id else "0", created_at=record.created_at,
+        has_session="1" if record.session else "0", command_fields=_command_count(record)))
     return order_keys, order_argv
 
 
 # The orders-stream entry, packed: NewOrderCommand's tag, then each field's name (RESP, built once) and the
-# record's value of the same name, integers as text (post_only is the record's 0 or 1).
+# record's value of the same name, integers as text (post_only is the record's 0 or 1). The fields with a default
+# (appended later: self-trade prevention, session) are written only when the order's value differs from it:
+# an entry without them means the default (match.lua), and most orders' entries stay as short as before.
 _TAG = NewOrderCommand.__struct_config__
 _COMMAND_HEAD = pack_args((_TAG.tag_field or "", str(_TAG.tag)))
-_COMMAND_NAMES = [pack_args((name,)) for name in NewOrderCommand.__struct_fields__]
-_command_values = operator.attrgetter(*NewOrderCommand.__struct_fields__)
-_COMMAND_VALUES = 2 + 2 * len(NewOrderCommand.__struct_fields__)
+_COMMAND_DEFAULTS = NewOrderCommand.__struct_defaults__
+_COMMAND_REQUIRED = NewOrderCommand.__struct_fields__[:len(NewOrderCommand.__struct_fields__) - len(_COMMAND_DEFAULTS)]
+_COMMAND_OPTIONAL = tuple(zip(NewOrderCommand.__struct_fields__[len(_COMMAND_REQUIRED):], _COMMAND_DEFAULTS,
+                              strict=True))
+_COMMAND_NAMES = [pack_args((name,)) for name in _COMMAND_REQUIRED]
+_OPTIONAL_NAMES = [(name, pack_args((name,)), default) for name, default in _COMMAND_OPTIONAL]
+_command_values = operator.attrgetter(*_COMMAND_REQUIRED)
+_COMMAND_VALUES = 2 + 2 * len(_COMMAND_REQUIRED)
 _KEYS_EACH = len(AcceptOrderKeys.__struct_fields__)
 _ARGV_EACH = len(AcceptOrderArgv.__struct_fields__) + _COMMAND_VALUES
 _KEYS_SHARED = len(AcceptKeys.__struct_fields__)
 _ARGV_SHARED = len(AcceptArgv.__struct_fields__)
+
+
+def _command_count(record: OrderRecord) -> int:
+    """How many values the order's orders-stream entry has (its tag and field pairs)."""
+    count = _COMMAND_VALUES
+    for name, default in _COMMAND_OPTIONAL:
+        if getattr(record, name) != default:
+            count += 2
+    return count
 
 
 def packed_script_args(keys: InstrumentKeys, placements: Sequence[Placement], limits: Limits
@@ -173,18 +199,28 @@ def packed_script_args(keys: InstrumentKeys, placements: Sequence[Placement], li
     key_parts = [_shared_keys(keys.orders, keys.order_state, keys.key_rate_bucket(limits.key_id))]
     argv_parts = [_shared_argv(limits.rate_per_sec, limits.burst, key_rate, limits.key_burst,
                                "1" if limits.overloaded else "0", limits.idempotency_ttl_s)]
+    optional_values = 0
     for placement in placements:
         order_keys, order_argv = _order_args(keys, placement)
         key_parts.append(pack_args(order_keys))
         argv_parts.append(pack_args(order_argv))
         argv_parts.append(_COMMAND_HEAD)
-        for name, value in zip(_COMMAND_NAMES, _command_values(placement.record), strict=True):
+        record = placement.record
+        for name, value in zip(_COMMAND_NAMES, _command_values(record), strict=True):
             data = value.encode() if type(value) is str else b"%d" % value
             argv_parts.append(name)
             argv_parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+        for attribute, name, default in _OPTIONAL_NAMES:
+            text = getattr(record, attribute)
+            if text != default:
+                data = text.encode()
+                argv_parts.append(name)
+                argv_parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+                optional_values += 2
     key_count = _KEYS_SHARED + _KEYS_EACH * len(placements)
     key_parts += argv_parts
-    return key_count, b"".join(key_parts), key_count + _ARGV_SHARED + _ARGV_EACH * len(placements)
+    argv_count = _ARGV_SHARED + _ARGV_EACH * len(placements) + optional_values
+    return key_count, b"".join(key_parts), key_count + argv_count
 
 
 @functools.lru_cache(maxsize=1024)

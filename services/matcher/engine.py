@@ -23,6 +23,7 @@ class InstrumentMatcher:
             group=MATCHER_GROUP, consumer=consumer, max_commands=str(batch_size), symbol=instrument.symbol,
             price_multiplier=str(instrument.price_mult), price_decimals=str(instrument.price_places),
             quantity_multiplier=str(instrument.qty_mult), quantity_decimals=str(instrument.lot_places),
+            key_prefix=keys.prefix,
         ))
 
     async def prepare(self) -> None:

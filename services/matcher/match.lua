@@ -24,6 +24,10 @@ local SIDE_KEYS = {
 }
 local OPPOSITE = {buy = 'sell', sell = 'buy'}
 local SYMBOL = A_SYMBOL
+-- Keys named after a client, session or request id (co, cs, res), built as keys.py names them.
+local KEY = id_keys(A_KEY_PREFIX, SYMBOL)
+-- Deadlines of the dead man's switch and cancel-on-disconnect (swept at the start of a call).
+local DEADLINES = K_DEADLINES
 local PRICE_MULT, PRICE_PLACES = tonumber(A_PRICE_MULTIPLIER), tonumber(A_PRICE_DECIMALS)
 local QTY_MULT, QTY_PLACES = tonumber(A_QUANTITY_MULTIPLIER), tonumber(A_QUANTITY_DECIMALS)
 -- Notional (ticks x lots) can reach 1e20: it is kept as hi * LIMB + lo, each part exact.
@@ -244,7 +248,7 @@ local function emit_event(kind, o, with_order)
       'client_order_id', o.client_order_id, 'side', o.side, 'type', o.type,
       'time_in_force', o.time_in_force,
       'post_only', int_text(o.post_only), 'price', price, 'quantity', qty_text(o.quantity_lots),
-      'created_at', int_text(o.created_at),
+      'created_at', int_text(o.created_at), 'self_trade_prevention', o.self_trade_prevention,
     }
     for i = 1, #more do fields[#fields + 1] = more[i] end
   end
@@ -269,6 +273,7 @@ end
 
 local VALID_SIDE = {buy = true, sell = true}
 local VALID_TIF = {GTC = true, IOC = true, FOK = true}
+local VALID_STP = {none = true, cancel_taker = true, cancel_maker = true, cancel_both = true, decrement = true}
 
 local function whole(text, min, max)
   local n = tonumber(text)
@@ -284,6 +289,9 @@ local function parse_new(f)
   local price = whole(f.price_ticks, 0, 2 ^ 53)
   local created = whole(f.created_at, 0, 2 ^ 53)
   if qty == nil or price == nil or created == nil then return nil end
+  -- Entries written before these fields existed mean no self-trade prevention and no session.
+  local stp = f.self_trade_prevention or 'none'
+  if not VALID_STP[stp] then return nil end
   if f.type == 'limit' then
     if price < 1 then return nil end
   elseif f.type == 'market' then
@@ -296,7 +304,7 @@ local function parse_new(f)
     side = f.side, type = f.type, time_in_force = f.time_in_force,
     post_only = (f.post_only == '1') and 1 or 0, price_ticks = price, quantity_lots = qty, filled_lots = 0,
     status = 'open', reason = '', created_at = created, updated_at = now, arrival_seq = 0,
-    notional_hi = 0, notional_lo = 0,
+    notional_hi = 0, notional_lo = 0, self_trade_prevention = stp, session = f.session or '',
   }
 end
 

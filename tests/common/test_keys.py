@@ -21,3 +21,15 @@ def test_every_key_built_from_client_strings_is_in_the_instruments_slot() -> Non
     for key in (keys.idempotency("x:{y}", "k:}"), keys.client_order_id("{a}", "b"), keys.rate_bucket("{c}:d"),
                 keys.key_rate_bucket("0123abcd")):
         assert key_slot(key.encode()) == slot, key
+
+
+def test_the_order_management_keys_follow_the_doc() -> None:
+    keys = instrument_keys("t:", "BTC-USD")
+    assert keys.deadlines == "t:dl:{BTC-USD}"
+    assert keys.client_orders("client-A") == "t:co:{BTC-USD}:8:client-A"
+    assert keys.client_orders("é") == "t:co:{BTC-USD}:2:é"  # bytes, as Lua's # counts
+    assert keys.session_orders("s-1") == "t:cs:{BTC-USD}:s-1"
+    assert keys.result("r-1") == "t:res:{BTC-USD}:r-1"
+    slot = key_slot(keys.orders.encode())
+    for key in (keys.deadlines, keys.client_orders("{a}"), keys.session_orders("}{"), keys.result("{r}")):
+        assert key_slot(key.encode()) == slot, key

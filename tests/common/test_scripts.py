@@ -14,7 +14,8 @@ import pytest
 from redis.asyncio import Redis
 
 from services.common.instruments import Instruments
-from services.common.keys import InstrumentKeys, instrument_keys
+from services.common.keys import DEADLINE_CLIENT, DEADLINE_SESSION, ID_KEYS, InstrumentKeys, instrument_keys
+from services.common.redis_batch import pack_args
 from services.common.scripts import (
     ACCEPT,
     ACCEPT_SCRIPT,
@@ -37,6 +38,7 @@ from services.common.scripts import (
     ScriptInterface,
     astuple,
     book_member,
+    id_keys_lua,
     record_codec_lua,
 )
 from services.common.wire import (
@@ -47,7 +49,8 @@ from services.common.wire import (
     encode_record,
     fields_to_dict,
 )
-from services.ingest.accept import _command_fields
+from services.ingest.accept import Limits, Placement, _command_fields, accepted_record, packed_script_args, script_args
+from services.ingest.validation import ValidOrder
 from tests.matcher.harness import Harness
 
 RECORD_FIELDS = set(OrderRecord.__struct_fields__)
@@ -110,8 +113,8 @@ def test_the_prelude_is_one_line_and_the_sha_covers_it() -> None:
         script = interface.script()
         assert script.source.startswith(prelude) and script.sha == interface.script().sha
     assert "local K_ORDERS, K_ORDER_STATE, K_KEY_RATE_BUCKET = KEYS[1], KEYS[2], KEYS[3]" in ACCEPT.prelude()
-    assert "local K_EACH_FROM, K_EACH_SIZE = 4, 3 local KE_RATE_BUCKET, KE_IDEMPOTENCY, KE_CLIENT_ORDER_ID = 0, 1, 2" \
-        in ACCEPT.prelude()
+    assert "local K_EACH_FROM, K_EACH_SIZE = 4, 5 local KE_RATE_BUCKET, KE_IDEMPOTENCY, KE_CLIENT_ORDER_ID, " \
+           "KE_CLIENT_ORDERS, KE_SESSION_ORDERS = 0, 1, 2, 3, 4" in ACCEPT.prelude()
     assert f"local A_EACH_FROM, A_EACH_SIZE = {len(AcceptArgv.__struct_fields__) + 1}, " \
            f"{len(AcceptOrderArgv.__struct_fields__)}" in ACCEPT.prelude()
     assert ACCEPT.argv_each[-1] == ACCEPT.argv_each_rest == "command_fields"
@@ -188,6 +191,43 @@ async def test_an_order_record_round_trips_through_cmsgpack(redis: Redis) -> Non
     assert by_name == {k: v.encode() if isinstance(v, str) else v for k, v in expected.items()}
 
 
+async def test_a_record_written_before_the_appended_fields_reads_with_their_defaults(redis: Redis) -> None:
+    # The 17-field layout of records stored before issue 15: nil in Lua, absent in Python, becomes the default.
+    old = msgspec.msgpack.encode(list(msgspec.structs.astuple(RECORD))[:17])
+    assert decode_record(old) == RECORD
+    assert (RECORD.self_trade_prevention, RECORD.session) == ("none", "")
+    packed, named = await redis.eval(ROUND_TRIP, 0, old)
+    assert decode_record(packed) == RECORD
+    by_name = {named[i].decode(): named[i + 1] for i in range(0, len(named), 2)}
+    assert (by_name["self_trade_prevention"], by_name["session"]) == (b"none", b"")
+    newer = msgspec.structs.replace(RECORD, self_trade_prevention="cancel_both", session="s-9")
+    packed, _ = await redis.eval(ROUND_TRIP, 0, encode_record(newer))
+    assert decode_record(packed) == newer
+
+
+ID_KEYS_IN_LUA = id_keys_lua(ID_KEYS) + """
+local key = id_keys(ARGV[1], ARGV[2])
+local names = {}
+for i = 3, #ARGV do
+  names[#names + 1] = key.client_orders(ARGV[i])
+  names[#names + 1] = key.session_orders(ARGV[i])
+  names[#names + 1] = key.result(ARGV[i])
+end
+return {names, DEADLINE_CLIENT, DEADLINE_SESSION}
+"""
+
+
+async def test_lua_names_the_id_keys_exactly_as_keys_py(redis: Redis) -> None:
+    ids = ["client-1", "a:b", "{x}", "é-ü", ""]
+    names, client, session = await redis.eval(ID_KEYS_IN_LUA, 0, "p:", "BTC-USD", *ids)
+    keys = instrument_keys("p:", "BTC-USD")
+    assert [n.decode() for n in names] == [
+        name for i in ids for name in (keys.client_orders(i), keys.session_orders(i), keys.result(i))]
+    assert (client.decode(), session.decode()) == (DEADLINE_CLIENT, DEADLINE_SESSION)
+    assert {k.name for k in ID_KEYS} <= set(dir(InstrumentKeys))
+    assert "id_keys(prefix, symbol)" in MATCH.prelude()
+
+
 async def test_the_member_layout_in_lua_is_book_member(redis: Redis) -> None:
     script = MATCH.prelude() + "return {string.format(MEMBER_FORMAT, 42) .. 'o-1', MEMBER_ID_AT}"
     keys = [f"unused-{i}" for i in range(len(MATCH.keys))]
@@ -223,7 +263,9 @@ async def test_match_lua_writes_the_fields_of_the_wire_structs(redis: Redis, key
     for event in _fields(await redis.xrange(h.keys.events)):
         kinds.add(event["event"])
         # Every event carries command_id; accepted and rejected also carry every field of the order.
-        expected = everything if event["event"] in ("accepted", "rejected") else required | {"command_id"}
+        # `requeued` is amended's alone.
+        with_order = everything - {"requeued"}
+        expected = with_order if event["event"] in ("accepted", "rejected") else required | {"command_id"}
         assert set(event) == expected, event
         msgspec.convert(event, event_struct)
     assert kinds == {"accepted", "filled", "partially_filled", "rejected", "cancelled", "cancel_rejected"}
@@ -249,22 +291,35 @@ async def test_accept_lua_writes_a_new_order_command_and_the_record(redis: Redis
     second = msgspec.structs.replace(record, order_id="second", client_id="c2", quantity_lots=5)
     script_keys = [*astuple(AcceptKeys(keys.orders, keys.order_state, keys.key_rate_bucket("k")))]
     argv: list[object] = [*astuple(AcceptArgv(rate=0, burst=0, key_rate=0, key_burst=0, overloaded="0", ttl_s=60))]
+    second = msgspec.structs.replace(second, self_trade_prevention="decrement", session="sess-1")
     for r in (record, second):
         script_keys += astuple(AcceptOrderKeys(keys.rate_bucket(r.client_id), keys.idempotency(r.client_id, ""),
-                                               keys.client_order_id(r.client_id, "")))
+                                               keys.client_order_id(r.client_id, ""), keys.client_orders(r.client_id),
+                                               keys.session_orders(r.session)))
         command = _command_fields(r)
         argv += [*astuple(AcceptOrderArgv(fingerprint="", answer=b"", order_id=r.order_id, record=encode_record(r),
                                           has_idempotency_key="0", has_client_order_id="0",
+                                          created_at=r.created_at, has_session="1" if r.session else "0",
                                           command_fields=len(command))), *command]
     replies = await ACCEPT_SCRIPT(redis, script_keys, argv)
     assert [reply[0] for reply in replies] == [b"ok", b"ok"]
     entries = await redis.xrange(keys.orders)
     assert [entry_id for entry_id, _ in entries] == [reply[1] for reply in replies]
     commands = [fields_to_dict(fields) for _, fields in entries]
-    assert all(set(command) == _struct_fields(NewOrderCommand) for command in commands)
+    # A field with a default is on the entry only when the order's value differs from it.
+    assert set(commands[0]) == _struct_fields(NewOrderCommand) - {"self_trade_prevention", "session"}
+    assert set(commands[1]) == _struct_fields(NewOrderCommand)
     assert [msgspec.convert(c, NewOrderCommand).order_id for c in commands] == [record.order_id, "second"]
     assert decode_record(await redis.hget(keys.order_state, record.order_id)) == record
     assert decode_record(await redis.hget(keys.order_state, "second")) == second
+    assert msgspec.convert(commands[0], NewOrderCommand).self_trade_prevention == "none"
+    assert msgspec.convert(commands[1], NewOrderCommand).self_trade_prevention == "decrement"
+    # Both orders join their client's live orders (score created_at); only the second came through a session.
+    assert await redis.zrange(keys.client_orders(record.client_id), 0, -1, withscores=True) == [
+        (record.order_id.encode(), float(record.created_at))]
+    assert await redis.zrange(keys.client_orders("c2"), 0, -1) == [b"second"]
+    assert await redis.smembers(keys.session_orders("sess-1")) == {b"second"}
+    assert await redis.exists(keys.session_orders("")) == 0
 
 
 async def test_cancel_lua_reads_the_record_and_writes_a_cancel_command(redis: Redis, key_prefix: str) -> None:
@@ -281,3 +336,25 @@ async def test_cancel_lua_reads_the_record_and_writes_a_cancel_command(redis: Re
     command = fields_to_dict(fields)
     assert set(command) == _struct_fields(CancelCommand)
     assert msgspec.convert(command, CancelCommand) == CancelCommand(RECORD.order_id, "admin", now)
+
+
+def test_accept_packs_the_optional_command_fields_as_the_plain_form_does(instruments: Instruments) -> None:
+    # packed_script_args (ingest's hot path) builds RESP itself; with a self-trade mode or a session the entry
+    # has more fields, and the ARGV count must follow.
+    keys = _keys("p:")
+    placements = []
+    for n, (mode, session) in enumerate((("none", ""), ("decrement", ""), ("none", "s-1"), ("cancel_both", "s-2"))):
+        order = ValidOrder(instrument=instruments["BTC-USD"], client_id=f"c{n}", client_order_id="", side="buy",
+                           type="limit", time_in_force="GTC", post_only=False, price_ticks=100 + n,
+                           quantity_lots=5, idempotency_key=None, self_trade_prevention=mode)  # type: ignore[arg-type]
+        record = accepted_record(order, f"o{n}", 1_700_000_000_000 + n, session=session)
+        placements.append(Placement(order, record, b""))
+    limits = Limits(rate_per_sec=0, burst=1, key_id="", key_rate_per_sec=0, key_burst=1, overloaded=False,
+                    idempotency_ttl_s=60)
+    for some in ([placements[0]], placements[1:3], placements):
+        script_keys, argv = script_args(keys, some, limits)
+        key_count, packed, count = packed_script_args(keys, some, limits)
+        assert (key_count, count) == (len(script_keys), len(script_keys) + len(argv))
+        assert packed == pack_args((*script_keys, *argv))
+    fields = _command_fields(placements[3].record)
+    assert fields[-4:] == ["self_trade_prevention", "cancel_both", "session", "s-2"]
