@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp
 
 from services.common.runner import Server
@@ -31,6 +31,7 @@ from services.ingest.orderbook import get_orderbook
 from services.ingest.positions_routes import get_positions
 from services.ingest.settings import IngestSettings
 from services.ingest.settlement_routes import post_settlement
+from services.ingest.trade_socket import FRAME_MAX_BYTES, TradeEndpoint
 from services.ingest.trades import get_trades
 
 logger = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ def create_app(settings: IngestSettings) -> Starlette:
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", bind(health.readyz), methods=["GET"]),
         Route("/metrics", bind(health.metrics), methods=["GET"]),
+        WebSocketRoute("/trade", TradeEndpoint(ctx)),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})
     app.state.ctx = ctx
@@ -95,12 +97,18 @@ def serving_app(app: Starlette) -> ASGIApp:
     return OrdersFastPath(app, app.state.ctx)
 
 
+def uvicorn_config(app: ASGIApp, settings: IngestSettings) -> uvicorn.Config:
+    """uvicorn on the caller's event loop: httptools, and the sans-I/O websockets protocol for /trade, which
+    closes a connection sending a frame over FRAME_MAX_BYTES with 1009 before the app sees the frame."""
+    # No proxy-header rewriting: nothing here reads the client's address, and it costs on every request.
+    return uvicorn.Config(app, host=settings.host, port=settings.port, loop="none", http="httptools",
+                          ws="websockets-sansio", ws_max_size=FRAME_MAX_BYTES, ws_per_message_deflate=False,
+                          log_level="warning", access_log=False, lifespan="on", proxy_headers=False)
+
+
 async def serve(settings: IngestSettings, stop: asyncio.Event) -> None:
     """Serve the ingest API until `stop` is set; requests in hand are answered before it returns."""
-    # No proxy-header rewriting: nothing here reads the client's address, and it costs on every request.
-    config = uvicorn.Config(serving_app(create_app(settings)), host=settings.host, port=settings.port, loop="none",
-                            http="httptools", log_level="warning", access_log=False, lifespan="on",
-                            proxy_headers=False)
+    config = uvicorn_config(serving_app(create_app(settings)), settings)
     logger.info("ingest starting", extra={"event": "start", "url": f"http://{settings.host}:{settings.port}",
                                           "instruments": list(settings.instruments), "auth_mode": settings.auth_mode})
     await Server(config).serve_until(stop)

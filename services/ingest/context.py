@@ -28,6 +28,7 @@ from services.ingest.metrics import IngestMetrics
 from services.ingest.orders_store import OrderStore
 from services.ingest.pg_reads import PublicReads
 from services.ingest.settings import IngestSettings
+from services.ingest.trade_session import CodSessions
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +60,15 @@ class IngestContext:
         self.lag = LagMonitor(self.redis, self.keys, settings.max_matcher_lag, settings.lag_poll_interval_s)
         self.metrics = IngestMetrics()
         self.activity = ActivityLog("ingest", settings.log_activity_s)
+        # Cancel-on-disconnect sessions of the order-entry sockets (trade_socket.py), their deadlines refreshed.
+        self.trade_sessions = CodSessions(self.batcher, self.keys)
         # RateLimit-Limit of every order answer, once (None: the client bucket is off, no RateLimit-* headers).
         self.rate_limit_limit: str | None = (
             str(settings.rate_limit_burst) if settings.rate_limit_per_sec > 0 else None)
         self._lag_task: asyncio.Task[None] | None = None
         self._keys_task: asyncio.Task[None] | None = None
+        self._sessions_stopped = asyncio.Event()
+        self._sessions_task: asyncio.Task[None] | None = None
 
     @property
     def key_table(self) -> KeyTable | None:
@@ -94,8 +99,13 @@ class IngestContext:
             # Not fatal: /readyz reports it and the batcher loads scripts on NOSCRIPT.
             logger.warning("cannot load Lua scripts at start (Redis %s): %r", mask_url(self.settings.redis_url), exc)
         self._lag_task = asyncio.create_task(self.lag.run(), name="ingest-lag-monitor")
+        self._sessions_task = asyncio.create_task(self.trade_sessions.run(self._sessions_stopped),
+                                                  name="ingest-cod-sessions")
 
     async def stop(self) -> None:
+        if self._sessions_task is not None:
+            self._sessions_stopped.set()
+            await self._sessions_task
         if self._lag_task is not None:
             self.lag.stop()
             self._lag_task.cancel()

@@ -130,9 +130,7 @@ def _raw_with_rate_limit(ctx: IngestContext, reply: Reply, headers: RawHeaders) 
 
 def placement_of(order: ValidOrder, created_ms: int, session: str = "") -> Placement:
     """The order with a new order id, as stored and enqueued, and its 201 body."""
-    record = accepted_record(order, new_order_id(created_ms), created_ms)
-    if session:
-        record = msgspec.structs.replace(record, session=session)
+    record = accepted_record(order, new_order_id(created_ms), created_ms, session=session)
     return Placement(order, record, encode_view(render(record, order.instrument)))
 
 

@@ -62,6 +62,8 @@ class IngestSettings:
     # many connections, and a 503 read_timeout after this long (client deadline and statement_timeout).
     read_timeout_ms: int = 2000
     read_db_pool_size: int = 2
+    # The order-entry socket (ws://…/trade): requests one connection may have in flight at once.
+    trade_max_in_flight: int = 64
 
     @classmethod
     def from_env(cls) -> IngestSettings:
@@ -93,4 +95,5 @@ class IngestSettings:
             db_pool_size=env_int("INGEST_DB_POOL", 4, minimum=1),
             read_timeout_ms=env_int("READ_TIMEOUT_MS", 2000, minimum=1, maximum=MAX_READ_TIMEOUT_MS),
             read_db_pool_size=env_int("INGEST_READ_DB_POOL", 2, minimum=1),
+            trade_max_in_flight=env_int("TRADE_MAX_IN_FLIGHT", 64, minimum=1),
         )

@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 import re
 from decimal import Decimal
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, TypeVar
 
 import msgspec
 
 from services.common.instruments import Instrument, Instruments
 from services.common.money import NotAMultiple, plain, to_units
-from services.common.wire import OrderType, Side, TimeInForce
+from services.common.wire import OrderType, SelfTradePrevention, Side, TimeInForce
 from services.ingest.errors import ErrorDetail, bad_request, invalid
 
 ID_PATTERN = "^[A-Za-z0-9._:-]{1,64}$"
@@ -30,9 +30,6 @@ T = TypeVar("T")
 ClientId = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
 IdempotencyKey = Annotated[str, msgspec.Meta(pattern=KEY_TEXT_PATTERN)]
 Symbol = Annotated[str, msgspec.Meta(max_length=64)]
-# The incoming order's self-trade prevention mode (docs/order-management.md): none lets a client's orders trade
-# with each other.
-SelfTradePrevention = Literal["none", "cancel_taker", "cancel_maker", "cancel_both", "decrement"]
 
 
 class OrderRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -151,7 +148,7 @@ def validate_order(request: OrderRequest, instruments: Instruments,
         if details:
             raise invalid(details)
         tif, price_ticks = _check_type(request, price, instrument, details)
-        lots = _check_quantity(quantity, instrument, details) if quantity is not None else 0
+        lots = check_quantity(quantity, instrument, details) if quantity is not None else 0
     except ArithmeticError as exc:  # decimal corner cases must never become a 500
         raise invalid([ErrorDetail("body", f"not a usable number: {exc}")]) from None
     if details:
@@ -200,10 +197,18 @@ def _check_type(request: OrderRequest, price: Decimal | None, instrument: Instru
     if price is None:
         details.append(ErrorDetail("price", "a limit order needs a price"))
         return tif, 0
-    return tif, _units("price", price, instrument.tick, instrument.max_price, details)
+    return tif, check_price(price, instrument, details)
 
 
-def _check_quantity(quantity: Decimal, instrument: Instrument, details: list[ErrorDetail]) -> int:
+def check_price(price: Decimal, instrument: Instrument, details: list[ErrorDetail]) -> int:
+    """A limit price in ticks: positive, a multiple of the tick, at most the maximum; else 0 after adding the
+    reason to details."""
+    return _units("price", price, instrument.tick, instrument.max_price, details)
+
+
+def check_quantity(quantity: Decimal, instrument: Instrument, details: list[ErrorDetail]) -> int:
+    """A quantity in lots: a multiple of the lot from the minimum to the maximum; else 0 after adding the
+    reason to details."""
     lots = _units("quantity", quantity, instrument.lot, instrument.max_quantity, details)
     if lots and lots < instrument.min_lots:
         details.append(ErrorDetail("quantity", f"must be at least {plain(instrument.min_quantity)}"))
