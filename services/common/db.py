@@ -61,6 +61,12 @@ orders = Table(
     Column("created_at", DateTime(timezone=True)),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("last_event_seq", BigInteger, nullable=False),
+    # The event seq at which the order took its current place in its level's time queue: its accepted
+    # event, or the last amended event that re-queued it (migration 0005). NULL for orders never queued
+    # and for orders stored before 0005 that were final by then.
+    Column("queued_seq", BigInteger),
+    # none | cancel_taker | cancel_maker | cancel_both | decrement; NULL as `side` is.
+    Column("self_trade_prevention", Text, server_default=text("'none'")),
     Index("ix_orders_client_created", "client_id", "created_at"),
     Index("ix_orders_instrument_status", "instrument", "status"),
 )

@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 
 # Order events worth a line of their own (ingest logs accepted and refused orders, this the matcher's verdicts).
-LOGGED_EVENTS = frozenset({"cancelled", "rejected", "cancel_rejected"})
+LOGGED_EVENTS = frozenset({"cancelled", "rejected", "cancel_rejected", "amended", "amend_rejected"})
 
 
 def _count_outcomes(written: list[Decoded], activity: ActivityLog) -> None:
@@ -53,10 +53,15 @@ def _log_outcomes(written: list[Decoded]) -> None:
                 "buy_order_id": t.buy_order_id, "sell_order_id": t.sell_order_id})
         elif d.event is not None and d.event.event in LOGGED_EVENTS:
             e = d.event
-            logger.info("order %s", e.event, extra={
+            extra = {
                 "event": e.event, "order_id": e.order_id, "client_id": e.client_id,
                 "instrument": e.instrument, "status": e.status, "reason": e.reason,
-                "filled_quantity": str(e.filled_quantity), "seq": e.seq})
+                "filled_quantity": str(e.filled_quantity), "seq": e.seq}
+            if e.event == "amended" and d.order is not None:
+                # What the amend changed: the new price and total, and whether the order lost its place.
+                extra.update(price=str(d.order.price), quantity=str(d.order.quantity),
+                             requeued=d.order.queued_seq == e.seq)
+            logger.info("order %s", e.event, extra=extra)
 
 
 class ShuttingDown(Exception):

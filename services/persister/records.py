@@ -18,9 +18,12 @@ from services.persister.rows import STATIC_FIELDS, EventRow, OrderRow, TradeRow
 
 StreamKind = Literal["trades", "events"]
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# Events that change an order's state; cancel_rejected only reports on it.
-ORDER_CHANGING = frozenset({"accepted", "rejected", "partially_filled", "filled", "cancelled"})
-CARRIES_ORDER = frozenset({"accepted", "rejected"})
+# Events that change an order's state; cancel_rejected and amend_rejected only report on it.
+ORDER_CHANGING = frozenset({"accepted", "rejected", "partially_filled", "filled", "cancelled", "amended"})
+# Events that carry every field of the order (an amended one its new price and quantity).
+CARRIES_ORDER = frozenset({"accepted", "rejected", "amended"})
+# The statuses of an order that holds a place in a level's queue (an accepted event says `open`).
+QUEUED = frozenset({"open", "partially_filled"})
 
 
 class MalformedEntry(ValueError):
@@ -171,11 +174,20 @@ def decode_event(entry: Entry) -> Decoded:
             quantity=EXACT.add(filled, remaining), filled_quantity=filled, remaining_quantity=remaining,
             filled_quote=quote, average_price=avg,
             status=e.status, reason=e.reason or None, created_at=None, updated_at=ts, last_event_seq=seq,
+            queued_seq=None, self_trade_prevention=None,
         )
         return Decoded(entry, event=event, order=order)
     if e.side is None or e.type is None or e.time_in_force is None or e.quantity is None \
             or e.created_at is None or e.post_only not in ("0", "1"):
         raise MalformedEntry(f"{e.event} event of {e.order_id!r} lacks the order's fields")
+    queued: int | None = None
+    if e.event == "amended":
+        if e.requeued not in ("0", "1"):
+            raise MalformedEntry(f"amended event of {e.order_id!r} has requeued={e.requeued!r}")
+        if e.requeued == "1":
+            queued = seq
+    elif e.event == "accepted" and e.status in QUEUED:
+        queued = seq
     order = OrderRow(
         order_id=e.order_id, client_order_id=e.client_order_id or None, client_id=e.client_id,
         instrument=e.instrument, side=e.side, type=e.type, time_in_force=e.time_in_force,
@@ -183,7 +195,7 @@ def decode_event(entry: Entry) -> Decoded:
         quantity=_decimal("quantity", e.quantity), filled_quantity=filled, remaining_quantity=remaining,
         filled_quote=quote, average_price=avg,
         status=e.status, reason=e.reason or None, created_at=_ms("created_at", e.created_at), updated_at=ts,
-        last_event_seq=seq,
+        last_event_seq=seq, queued_seq=queued, self_trade_prevention=e.self_trade_prevention or "none",
     )
     return Decoded(entry, event=event, order=order)
 
@@ -193,13 +205,25 @@ def decode(entry: Entry) -> Decoded:
     return decode_trade(entry) if entry.stream.kind == "trades" else decode_event(entry)
 
 
+def _queued(row: OrderRow) -> int:
+    return -1 if row.queued_seq is None else row.queued_seq
+
+
 def _merge_orders(a: OrderRow, b: OrderRow) -> OrderRow:
-    """One row standing for two events of an order: the newer state, the order's fields from either."""
+    """One row standing for two events of an order, as writer.py's upsert merges them: the newer state,
+    the order's fields from either, the price (and queue place) of the one queued last."""
     newer, older = (a, b) if a.last_event_seq >= b.last_event_seq else (b, a)
-    if newer.side is not None or older.side is None:
-        return newer
-    static = {name: getattr(older, name) for name in STATIC_FIELDS}
-    return msgspec.structs.replace(newer, quantity=older.quantity, **static)
+    merged = newer
+    if newer.side is None and older.side is not None:
+        merged = msgspec.structs.replace(newer, **{name: getattr(older, name) for name in STATIC_FIELDS})
+    # Every price change re-queues the order: the price is the one of its latest queue place. Without
+    # one (a market order, an order never queued), the rows that carry a price carry the same.
+    placed = max(newer, older, key=_queued)
+    price = placed.price if placed.queued_seq is not None else (
+        newer.price if newer.price is not None else older.price)
+    if price == merged.price and placed.queued_seq == merged.queued_seq:
+        return merged
+    return msgspec.structs.replace(merged, price=price, queued_seq=placed.queued_seq)
 
 
 @dataclass(frozen=True, slots=True)

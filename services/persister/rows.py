@@ -53,8 +53,9 @@ class EventRow(msgspec.Struct, frozen=True):
 
 
 class OrderRow(msgspec.Struct, frozen=True):
-    """An `orders` row: the state after one event. The order's own fields (STATIC_FIELDS, and the quantity
-    it was placed with) are known only from its accepted/rejected event; None in a row from a later one."""
+    """An `orders` row: the state after one event. The order's own fields (STATIC_FIELDS) and its price are
+    known only from the events that carry the whole order (accepted, rejected, amended); None in a row from
+    another event. The quantity is the current total (filled + remaining), whatever the event."""
 
     order_id: str
     client_order_id: str | None
@@ -75,12 +76,16 @@ class OrderRow(msgspec.Struct, frozen=True):
     created_at: dt.datetime | None
     updated_at: dt.datetime
     last_event_seq: int
+    queued_seq: int | None  # the seq of the event that queued the order at `price`, in a row from one
+    self_trade_prevention: str | None
 
 
 Row = TradeRow | EventRow | OrderRow
 
-# The columns an order's accepted/rejected event fills in, whenever it lands.
-STATIC_FIELDS = ("client_order_id", "side", "type", "time_in_force", "post_only", "price", "created_at")
+# The columns an order's accepted/rejected (or amended) event fills in, whenever it lands: they never change.
+# The price is not one of them: an amend changes it (records.py and writer.py follow queued_seq for it).
+STATIC_FIELDS = ("client_order_id", "side", "type", "time_in_force", "post_only", "created_at",
+                 "self_trade_prevention")
 
 
 def column_names(row_type: type[Row]) -> list[str]:

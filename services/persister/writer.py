@@ -63,20 +63,27 @@ def _trades_insert() -> Executable:
 def _orders_upsert() -> Insert:
     """Insert an order's row, or bring the stored one forward.
 
-    The state columns move only to a newer event (higher seq), whichever worker commits first; the
-    order's own columns fill in whenever its accepted/rejected event lands, also after later events
-    did (they inserted a row without them). Row locks on the primary key make this race-free.
+    The state columns (the quantity among them: an amend changes it) move only to a newer event (higher
+    seq), whichever worker commits first; the order's own columns fill in whenever an event carrying them
+    lands, also after later events did (they inserted a row without them). The price moves only to an
+    event that queued the order later (higher queued_seq: every price change re-queues), so an amend
+    landing after a newer fill still sets it, and an older accepted event never undoes it. Row locks on
+    the primary key make this race-free. records.py's _merge_orders merges a batch's rows the same way.
     """
     stmt = insert(orders).from_select([c.name for c in orders.c], _source(orders))
     new = stmt.excluded
     newer = new.last_event_seq > orders.c.last_event_seq
     completing = orders.c.side.is_(None) & new.side.is_not(None)
-    state = ("filled_quantity", "remaining_quantity", "filled_quote", "average_price", "status", "reason",
-             "updated_at", "last_event_seq")
+    requeued = new.queued_seq.is_not(None) & (
+        orders.c.queued_seq.is_(None) | (new.queued_seq > orders.c.queued_seq))
+    state = ("quantity", "filled_quantity", "remaining_quantity", "filled_quote", "average_price", "status",
+             "reason", "updated_at", "last_event_seq")
     set_: dict[str, Any] = {name: case((newer, new[name]), else_=orders.c[name]) for name in state}
     set_.update({name: func.coalesce(orders.c[name], new[name]) for name in STATIC_FIELDS})
-    set_["quantity"] = case((completing, new.quantity), else_=orders.c.quantity)
-    return stmt.on_conflict_do_update(index_elements=["order_id"], set_=set_, where=newer | completing)
+    set_["price"] = case((requeued, new.price), else_=func.coalesce(orders.c.price, new.price))
+    set_["queued_seq"] = func.greatest(orders.c.queued_seq, new.queued_seq)
+    return stmt.on_conflict_do_update(index_elements=["order_id"], set_=set_,
+                                      where=newer | completing | requeued)
 
 
 @dataclass(frozen=True, slots=True)

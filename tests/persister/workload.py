@@ -138,9 +138,14 @@ async def expected(redis: Redis, instruments: Instruments, prefix: str,
             events.append((e["instrument"], int(e["seq"]), e["event"], e["order_id"] or None, e["client_id"],
                            e["status"], _dec(e["filled_quantity"]), _dec(e["remaining_quantity"]),
                            _dec(e["filled_quote"]), e["reason"] or None, ms(e["ts"])))
-            if e["event"] in ("accepted", "rejected"):
+            if e["event"] in ("accepted", "rejected", "amended"):
+                # An amend's event carries the whole order too: its price and quantity replace the old ones.
+                queued = state.get(e["order_id"], {}).get("queued_seq")
                 state[e["order_id"]] = dict(e)
-            elif e["event"] != "cancel_rejected":
+                # The order's place in the queue: its accepted event, or an amend that moved it to the back.
+                requeued = e["event"] == "accepted" or e.get("requeued") == "1"
+                state[e["order_id"]]["queued_seq"] = e["seq"] if requeued else queued
+            elif e["event"] not in ("cancel_rejected", "amend_rejected"):
                 state[e["order_id"]].update({k: e[k] for k in (
                     "status", "filled_quantity", "remaining_quantity", "filled_quote", "reason", "ts", "seq")})
         for order_id, o in state.items():
@@ -153,7 +158,9 @@ async def expected(redis: Redis, instruments: Instruments, prefix: str,
                            o["time_in_force"], o["post_only"] == "1", _dec(o["price"]) if o["price"] else None,
                            _dec(o["quantity"]), filled, _dec(o["remaining_quantity"]), quote,
                            average(instrument, quote, filled), o["status"], o["reason"] or None,
-                           ms(o["created_at"]), ms(o["ts"]), int(o["seq"])))
+                           ms(o["created_at"]), ms(o["ts"]), int(o["seq"]),
+                           None if o["queued_seq"] is None else int(o["queued_seq"]),
+                           o.get("self_trade_prevention") or "none"))
     return Expected(sorted(trades), sorted(events), sorted(orders))
 
 
@@ -163,7 +170,7 @@ EVENT_COLS = ("instrument, seq, event, order_id, client_id, status, filled_quant
               "filled_quote, reason, ts")
 ORDER_COLS = ("order_id, client_order_id, client_id, instrument, side, type, time_in_force, post_only, price, "
               "quantity, filled_quantity, remaining_quantity, filled_quote, average_price, status, reason, "
-              "created_at, updated_at, last_event_seq")
+              "created_at, updated_at, last_event_seq, queued_seq, self_trade_prevention")
 
 
 async def stored(engine: AsyncEngine) -> Expected:
