@@ -27,6 +27,7 @@ know, restored resting orders PostgreSQL does not know) and logs it in one `redi
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -154,7 +155,7 @@ class _Heal:
             commands_only_in_postgresql=accounting.commands_beyond,
             missing_trades=accounting.missing_trades, missing_events=accounting.missing_events)
 
-        await self._reconcile_records(book, healed)
+        book = await self._reconcile_records(book, healed)
         await write_book(self.redis, keys, book)
         await self._move_group(position)
         sequences = Sequences(
@@ -195,15 +196,20 @@ class _Heal:
             lower = "(" + skipped[-1]
         return skipped
 
-    async def _reconcile_records(self, book: PersistedBook, healed: Healed) -> None:
-        """Order records say what PostgreSQL says; resting ones are then rewritten by write_book."""
+    async def _reconcile_records(self, book: PersistedBook, healed: Healed) -> PersistedBook:
+        """Order records say what PostgreSQL says; resting ones are then rewritten by write_book, from the
+        book returned: PostgreSQL's, with the cancel-on-disconnect session of the records that had one."""
         resting = {r.order_id: msgspec.structs.replace(r, arrival_seq=0) for r in book.records}
         unusable = set(book.skipped)
+        # PostgreSQL does not store the session: a resting order the restored Redis holds keeps its own, so
+        # that its session's sweep and set still name it.
+        sessions: dict[str, str] = {}
         cursor = 0
         while True:
             cursor, page = await self.redis.hscan(self.keys.order_state, cursor, count=PAGE)
             records = {text(k): decode_record(v) for k, v in cast(dict[bytes, bytes], page).items()}
-            healed.records_corrected += sum(msgspec.structs.replace(r, arrival_seq=0) != resting[i]
+            sessions.update((i, r.session) for i, r in records.items() if i in resting and r.session)
+            healed.records_corrected += sum(msgspec.structs.replace(r, arrival_seq=0, session="") != resting[i]
                                             for i, r in records.items() if i in resting)
             ids = [i for i in records if i not in resting]
             stored = await self._db("reading order states", partial(
@@ -240,7 +246,12 @@ class _Heal:
             if removals:
                 await self.redis.hdel(self.keys.order_state, *removals)
             if cursor == 0:
-                return
+                break
+        if not sessions:
+            return book
+        return dataclasses.replace(book, records=[
+            msgspec.structs.replace(r, session=sessions[r.order_id]) if r.order_id in sessions else r
+            for r in book.records])
 
     async def _move_group(self, position: StreamId) -> None:
         """The matcher group reads next the first command after `position`; new ids come after it too."""

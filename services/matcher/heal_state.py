@@ -135,16 +135,19 @@ async def latest_marker(engine: AsyncEngine, symbol: str) -> StreamId | None:
 async def stored_states(engine: AsyncEngine, symbol: str, ids: list[str]) -> dict[str, Any]:
     """PostgreSQL's row (state columns) of each of `ids` it holds."""
     o = orders.c
-    query = select(o.order_id, o.status, o.filled_quantity, o.filled_quote, o.reason, o.updated_at).where(
-        o.instrument == symbol, o.order_id.in_(ids))
+    query = select(o.order_id, o.status, o.price, o.quantity, o.filled_quantity, o.filled_quote, o.reason,
+                   o.updated_at).where(o.instrument == symbol, o.order_id.in_(ids))
     async with engine.connect() as conn:
         return {row.order_id: row for row in (await conn.execute(query)).all()}
 
 
 def corrected(instrument: Instrument, record: OrderRecord, row: Any) -> OrderRecord:
-    """`record` with PostgreSQL's state of the order (its own fields are the same in both)."""
+    """`record` with PostgreSQL's state of the order: its own fields are the same in both, but an amend
+    stored in PostgreSQL and not in the restored Redis changed its price and quantity."""
     notional = instrument.notional_of(Decimal(row.filled_quote))
+    price = record.price_ticks if row.price is None else instrument.price_ticks(row.price)
     return msgspec.structs.replace(
-        record, status=row.status, filled_lots=instrument.quantity_lots(row.filled_quantity),
+        record, status=row.status, price_ticks=price, quantity_lots=instrument.quantity_lots(row.quantity),
+        filled_lots=instrument.quantity_lots(row.filled_quantity),
         reason=row.reason or "", updated_at=epoch_ms(row.updated_at),
         notional_hi=notional // NOTIONAL_LIMB, notional_lo=notional % NOTIONAL_LIMB)

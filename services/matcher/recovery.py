@@ -2,13 +2,16 @@
 
 Redis holds the live book; PostgreSQL holds what the persister wrote from the streams. When the
 instrument's meta hash is gone (Redis restarted without persistence, or a fresh install), the open
-orders stored in PostgreSQL are put back into the book in their original time priority and every
-sequence resumes after the highest one persisted, before match.lua runs for the instrument again.
+orders stored in PostgreSQL are put back into the book at their price and quantity as last amended, in
+their time priority (`orders.queued_seq`: the seq of the event that gave each its place, its accepted
+event or the amend that re-queued it), and every sequence resumes after the highest one persisted,
+before match.lua runs for the instrument again.
 
-The rebuild is idempotent: it clears the book keys, writes the orders, levels and depths, and writes
-the meta hash last. Meta is the completion marker: a rebuild cut short leaves meta missing, so the
-next start rebuilds again from scratch. The order state hash and the orders stream are left alone:
-ingest may already have accepted new orders into them, and they are applied after the rebuild.
+The rebuild is idempotent: it clears the book keys, writes the orders, levels and depths, brings the
+per-client index (`co` zsets) to the order records, and writes the meta hash last. Meta is the
+completion marker: a rebuild cut short leaves meta missing, so the next start rebuilds again from
+scratch. The order state hash and the orders stream are left alone: ingest may already have accepted
+new orders into them (and into their clients' index), and they are applied after the rebuild.
 A Redis that kept older state instead of losing it (meta present, PostgreSQL ahead) is healed by
 heal.py, which reuses this module's reads and book writing.
 """
@@ -22,7 +25,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast, get_args
 
 import asyncpg
 from redis.asyncio import Redis
@@ -34,15 +37,18 @@ from sqlalchemy.pool import NullPool
 
 from services.common.db import order_events, orderbook_snapshots, orders, trades
 from services.common.instruments import NOTIONAL_LIMB, Instrument
-from services.common.keys import InstrumentKeys
+from services.common.keys import CLIENT_ORDERS, InstrumentKeys
 from services.common.scripts import book_member
 from services.common.urls import mask_url
-from services.common.wire import OrderRecord, encode_record
+from services.common.wire import OrderRecord, SelfTradePrevention, decode_record, encode_record
 
 logger = logging.getLogger(__name__)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 RESTING = ("open", "partially_filled")
+LIVE = frozenset({"accepted", *RESTING})  # the orders the per-client index holds
+GLOB_SPECIAL = frozenset("*?[]\\")
+SELF_TRADE_MODES = frozenset(get_args(SelfTradePrevention))
 # SQLSTATEs meaning nothing was ever written at this URL: no database, or no schema in it.
 NOTHING_PERSISTED = frozenset({"3D000", "42P01"})
 DB_ERRORS = (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
@@ -115,29 +121,37 @@ def sequences_query(symbol: str) -> Any:
 
 
 def _open_orders_query(symbol: str) -> Any:
-    # The accepted event's seq is the matcher's own arrival order: an order rests (and takes its
-    # arrival number) in the very command that emitted its accepted event, and commands apply in order.
+    # The seq of the event that gave an order its place in the queue is the matcher's own arrival order:
+    # an order takes its arrival number in the very command that emitted that event (its accepted event,
+    # or an amended one that re-queued it), and commands apply in order. queued_seq holds it; rows
+    # stored without it (before migration 0005 backfilled it) fall back to the accepted event's seq.
     accepted = order_events.alias("accepted")
     joined = orders.outerjoin(accepted, and_(
         accepted.c.instrument == orders.c.instrument,
         accepted.c.order_id == orders.c.order_id,
         accepted.c.event == "accepted",
+        orders.c.queued_seq.is_(None),
     ))
+    place = func.coalesce(orders.c.queued_seq, accepted.c.seq)
     return (
         select(orders.c.order_id, orders.c.client_id, orders.c.client_order_id, orders.c.side, orders.c.type,
                orders.c.time_in_force, orders.c.post_only, orders.c.price, orders.c.quantity,
                orders.c.filled_quantity, orders.c.filled_quote, orders.c.status, orders.c.reason,
-               orders.c.created_at, orders.c.updated_at, accepted.c.seq.label("accepted_seq"))
+               orders.c.created_at, orders.c.updated_at, orders.c.self_trade_prevention,
+               place.label("queued_seq"))
         .select_from(joined)
         .where(orders.c.instrument == symbol, orders.c.status.in_(RESTING))
-        .order_by(accepted.c.seq.nulls_last(), orders.c.last_event_seq, orders.c.order_id)
+        .order_by(place.nulls_last(), orders.c.last_event_seq, orders.c.order_id)
     )
 
 
 def order_record(instrument: Instrument, row: Any, arrival: int) -> OrderRecord:
     """The Redis order record of a stored open order; UnusableRow when it cannot rest in the book."""
-    if row.accepted_seq is None or row.side not in ("buy", "sell") or row.created_at is None:
+    if row.queued_seq is None or row.side not in ("buy", "sell") or row.created_at is None:
         raise UnusableRow(f"order {row.order_id!r}: its accepted event is not stored")
+    mode: SelfTradePrevention = row.self_trade_prevention or "none"
+    if mode not in SELF_TRADE_MODES:
+        raise UnusableRow(f"order {row.order_id!r}: self_trade_prevention={mode!r}")
     if row.type != "limit" or row.time_in_force != "GTC" or row.price is None:
         raise UnusableRow(f"order {row.order_id!r}: a {row.type} {row.time_in_force} order cannot rest")
     try:
@@ -156,6 +170,9 @@ def order_record(instrument: Instrument, row: Any, arrival: int) -> OrderRecord:
         price_ticks=price, quantity_lots=quantity, filled_lots=filled, status=row.status,
         reason=row.reason or "", created_at=epoch_ms(row.created_at), updated_at=epoch_ms(row.updated_at),
         arrival_seq=arrival, notional_hi=notional // NOTIONAL_LIMB, notional_lo=notional % NOTIONAL_LIMB,
+        # The COD session is not stored: a rebuilt order is no longer tied to a socket (its session's set
+        # was lost with the rest of Redis), as if placed without cancel-on-disconnect.
+        self_trade_prevention=mode, session="",
     )
 
 
@@ -205,7 +222,8 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 
 async def write_book(redis: Redis, keys: InstrumentKeys, book: PersistedBook, chunk: int | None = None) -> None:
-    """Replace the instrument's book with `book` (its orders' records included); meta is the caller's."""
+    """Replace the instrument's book with `book` (its orders' records included) and bring the per-client index
+    to the records (index_clients); meta is the caller's."""
     chunk = chunk or CHUNK
     await redis.delete(keys.bid_orders, keys.ask_orders, keys.bid_levels, keys.ask_levels,
                        keys.bid_depth, keys.ask_depth)
@@ -228,6 +246,44 @@ async def write_book(redis: Redis, keys: InstrumentKeys, book: PersistedBook, ch
                 pipe.zadd(levels_key, {str(ticks): sign * ticks for ticks, _ in part})
                 pipe.hset(depth_key, mapping={str(ticks): str(lots) for ticks, lots in part})
                 await pipe.execute()
+    await index_clients(redis, keys, chunk)
+
+
+def client_index_pattern(keys: InstrumentKeys) -> str:
+    """SCAN's MATCH pattern of every client's live-orders zset of the instrument (keys.CLIENT_ORDERS)."""
+    head = f"{keys.prefix}{CLIENT_ORDERS.kind}:{{{keys.symbol}}}:"
+    return "".join(f"\\{c}" if c in GLOB_SPECIAL else c for c in head) + "*"
+
+
+async def index_clients(redis: Redis, keys: InstrumentKeys, chunk: int | None = None) -> tuple[int, int]:
+    """Make the per-client index say what the order records say: every live record's id in its client's
+    zset (score created_at), no other member in any of the instrument's zsets; (indexed, removed).
+
+    Safe beside a running ingest: accept.lua writes an order's live record and its member in one call, so a
+    member is removed only when its record says final or is gone, which no accept can undo.
+    """
+    chunk = chunk or CHUNK
+    indexed = removed = 0
+    cursor = 0
+    while True:
+        cursor, page = await redis.hscan(keys.order_state, cursor, count=chunk)
+        live = [r for r in map(decode_record, cast(dict[bytes, bytes], page).values()) if r.status in LIVE]
+        if live:
+            async with redis.pipeline(transaction=False) as pipe:
+                for r in live:
+                    pipe.zadd(keys.client_orders(r.client_id), {r.order_id: r.created_at})
+                await pipe.execute()
+            indexed += len(live)
+        if cursor == 0:
+            break
+    async for key in redis.scan_iter(match=client_index_pattern(keys), count=1000, _type="zset"):
+        members = cast(list[bytes], await redis.zrange(key, 0, -1))
+        for part in _chunks(members, chunk):
+            packed = cast(list[bytes | None], await redis.hmget(keys.order_state, list(part)))
+            stale = [m for m, p in zip(part, packed, strict=True) if p is None or decode_record(p).status not in LIVE]
+            if stale:
+                removed += int(await redis.zrem(key, *stale))
+    return indexed, removed
 
 
 def meta_fields(sequences: Sequences, arrival_seq: int, last_id: str, stamp: str) -> dict[FieldT, EncodableT]:

@@ -68,7 +68,8 @@ async def enqueue(redis: Redis, keys: InstrumentKeys, commands: list[Command]) -
 
 
 async def enqueue_accepted(redis: Redis, keys: InstrumentKeys, commands: list[Command]) -> None:
-    """XADD the commands and, for new orders, write the `accepted` record, as ingest's accept.lua does."""
+    """XADD the commands and, for new orders, write the `accepted` record and the client's index member, as
+    ingest's accept.lua does."""
     async with redis.pipeline(transaction=False) as pipe:
         for command in commands:
             pipe.xadd(keys.orders, command)  # type: ignore[arg-type]
@@ -82,6 +83,7 @@ async def enqueue_accepted(redis: Redis, keys: InstrumentKeys, commands: list[Co
                     quantity_lots=int(command["quantity_lots"]), filled_lots=0, status="accepted", reason="",
                     created_at=created, updated_at=created, arrival_seq=0, notional_hi=0, notional_lo=0)
                 pipe.hset(keys.order_state, command["order_id"], encode_record(record))
+                pipe.zadd(keys.client_orders(command["client_id"]), {command["order_id"]: created})
         await pipe.execute()
 
 
