@@ -338,3 +338,36 @@ MATCH_SCRIPT = MATCH.script()
 ACCEPT_SCRIPT = ACCEPT.script()
 CANCEL_SCRIPT = CANCEL.script()
 BOOK_SCRIPT = BOOK.script()
+
+
+# ==== amend.lua (ingest, issue 15: PATCH /orders/{order_id}) =======================================================
+# Declared by the ingest side in a block of its own, after the other scripts (E402: its one import is here too).
+
+from services.common.wire import AmendCommand  # noqa: E402
+
+
+class AmendKeys(InstrumentScriptKeys, frozen=True):
+    """KEYS of amend.lua."""
+
+    orders: str
+    order_state: str
+
+
+class AmendArgv(ScriptArgs, frozen=True):
+    """ARGV of amend.lua: AmendCommand's values, and whose orders the caller may amend."""
+
+    order_id: str
+    only_client_id: str  # "" = any owner (broker, admin)
+    requester: str
+    request_id: str  # the outcome key's id: res:{I}:<request_id>
+    price_ticks: str  # "" = unchanged
+    quantity_lots: str  # the new total, filled included; "" = unchanged
+    ts: str  # ms
+
+
+AMEND = ScriptInterface(
+    "services.ingest", "amend.lua", AmendKeys.__struct_fields__, AmendArgv.__struct_fields__, record_codec=True,
+    writes=(("orders", AmendCommand),),
+)
+AMEND_SCRIPT = AMEND.script()
+# ==== end of amend.lua ==========================================================================================

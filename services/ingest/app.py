@@ -20,8 +20,11 @@ from services.common.runner import Server
 from services.ingest import health
 from services.ingest.admin import get_latest_snapshot, post_snapshots
 from services.ingest.analytics_routes import get_candles, get_ticker
+from services.ingest.cancel_all import post_cancel_all
 from services.ingest.client_fills import get_client_fills
+from services.ingest.client_orders import get_client_orders
 from services.ingest.context import IngestContext
+from services.ingest.dead_man import post_cancel_all_after
 from services.ingest.errors import ErrorBody, json_response
 from services.ingest.fast_orders import OrdersFastPath
 from services.ingest.handling import Handler, guarded
@@ -68,8 +71,10 @@ def create_app(settings: IngestSettings) -> Starlette:
             await ctx.stop()
 
     routes = [
-        # One route for both methods, so a 405 on this path lists them both in Allow.
-        Route("/orders/{order_id}", bind(order_by_method), methods=["GET", "DELETE"]),
+        # A fixed path before /orders/{order_id} (no order id is "cancel-all").
+        Route("/orders/cancel-all", bind(post_cancel_all), methods=["POST"]),
+        # One route for every method, so a 405 on this path lists them all in Allow.
+        Route("/orders/{order_id}", bind(order_by_method), methods=["GET", "DELETE", "PATCH"]),
         Route("/orders/{order_id}/cancel", bind(cancel_order), methods=["POST"]),
         Route("/orderbook", bind(get_orderbook), methods=["GET"]),
         Route("/trades", bind(get_trades), methods=["GET"]),
@@ -77,6 +82,8 @@ def create_app(settings: IngestSettings) -> Starlette:
         Route("/analytics/{instrument}/candles", bind(get_candles), methods=["GET"]),
         Route("/clients/{client_id}/positions", bind(get_positions), methods=["GET"]),
         Route("/clients/{client_id}/fills", bind(get_client_fills), methods=["GET"]),
+        Route("/clients/{client_id}/orders", bind(get_client_orders), methods=["GET"]),
+        Route("/clients/{client_id}/cancel-all-after", bind(post_cancel_all_after), methods=["POST"]),
         Route("/admin/settlements", bind(post_settlement), methods=["POST"]),
         Route("/admin/snapshots", bind(post_snapshots), methods=["POST"]),
         Route("/admin/snapshots/latest", bind(get_latest_snapshot), methods=["GET"]),

@@ -17,9 +17,9 @@ from services.common.instruments import Instruments
 from services.common.money import plain
 from services.common.times import iso
 from services.ingest.analytics_routes import time_param
-from services.ingest.clients import client_of
+from services.ingest.clients import client_of, instrument_param
 from services.ingest.context import IngestContext
-from services.ingest.errors import ErrorDetail, invalid, json_response
+from services.ingest.errors import json_response
 from services.ingest.pg_reads import stored_price
 from services.ingest.trades import limit_param
 
@@ -75,14 +75,6 @@ def _view(row: RowMapping, instruments: Instruments) -> FillView:
         trade_id=row["trade_id"], order_id=row["order_id"], instrument=row["instrument"], side=row["side"],
         liquidity=row["liquidity"], price=stored_price(instruments.get(row["instrument"]), row["price"]),
         quantity=plain(row["quantity"]), executed_at=iso(row["executed_at"]))
-
-
-def instrument_param(ctx: IngestContext, request: Request) -> str | None:
-    """The optional `instrument` query parameter: a configured instrument, 422 otherwise."""
-    symbol = request.query_params.get("instrument")
-    if symbol is not None and symbol not in ctx.instruments:
-        raise invalid([ErrorDetail("instrument", f"unknown instrument {symbol[:64]!r}")])
-    return symbol
 
 
 async def get_client_fills(ctx: IngestContext, request: Request) -> Response:

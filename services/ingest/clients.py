@@ -1,4 +1,5 @@
-"""The {client_id} path of /clients/... endpoints: authenticated, a client id, one the key may act for."""
+"""What the /clients/{client_id}/... endpoints share: the path's client (authenticated, a client id, one the key
+may act for) and the optional `instrument` query parameter."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from starlette.requests import Request
 
 from services.common.auth import Principal
 from services.ingest.context import IngestContext
-from services.ingest.errors import forbidden, not_found
+from services.ingest.errors import ErrorDetail, forbidden, invalid, not_found
 from services.ingest.validation import ID_TEXT
 
 
@@ -20,3 +21,11 @@ def client_of(ctx: IngestContext, request: Request, what: str) -> tuple[Principa
     if not principal.may_act_for(client_id):
         raise forbidden(f"the {what} of {client_id!r} belong to another client")
     return principal, client_id
+
+
+def instrument_param(ctx: IngestContext, request: Request) -> str | None:
+    """The optional `instrument` query parameter: a configured instrument, 422 otherwise."""
+    symbol = request.query_params.get("instrument")
+    if symbol is not None and symbol not in ctx.instruments:
+        raise invalid([ErrorDetail("instrument", f"unknown instrument {symbol[:64]!r}")])
+    return symbol

@@ -20,7 +20,7 @@ from services.common.keys import InstrumentKeys, keys_by_symbol
 from services.common.lua import LuaScript
 from services.common.redis_batch import CommandBatcher
 from services.common.redis_conn import connect
-from services.common.scripts import ACCEPT_SCRIPT, BOOK_SCRIPT, CANCEL_SCRIPT
+from services.common.scripts import ACCEPT_SCRIPT, AMEND_SCRIPT, BOOK_SCRIPT, CANCEL_SCRIPT
 from services.common.urls import mask_url
 from services.ingest.backpressure import LagMonitor
 from services.ingest.errors import unauthorized
@@ -32,7 +32,7 @@ from services.ingest.trade_session import CodSessions
 
 logger = logging.getLogger(__name__)
 
-SCRIPTS: tuple[LuaScript, ...] = (ACCEPT_SCRIPT, CANCEL_SCRIPT, BOOK_SCRIPT)
+SCRIPTS: tuple[LuaScript, ...] = (ACCEPT_SCRIPT, CANCEL_SCRIPT, AMEND_SCRIPT, BOOK_SCRIPT)
 
 
 class IngestContext:

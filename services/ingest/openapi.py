@@ -14,14 +14,12 @@ from services.analytics.settlement import SettlementReport
 from services.common.book import MAX_LEVELS, BookSnapshot
 from services.common.instruments import Instruments
 from services.common.snapshots import SnapshotInfo
+from services.ingest import openapi_management
 from services.ingest.admin import SnapshotsTaken
 from services.ingest.analytics_routes import DEFAULT_INTERVAL, INTERVALS, MAX_BUCKETS, CandleView, TickerView
-from services.ingest.client_fills import DEFAULT_LIMIT as FILLS_LIMIT
-from services.ingest.client_fills import FillView
 from services.ingest.errors import ErrorBody, raw_json_response
 from services.ingest.health import Health, Readiness
 from services.ingest.openapi_parts import (
-    BEARER,
     CLIENT_ID,
     DB_DOWN,
     IDEMPOTENCY_HEADER,
@@ -38,6 +36,7 @@ from services.ingest.openapi_parts import (
     instrument_enum,
     int_range,
     json_answer,
+    operation,
     order_bodies,
     pairs_as_arrays,
     param,
@@ -55,25 +54,14 @@ from services.ingest.views import CancelRequested, OrderView
 
 _TYPES: list[Any] = [OrderRequest, OrderView, CancelRequested, ErrorBody, BookSnapshot, TradeView, TickerView,
                      CandleView, PositionsView, SettlementRequest, SettlementReport, SnapshotInfo, SnapshotsTaken,
-                     Readiness, Health, BatchError, FillView]
+                     Readiness, Health, BatchError, *openapi_management.TYPES]
 # POST /orders answers 201 and the replayed 200 with an order id: where a client (or schemathesis's
 # stateful phase) goes next.
 _ORDER_LINKS = {
-    name: {"operationId": operation, "parameters": {"order_id": "$response.body#/order_id"}}
-    for name, operation in (("GetOrder", "getOrder"), ("CancelOrder", "cancelOrder"), ("DeleteOrder", "deleteOrder"))
+    name: {"operationId": operation_id, "parameters": {"order_id": "$response.body#/order_id"}}
+    for name, operation_id in (("GetOrder", "getOrder"), ("CancelOrder", "cancelOrder"),
+                               ("DeleteOrder", "deleteOrder"), ("AmendOrder", "amendOrder"))
 }
-
-
-def _operation(operation_id: str, summary: str, answers: dict[str, Schema], *, secured: bool = False,
-               parameters: list[Schema] | None = None, body: Schema | None = None) -> Schema:
-    operation: Schema = {"operationId": operation_id, "summary": summary, "responses": answers}
-    if secured:
-        operation["security"] = BEARER
-    if parameters:
-        operation["parameters"] = parameters
-    if body is not None:
-        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
-    return operation
 
 
 def _place_order() -> Schema:
@@ -95,7 +83,7 @@ def _place_order() -> Schema:
         "503": {**error("`unavailable`: Redis cannot be reached, or the matcher is more than MAX_MATCHER_LAG "
                         "entries behind"), "headers": {**RATE_HEADERS, "Retry-After": RETRY_AFTER}},
     }
-    return _operation("placeOrder", "Place an order", answers, secured=True, parameters=[IDEMPOTENCY_HEADER],
+    return operation("placeOrder", "Place an order", answers, secured=True, parameters=[IDEMPOTENCY_HEADER],
                       body=ref("OrderRequest"))
 
 
@@ -108,12 +96,12 @@ def _place_batch() -> Schema:
         "422": error("`validation_error`: `orders` missing, not an array, empty or over BATCH_MAX_ORDERS, an unknown "
                      "field, or an Idempotency-Key header (keys go in each order); `details` name it"),
     }
-    return _operation("placeOrders", "Place up to BATCH_MAX_ORDERS orders, each answered as POST /orders would "
+    return operation("placeOrders", "Place up to BATCH_MAX_ORDERS orders, each answered as POST /orders would "
                                      "answer it alone", answers, secured=True, body=ref("BatchRequest"))
 
 
 def _cancel(operation_id: str, summary: str) -> Schema:
-    return _operation(operation_id, summary, {
+    return operation(operation_id, summary, {
         "200": json_answer(ref("OrderView"), "cancelled: the final state"),
         "202": json_answer(ref("CancelRequested"), "the matcher's outcome did not arrive within CANCEL_WAIT_MS"),
         "409": json_answer(ref("OrderView"), "the order was already final (filled, cancelled or rejected)"),
@@ -130,27 +118,27 @@ def _paths(instruments: Instruments) -> dict[str, Schema]:
         "/orders": {"post": _place_order()},
         "/orders/batch": {"post": _place_batch()},
         "/orders/{order_id}": {
-            "get": _operation("getOrder", "An order's state", {
+            "get": operation("getOrder", "An order's state", {
                 "200": json_answer(ref("OrderView"), "the order"), "404": error("`not_found`: no such order"),
                 **auth_errors("another client's order"), **REDIS_DOWN}, secured=True, parameters=[ORDER_ID]),
             "delete": _cancel("deleteOrder", "Cancel an order (as POST /orders/{order_id}/cancel)"),
         },
         "/orders/{order_id}/cancel": {"post": _cancel(
             "cancelOrder", "Cancel an order, waiting up to CANCEL_WAIT_MS for the matcher's outcome")},
-        "/orderbook": {"get": _operation("getOrderbook", "The aggregated order book, best levels first", {
+        "/orderbook": {"get": operation("getOrderbook", "The aggregated order book, best levels first", {
             "200": json_answer(ref("BookSnapshot"), "the book at `seq` (the WebSocket deltas' sequence)"),
             "422": error("`validation_error`: instrument missing or unknown, or levels out of range"),
             **REDIS_DOWN}, parameters=[
                 param("instrument", "query", instrument_enum(instruments), "a configured instrument", required=True),
                 param("levels", "query", int_range(1, MAX_LEVELS, DEFAULT_LEVELS), "levels per side")])},
-        "/trades": {"get": _operation("getTrades", "Recent trades, newest first (PostgreSQL)", {
+        "/trades": {"get": operation("getTrades", "Recent trades, newest first (PostgreSQL)", {
             "200": json_answer({"type": "array", "items": ref("TradeView")}, "trades"),
             "422": error("`validation_error`: unknown instrument, or limit out of range"), **DB_DOWN},
             parameters=[any_instrument, param("limit", "query", int_range(1, MAX_LIMIT, DEFAULT_LIMIT), "trades")])},
-        "/analytics/{instrument}/ticker": {"get": _operation("getTicker", "Statistics of the last 24 h", {
+        "/analytics/{instrument}/ticker": {"get": operation("getTicker", "Statistics of the last 24 h", {
             "200": json_answer(ref("TickerView"), "the ticker"),
             "422": error("`validation_error`: unknown instrument"), **DB_DOWN}, parameters=[instrument_path])},
-        "/analytics/{instrument}/candles": {"get": _operation(
+        "/analytics/{instrument}/candles": {"get": operation(
             "getCandles", "OHLCV and VWAP per UTC-aligned bucket, oldest first, empty buckets left out", {
                 "200": json_answer({"type": "array", "items": ref("CandleView"), "maxItems": MAX_BUCKETS},
                                    "candles"),
@@ -161,47 +149,41 @@ def _paths(instruments: Instruments) -> dict[str, Schema]:
                                                     "default": DEFAULT_INTERVAL}, "bucket width"),
                         time_param("start", "first bucket's earliest start (default end - 24 h)"),
                         time_param("end", "exclusive end (default now)")])},
-        "/clients/{client_id}/positions": {"get": _operation(
+        "/clients/{client_id}/positions": {"get": operation(
             "getPositions", "A client's net positions and volumes from its trades", {
                 "200": json_answer(ref("PositionsView"), "positions"),
                 "404": error("`not_found`: not a client id"), "422": error("`validation_error`: bad as_of"),
                 **auth_errors("another client's positions"), **DB_DOWN},
             secured=True, parameters=[CLIENT_ID, time_param("as_of", "trades up to this time (default now)")])},
-        "/clients/{client_id}/fills": {"get": _operation(
-            "getClientFills", "A client's fills, newest first (PostgreSQL): its order's side of each trade, "
-                              "maker or taker; a self-trade is two fills", {
-                "200": json_answer({"type": "array", "items": ref("FillView"), "maxItems": MAX_LIMIT}, "fills"),
-                "404": error("`not_found`: not a client id"),
-                "422": error("`validation_error`: unknown instrument, limit out of range, or a bad end"),
-                **auth_errors("another client's fills"), **DB_DOWN},
-            secured=True, parameters=[CLIENT_ID, any_instrument,
-                                      param("limit", "query", int_range(1, MAX_LIMIT, FILLS_LIMIT), "fills"),
-                                      time_param("end", "exclusive: fills executed before it (default now), to "
-                                                        "page back in time")])},
-        "/admin/settlements": {"post": _operation(
+        "/admin/settlements": {"post": operation(
             "postSettlement", "End-of-day settlement of a UTC date (admin; idempotent)", {
                 "200": json_answer(ref("SettlementReport"), "settled and reconciled"),
                 **body_errors("16 KiB (MAX_BODY_BYTES)"), **admin, **DB_DOWN},
             secured=True, body=ref("SettlementRequest"))},
-        "/admin/snapshots": {"post": _operation("postSnapshots", "Store the order book now (admin)", {
+        "/admin/snapshots": {"post": operation("postSnapshots", "Store the order book now (admin)", {
             "201": json_answer(ref("SnapshotsTaken"), "the stored snapshots"),
             "422": error("`validation_error`: unknown instrument"), **admin, **DB_DOWN},
             secured=True, parameters=[any_instrument])},
-        "/admin/snapshots/latest": {"get": _operation("getLatestSnapshot", "The newest stored snapshot (admin)", {
+        "/admin/snapshots/latest": {"get": operation("getLatestSnapshot", "The newest stored snapshot (admin)", {
             "200": json_answer(ref("SnapshotInfo"), "the snapshot"),
             "404": error("`not_found`: no snapshot of the instrument yet"),
             "422": error("`validation_error`: unknown instrument"), **admin, **DB_DOWN},
             secured=True, parameters=[param("instrument", "query", instrument_enum(instruments),
                                             "a configured instrument (default: the first)")])},
-        "/healthz": {"get": _operation("healthz", "The process is up", {
+        "/healthz": {"get": operation("healthz", "The process is up", {
             "200": json_answer(ref("Health"), "up")})},
-        "/readyz": {"get": _operation("readyz", "Redis reachable, Lua loaded, consumer groups present", {
+        "/readyz": {"get": operation("readyz", "Redis reachable, Lua loaded, consumer groups present", {
             "200": json_answer(ref("Readiness"), "ready"),
             "503": json_answer(ref("Readiness"), "not ready", {"Retry-After": RETRY_AFTER})})},
-        "/metrics": {"get": _operation("metrics", "Prometheus metrics", {
+        "/metrics": {"get": operation("metrics", "Prometheus metrics", {
             "200": {"description": "the Prometheus text format",
                     "content": {"text/plain": {"schema": {"type": "string"}}}}})},
     }
+
+
+def _merged(paths: dict[str, Schema], more: dict[str, Schema]) -> dict[str, Schema]:
+    """`paths` with `more`'s path items added, and their operations joined to an item both have."""
+    return {**paths, **{path: {**paths.get(path, {}), **item} for path, item in more.items()}}
 
 
 def build_openapi(instruments: Instruments, batch_max_orders: int = 100) -> dict[str, Any]:
@@ -210,12 +192,13 @@ def build_openapi(instruments: Instruments, batch_max_orders: int = 100) -> dict
     components: dict[str, Schema] = pairs_as_arrays(generated)
     components.update(order_bodies(components["OrderRequest"], instruments))
     components.update(batch_schemas(batch_max_orders))
+    components.update(openapi_management.schemas(components, instruments))
     return {
         "openapi": "3.1.0",
         "info": {"title": "trading-engine ingest", "version": "1",
                  "description": "Orders, order book, trades, analytics and clearing. Decimals are strings in "
                                 "answers; errors are {\"error\", \"message\", \"details\"}."},
-        "paths": _paths(instruments),
+        "paths": _merged(_paths(instruments), openapi_management.paths(instruments)),
         "components": {"schemas": components,
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                                       "description": "an API key: Authorization: Bearer <key>"}}},

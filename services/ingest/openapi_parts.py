@@ -46,6 +46,19 @@ def json_answer(schema: Schema, description: str, headers: dict[str, Any] | None
     return answer
 
 
+def operation(operation_id: str, summary: str, answers: dict[str, Schema], *, secured: bool = False,
+               parameters: list[Schema] | None = None, body: Schema | None = None) -> Schema:
+    """An operation answering `answers` (status -> answer), with its key, parameters and JSON body if any."""
+    described: Schema = {"operationId": operation_id, "summary": summary, "responses": answers}
+    if secured:
+        described["security"] = BEARER
+    if parameters:
+        described["parameters"] = parameters
+    if body is not None:
+        described["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    return described
+
+
 def error(description: str, headers: dict[str, Any] | None = None) -> Schema:
     """An answer carrying the error body {"error", "message", "details"}."""
     return json_answer(ref("ErrorBody"), description, headers)

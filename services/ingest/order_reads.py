@@ -1,4 +1,5 @@
-"""GET /orders/{order_id} and its cancel (POST /orders/{order_id}/cancel, DELETE /orders/{order_id})."""
+"""GET /orders/{order_id} and its cancel (POST /orders/{order_id}/cancel, DELETE /orders/{order_id}); PATCH, the
+amend, is amend.py's."""
 
 from __future__ import annotations
 
@@ -8,45 +9,31 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from services.common.auth import Principal
+from services.ingest.amend import patch_order
 from services.ingest.context import IngestContext
-from services.ingest.errors import forbidden, json_response, not_found
+from services.ingest.errors import ApiError, forbidden, json_response, not_found
 from services.ingest.handling import order_id_of
-from services.ingest.orders_store import Found
-from services.ingest.pg_reads import stored_order
+from services.ingest.order_lookup import find_order
 from services.ingest.views import CancelRequested, OrderView, render
 
 logger = logging.getLogger(__name__)
 
 
-def _check_owner(principal: Principal, order_id: str, client_id: str) -> None:
-    if not principal.may_act_for(client_id):
-        raise forbidden(f"order {order_id!r} belongs to another client")
-
-
-async def _find(ctx: IngestContext, order_id: str, principal: Principal) -> Found | OrderView:
-    """The order's live record in Redis, else its row in PostgreSQL (after a rebuild Redis holds only the
-    open orders); 404 if neither knows it, 403 if it is another client's."""
-    found = await ctx.store.find(order_id)
-    if found is not None:
-        _check_owner(principal, order_id, found.record.client_id)
-        return found
-    view = await stored_order(ctx.db, ctx.instruments, order_id)
-    if view is None:
-        raise not_found(f"no order {order_id!r}")
-    _check_owner(principal, order_id, view.client_id)
-    return view
-
-
 async def get_order(ctx: IngestContext, request: Request) -> Response:
     principal = ctx.authenticate(request)
-    found = await _find(ctx, order_id_of(request), principal)
+    found = await find_order(ctx, order_id_of(request), principal)
     if isinstance(found, OrderView):
         return json_response(found)
     return json_response(render(found.record, found.instrument))
 
 
 async def order_by_method(ctx: IngestContext, request: Request) -> Response:
-    """/orders/{order_id}: GET reads the order, DELETE cancels it."""
+    """/orders/{order_id}: GET reads the order, DELETE cancels it, PATCH amends it."""
+    if request.path_params.get("order_id") == "cancel-all":
+        # POST /orders/cancel-all has its own route; its other methods land here: 405 as the router answers.
+        raise ApiError(405, "method_not_allowed", "Method Not Allowed", headers={"Allow": "POST"})
+    if request.method == "PATCH":
+        return await patch_order(ctx, request)
     return await (cancel_order if request.method == "DELETE" else get_order)(ctx, request)
 
 
@@ -59,7 +46,7 @@ async def cancel_order(ctx: IngestContext, request: Request) -> Response:
 async def cancel(ctx: IngestContext, principal: Principal, order_id: str) -> Response:
     """Enqueue the cancel of `order_id` (a valid id's text), then wait up to CANCEL_WAIT_MS for the matcher's
     outcome; ApiError 404 or 403 (the order-entry socket's `cancel` too)."""
-    found = await _find(ctx, order_id, principal)
+    found = await find_order(ctx, order_id, principal)
     if isinstance(found, OrderView):
         # Known to PostgreSQL alone: not in the rebuilt book, so it is final.
         return json_response(found, 409)

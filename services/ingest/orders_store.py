@@ -11,7 +11,7 @@ from services.common.auth import Principal
 from services.common.instruments import Instrument
 from services.common.keys import InstrumentKeys
 from services.common.redis_batch import CommandBatcher
-from services.common.scripts import CANCEL_SCRIPT, CancelArgv, CancelKeys, astuple
+from services.common.scripts import AMEND_SCRIPT, CANCEL_SCRIPT, AmendArgv, AmendKeys, CancelArgv, CancelKeys, astuple
 from services.common.wire import FINAL_STATUSES, OrderRecord, decode_record
 
 _MAX_POLL_S = 0.01
@@ -24,7 +24,8 @@ class Found(msgspec.Struct, frozen=True):
 
 
 class CancelOutcome(msgspec.Struct, frozen=True):
-    """kind: unknown, forbidden, final (already final), requested (the command is on the stream)."""
+    """A cancel's or an amend's request. kind: unknown, forbidden, final (already final), requested (the command
+    is on the stream)."""
 
     kind: str
     record: OrderRecord | None = None
@@ -57,7 +58,7 @@ class OrderStore:
     async def request_cancel(self, keys: InstrumentKeys, order_id: str,
                              principal: Principal) -> CancelOutcome:
         """Enqueue a cancel unless the order is unknown, someone else's or already final."""
-        only_client = (principal.client_id or "") if principal.role == "trader" else ""
+        only_client = _only_client(principal)
         reply = await self._batcher.evalsha(
             CANCEL_SCRIPT, astuple(CancelKeys.of(keys)),
             astuple(CancelArgv(order_id=order_id, only_client_id=only_client, requester=principal.label,
@@ -65,6 +66,31 @@ class OrderStore:
         )
         kind = reply[0].decode()
         return CancelOutcome(kind, decode_record(reply[1]) if len(reply) > 1 else None)
+
+    async def request_amend(self, keys: InstrumentKeys, order_id: str, principal: Principal, request_id: str,
+                            price_ticks: int | None, quantity_lots: int | None) -> CancelOutcome:
+        """Enqueue an amend (None: that value unchanged) unless the order is unknown, someone else's or already
+        final; its outcome will be under keys.result(request_id)."""
+        reply = await self._batcher.evalsha(
+            AMEND_SCRIPT, astuple(AmendKeys.of(keys)),
+            astuple(AmendArgv(order_id=order_id, only_client_id=_only_client(principal), requester=principal.label,
+                              request_id=request_id, price_ticks=_text(price_ticks),
+                              quantity_lots=_text(quantity_lots), ts=str(time.time_ns() // 1_000_000))),
+        )
+        kind = reply[0].decode()
+        return CancelOutcome(kind, decode_record(reply[1]) if len(reply) > 1 else None)
+
+    async def wait_result(self, key: str, deadline: float) -> bytes | None:
+        """Poll a command's outcome key until the matcher stored it or time.monotonic() passes `deadline`; the
+        outcome, taken (GETDEL: only its one asker reads it), or None."""
+        delay = 0.001
+        while (found := await self._batcher.execute("GETDEL", key)) is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            await asyncio.sleep(min(delay, left))
+            delay = min(delay * 2, _MAX_POLL_S)
+        return bytes(found)
 
     async def wait_final(self, keys: InstrumentKeys, order_id: str, timeout_s: float) -> OrderRecord | None:
         """Poll the record until its status is final; the last record seen, final or not."""
@@ -79,3 +105,12 @@ class OrderStore:
             delay = min(delay * 2, _MAX_POLL_S)
             record = await self.get(keys, order_id)
         return record
+
+
+def _only_client(principal: Principal) -> str:
+    """The only client whose orders `principal` may change ("" any: broker, admin)."""
+    return (principal.client_id or "") if principal.role == "trader" else ""
+
+
+def _text(units: int | None) -> str:
+    return "" if units is None else str(units)

@@ -64,7 +64,7 @@ async def test_every_secured_operation_names_the_bearer_scheme_and_its_401(engin
     links = document["paths"]["/orders"]["post"]["responses"]["201"]["links"]
     operation_ids = {op["operationId"] for item in document["paths"].values() for op in item.values()}
     assert {link["operationId"] for link in links.values()} <= operation_ids
-    assert {link["operationId"] for link in links.values()} == {"getOrder", "cancelOrder", "deleteOrder"}
+    assert {link["operationId"] for link in links.values()} == {"getOrder", "cancelOrder", "deleteOrder", "amendOrder"}
 
 
 @pytest.mark.parametrize("price", ["1_000.00", " 50000.00", "+50000.00", "0", "0.00", "\uff150000", ".5", "NaN"])
@@ -119,3 +119,34 @@ async def test_the_batch_operation_states_its_bounds_and_each_result(make_engine
         {"$ref": "#/components/schemas/BatchAccepted"}, {"$ref": "#/components/schemas/BatchRefused"}]
     assert schemas["BatchRefused"]["properties"]["status"]["enum"] == [400, 403, 409, 413, 422, 429, 503]
     assert set(schemas["BatchError"]["required"]) == {"error", "message"}
+
+
+async def test_the_order_management_bodies_and_answers(engine: Engine) -> None:
+    document = (await engine.client.get("/openapi.json")).json()
+    schemas = document["components"]["schemas"]
+    amend = schemas["AmendRequest"]
+    assert (amend["additionalProperties"], amend["minProperties"], set(amend["properties"])) == (
+        False, 1, {"quantity", "price"})
+    assert amend["properties"]["price"]["anyOf"][1]["pattern"] == DECIMAL_TEXT_PATTERN
+    instrument = schemas["CancelAllRequest"]["properties"]["instrument"]["anyOf"][0]
+    assert instrument["enum"] == ["BTC-USD", "ETH-USD"] and schemas["CancelAllRequest"]["required"] == ["client_id"]
+    assert schemas["CancelAllAfterRequest"]["properties"]["timeout_ms"]["anyOf"] == [
+        {"const": 0}, {"type": "integer", "minimum": 1000, "maximum": 3600000}]
+    paths = document["paths"]
+    assert set(paths["/orders/{order_id}"]) == {"get", "delete", "patch"}
+    answers = {path: {method: set(op["responses"]) for method, op in item.items()} for path, item in paths.items()}
+    assert answers["/orders/{order_id}"]["patch"] == {"200", "202", "400", "401", "403", "404", "409", "413", "422",
+                                                      "503"}
+    assert answers["/orders/cancel-all"]["post"] == {"200", "202", "400", "401", "403", "413", "422", "503"}
+    assert answers["/clients/{client_id}/cancel-all-after"]["post"] == {"200", "400", "401", "403", "404", "413",
+                                                                         "422", "503"}
+    assert answers["/clients/{client_id}/orders"]["get"] == {"200", "401", "403", "404", "422", "503"}
+    assert answers["/clients/{client_id}/fills"]["get"] == {"200", "401", "403", "404", "422", "503"}
+    assert paths["/orders/{order_id}"]["patch"]["responses"]["409"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/AmendRejected"}
+
+
+async def test_other_methods_on_orders_cancel_all_are_405(engine: Engine) -> None:
+    for method in ("GET", "DELETE", "PATCH", "PUT"):
+        answer = await engine.client.request(method, "/orders/cancel-all", headers=KEY_A)
+        assert (answer.status_code, answer.headers.get("allow")) == (405, "POST"), method

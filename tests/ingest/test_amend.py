@@ -1,0 +1,128 @@
+"""PATCH /orders/{order_id}: the checks, the `amend` command, and the answers once the matcher applied it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+from services.common.scripts import AMEND
+from services.common.wire import fields_to_dict
+from tests.common import test_scripts as held
+from tests.ingest.conftest import BROKER, KEY_A, KEY_B, Engine, EngineFactory
+
+UNKNOWN_ID = "00000000-0000-7000-8000-000000000000"
+
+
+def _state(view: dict[str, Any]) -> tuple[Any, ...]:
+    return (view["status"], view["price"], view["quantity"], view["filled_quantity"], view["remaining_quantity"],
+            view["reason"])
+
+
+async def _patch(engine: Engine, order_id: str, body: Any, headers: dict[str, str] = KEY_A, *,
+                 match: bool = True) -> httpx.Response:
+    """PATCH while (optionally) the matcher keeps applying commands, as the real one would."""
+    content = body if isinstance(body, bytes) else msgspec.json.encode(body)
+    task = asyncio.create_task(engine.client.patch(f"/orders/{order_id}", content=content,
+                                                   headers={**headers, "content-type": "application/json"}))
+    while match and not task.done():
+        await engine.drain()
+        await asyncio.sleep(0.002)
+    return await task
+
+
+async def _book(engine: Engine, side: str) -> list[tuple[str, str]]:
+    book = (await engine.client.get("/orderbook?instrument=BTC-USD")).json()
+    return [(level["price"], level["quantity"]) for level in book[side]]
+
+
+def test_amend_lua_is_held_to_its_declaration() -> None:
+    held.test_the_script_numbers_no_position_of_keys_or_argv(AMEND)
+    held.test_the_script_uses_exactly_the_declared_keys_and_argv(AMEND)
+    held.test_what_a_script_writes_is_under_its_declared_keys(AMEND)
+
+
+# Checks, and the command --------------------------------------------------------------------------
+
+async def test_the_command_on_the_stream(make_engine: EngineFactory) -> None:
+    engine = await make_engine(cancel_wait_ms=30)
+    order_id = (await engine.place(KEY_A, price="100.00", quantity="2"))["order_id"]
+    response = await _patch(engine, order_id, {"quantity": "1.5"}, match=False)
+    assert (response.status_code, response.json()) == (202, {"order_id": order_id, "status": "amend_requested"})
+    response = await _patch(engine, order_id, {"price": 100.05, "quantity": "3e0"}, BROKER, match=False)
+    assert response.status_code == 202
+    entries = await engine.redis.xrange(engine.keys["BTC-USD"].orders)
+    commands = [fields_to_dict(fields) for _, fields in entries[1:]]
+    assert [{k: v for k, v in c.items() if k not in ("ts", "request_id")} for c in commands] == [
+        {"cmd": "amend", "order_id": order_id, "client_id": "client-A", "price_ticks": "",
+         "quantity_lots": "150000000"},
+        {"cmd": "amend", "order_id": order_id, "client_id": "broker", "price_ticks": "10005",
+         "quantity_lots": "300000000"},
+    ]
+    assert len({c["request_id"] for c in commands}) == 2 and all(c["ts"].isdigit() for c in commands)
+
+
+@pytest.mark.parametrize("body, field", [
+    ({}, "body"),
+    ({"quantity": "0.000000001"}, "quantity"),  # not a multiple of the lot
+    ({"quantity": "1001"}, "quantity"),
+    ({"quantity": "0"}, "quantity"),
+    ({"quantity": "-1"}, "quantity"),
+    ({"quantity": None}, "quantity"),
+    ({"quantity": "1 "}, "quantity"),
+    ({"price": "100.001"}, "price"),  # not a multiple of the tick
+    ({"price": "10000000.01"}, "price"),
+    ({"price": True}, "price"),
+    ({"price": "NaN"}, "price"),
+    ({"quantity": "1", "side": "sell"}, "side"),
+])
+async def test_422_names_the_field(engine: Engine, body: dict[str, Any], field: str) -> None:
+    order_id = (await engine.place(KEY_A, price="100.00"))["order_id"]
+    response = await _patch(engine, order_id, body, match=False)
+    assert response.status_code == 422, response.text
+    assert (response.json()["error"], response.json()["details"][0]["field"]) == ("validation_error", field)
+    assert await engine.redis.xlen(engine.keys["BTC-USD"].orders) == 1
+
+
+async def test_eth_ticks_and_a_market_orders_price(engine: Engine) -> None:
+    order_id = (await engine.place(KEY_A, instrument="ETH-USD", price="3000.05", quantity="1"))["order_id"]
+    response = await _patch(engine, order_id, {"price": "3000.01"}, match=False)
+    assert (response.status_code, response.json()["details"][0]["field"]) == (422, "price")
+    market = await engine.place(KEY_A, type="market", price=None)
+    response = await _patch(engine, market["order_id"], {"price": "100.00"}, match=False)
+    assert (response.status_code, response.json()["details"][0]["field"]) == (422, "price")
+
+
+async def test_400_413_401_404_403(engine: Engine) -> None:
+    order_id = (await engine.place(KEY_A))["order_id"]
+    assert (await _patch(engine, order_id, b"{", match=False)).status_code == 400
+    assert (await _patch(engine, order_id, b"[1]", match=False)).status_code == 400
+    assert (await _patch(engine, order_id, b'{"quantity": "' + b"1" * 17000 + b'"}', match=False)
+            ).status_code == 413
+    assert (await _patch(engine, order_id, {"quantity": "1"}, {}, match=False)).status_code == 401
+    assert (await _patch(engine, UNKNOWN_ID, {"quantity": "1"}, match=False)).status_code == 404
+    assert (await _patch(engine, "not an id", {"quantity": "1"}, match=False)).status_code == 404
+    response = await _patch(engine, order_id, {"quantity": "1"}, KEY_B, match=False)
+    assert (response.status_code, response.json()["error"]) == (403, "forbidden")
+    assert await engine.redis.xlen(engine.keys["BTC-USD"].orders) == 1
+    # Checks run in the order 413, 401, 400, 422, then 404 / 403.
+    assert (await _patch(engine, UNKNOWN_ID, b"{", {}, match=False)).status_code == 401
+    assert (await _patch(engine, UNKNOWN_ID, b"{", match=False)).status_code == 400
+    assert (await _patch(engine, UNKNOWN_ID, {}, match=False)).status_code == 422
+    assert (await _patch(engine, order_id, {"price": "1.001"}, KEY_B, match=False)).status_code == 403
+
+
+async def test_a_final_order_is_409_amend_rejected_with_the_order(engine: Engine) -> None:
+    order_id = (await engine.place(KEY_A, price="100.00", quantity="1"))["order_id"]
+    await engine.place(client_id="client-B", side="sell", price="100.00", quantity="1")
+    await engine.drain()
+    response = await _patch(engine, order_id, {"quantity": "2"}, match=False)
+    assert response.status_code == 409
+    body = response.json()
+    assert (body["error"], body["details"]) == ("amend_rejected", [{"field": "order_id", "message": "already_filled"}])
+    assert _state(body["order"]) == ("filled", "100.00", "1", "1", "0", None)
+    assert set(body) == {"error", "message", "details", "order"}
+    assert await engine.redis.xlen(engine.keys["BTC-USD"].orders) == 2  # no amend command enqueued
