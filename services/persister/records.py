@@ -181,11 +181,15 @@ def decode_event(entry: Entry) -> Decoded:
             or e.created_at is None or e.post_only not in ("0", "1"):
         raise MalformedEntry(f"{e.event} event of {e.order_id!r} lacks the order's fields")
     queued: int | None = None
+    reason = e.reason or None
     if e.event == "amended":
         if e.requeued not in ("0", "1"):
             raise MalformedEntry(f"amended event of {e.order_id!r} has requeued={e.requeued!r}")
         if e.requeued == "1":
             queued = seq
+        # The amend's reason (self_trade_prevented for an STP decrement) says why it happened, not the
+        # order's: a resting order has none, as its record says (match.lua keeps the record's).
+        reason = None
     elif e.event == "accepted" and e.status in QUEUED:
         queued = seq
     order = OrderRow(
@@ -194,7 +198,7 @@ def decode_event(entry: Entry) -> Decoded:
         post_only=e.post_only == "1", price=_decimal("price", e.price) if e.price else None,
         quantity=_decimal("quantity", e.quantity), filled_quantity=filled, remaining_quantity=remaining,
         filled_quote=quote, average_price=avg,
-        status=e.status, reason=e.reason or None, created_at=_ms("created_at", e.created_at), updated_at=ts,
+        status=e.status, reason=reason, created_at=_ms("created_at", e.created_at), updated_at=ts,
         last_event_seq=seq, queued_seq=queued, self_trade_prevention=e.self_trade_prevention or "none",
     )
     return Decoded(entry, event=event, order=order)

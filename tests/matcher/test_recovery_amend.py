@@ -95,7 +95,7 @@ async def test_a_requeued_order_comes_back_behind_later_ones_with_its_amended_pr
         "C": (10000, 200_000_000, 0, "open", "", "cancel_both", ""),
         "D": (10000, 100_000_000, 0, "open", "", "none", ""),
         "E": (10400, 100_000_000, 0, "open", "", "none", ""),
-        "G": (9900, 150_000_000, 50_000_000, "partially_filled", "self_trade_prevented", "decrement", ""),
+        "G": (9900, 150_000_000, 50_000_000, "partially_filled", "", "decrement", ""),
     }
     # Every live order in its client's index, scored by created_at; nothing else.
     assert await index(redis, keys, "mm-1", "mm-2", "mm-3", "mm-9") == {

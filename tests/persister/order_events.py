@@ -41,12 +41,18 @@ class Book:
         self._emit("accepted", order_id, True)
 
     def amend(self, order_id: str, requeued: str, reason: str = "", **changes: str) -> None:
-        self._emit("amended", order_id, True, reason=reason, **changes)["requeued"] = requeued
+        """An amend ("" reason) or an STP decrement (self_trade_prevented): the reason is the event's only."""
+        self._with_reason("amended", order_id, True, reason, **changes)["requeued"] = requeued
 
     def amend_rejected(self, order_id: str, reason: str) -> None:
+        self._with_reason("amend_rejected", order_id, False, reason)
+
+    def _with_reason(self, kind: str, order_id: str, with_order: bool, reason: str,
+                     **changes: str) -> dict[str, str]:
         saved = self.orders[order_id]["reason"]
-        self._emit("amend_rejected", order_id, True, reason=reason)
+        fields = self._emit(kind, order_id, with_order, reason=reason, **changes)
         self.orders[order_id]["reason"] = saved
+        return fields
 
     def fill(self, order_id: str, filled: str, quote: str) -> None:
         o = self.orders[order_id]

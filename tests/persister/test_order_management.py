@@ -90,6 +90,7 @@ async def test_amends_and_new_cancel_reasons_reach_the_orders_and_events_tables(
         o6 = (await conn.execute(text("SELECT updated_at FROM orders WHERE order_id = 'o6'"))).scalar_one()
     assert [e[:3] for e in events] == [(int(e["seq"]), e["event"], e["order_id"]) for e in book.events]
     # amend_rejected is in the history with its reason; the order's row is the one its amend left.
+    assert events[3] == (4, "amended", "o1", "partially_filled", D("0.7"), "self_trade_prevented")
     assert events[4] == (5, "amend_rejected", "o1", "partially_filled", D("0.7"), "post_only_would_cross")
     assert events[16] == (17, "amend_rejected", "o6", "open", D("2.5"), "quantity_not_above_filled")
     assert events[17] == (18, "amend_rejected", "ghost", "rejected", D(0), "unknown_order")
@@ -137,7 +138,7 @@ def test_the_order_rows_of_amend_events(instruments: Instruments) -> None:
     assert amended is not None and (amended.price, amended.quantity, amended.queued_seq) == (D("101.00"), D(2), 2)
     decrease = rows[3]
     assert decrease is not None and (decrease.quantity, decrease.queued_seq, decrease.reason) == (
-        D("1.2"), None, "self_trade_prevented")
+        D("1.2"), None, None)  # why it was amended is the event's: the order, resting, has no reason
     assert rows[0] is not None and rows[0].queued_seq == 1 and rows[0].self_trade_prevention == "decrement"
     assert rows[2] is not None and rows[2].queued_seq is None and rows[2].price is None
     assert rows[4] is None  # amend_rejected leaves the order's row alone

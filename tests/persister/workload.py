@@ -145,6 +145,8 @@ async def expected(redis: Redis, instruments: Instruments, prefix: str,
                 # The order's place in the queue: its accepted event, or an amend that moved it to the back.
                 requeued = e["event"] == "accepted" or e.get("requeued") == "1"
                 state[e["order_id"]]["queued_seq"] = e["seq"] if requeued else queued
+                if e["event"] == "amended":
+                    state[e["order_id"]]["reason"] = ""  # an amend's reason is the event's, not the order's
             elif e["event"] not in ("cancel_rejected", "amend_rejected"):
                 state[e["order_id"]].update({k: e[k] for k in (
                     "status", "filled_quantity", "remaining_quantity", "filled_quote", "reason", "ts", "seq")})
