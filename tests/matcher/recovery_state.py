@@ -21,16 +21,35 @@ Command = dict[str, str]
 CREATED_AT = 1_767_225_600_000  # fixed, so that two prefixes fed the same program hold equal records
 
 
-def program(symbol: str, count: int, seed: int, tag: str) -> list[Command]:
-    """`count` commands: mostly GTC limits around a mid price, some IOC/FOK/market/post-only, ~12% cancels."""
+STP_MODES = ("none", "none", "cancel_taker", "cancel_maker", "cancel_both", "decrement")
+
+
+def amend(order_id: str, n: int, price_ticks: int | None, quantity_lots: int | None) -> Command:
+    """An amend command of `order_id` (None: that value unchanged)."""
+    return {"cmd": "amend", "order_id": order_id, "client_id": "client-1", "request_id": f"r-{order_id}-{n}",
+            "price_ticks": "" if price_ticks is None else str(price_ticks),
+            "quantity_lots": "" if quantity_lots is None else str(quantity_lots), "ts": str(CREATED_AT + n)}
+
+
+def program(symbol: str, count: int, seed: int, tag: str, amends: float = 0.0, stp: bool = False) -> list[Command]:
+    """`count` commands: mostly GTC limits around a mid price, some IOC/FOK/market/post-only, ~12% cancels;
+    with `amends`, that share of amends (new price, new quantity or both) of orders placed before; with `stp`,
+    orders in every self-trade prevention mode (a third `none`)."""
     rng = random.Random(seed)
     mid, spread, qmin, qmax = SHAPES[symbol]
+    step = max(1, spread // 12)
     placed: list[str] = []
     commands: list[Command] = []
     for n in range(count):
         if placed and rng.random() < 0.12:
             commands.append({"cmd": "cancel", "order_id": rng.choice(placed), "client_id": "client-1",
                              "ts": str(CREATED_AT + n)})
+            continue
+        if placed and amends and rng.random() < amends:
+            roll = rng.random()
+            price = mid + rng.randint(-spread, spread) // step * step if roll < 0.5 else None
+            quantity = rng.randint(qmin, qmax) if roll > 0.3 else None
+            commands.append(amend(rng.choice(placed[-40:]), n, price, quantity))
             continue
         order_id = f"{symbol}-{tag}-{n}"
         placed.append(order_id)
@@ -47,7 +66,6 @@ def program(symbol: str, count: int, seed: int, tag: str) -> list[Command]:
             post_only = "1"
         # Buys mostly below mid and sells mostly above, overlapping a little: some cross, most rest and
         # build depth, on coarse price steps so that levels hold several orders (time priority matters).
-        step = max(1, spread // 12)
         offset = rng.randint(-spread, spread // 5) if side == "buy" else rng.randint(-spread // 5, spread)
         price = 0 if kind == "market" else max(1, mid + offset // step * step)
         commands.append({
@@ -56,6 +74,8 @@ def program(symbol: str, count: int, seed: int, tag: str) -> list[Command]:
             "time_in_force": tif, "post_only": post_only, "price_ticks": str(price),
             "quantity_lots": str(rng.randint(qmin, qmax)), "created_at": str(CREATED_AT + n),
         })
+        if stp:
+            commands[-1]["self_trade_prevention"] = rng.choice(STP_MODES)
     return commands
 
 

@@ -10,8 +10,9 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -36,6 +37,7 @@ from tests.conftest import TWO_INSTRUMENTS
 from tests.matcher.harness import Harness
 from tests.matcher.recovery_state import (
     BookState,
+    amend,
     capture,
     enqueue,
     matcher_settings,
@@ -60,6 +62,7 @@ class Scenario:
     before: dict[str, BookState]  # a's state, as it was when persisted
     snapshot_seq: dict[str, int]  # a snapshot row's book_seq, where the test stored one
     trade_ids: set[str]  # every trade id in the database
+    shape: dict[str, Any] = field(default_factory=dict)  # program()'s options (amends, stp) before and after
 
 
 async def _match_all(redis: Redis, instruments: Instruments, prefix: str, symbol: str) -> None:
@@ -69,10 +72,10 @@ async def _match_all(redis: Redis, instruments: Instruments, prefix: str, symbol
 
 
 async def build(redis: Redis, redis_url: str, key_prefix: str, instruments: Instruments, db: AsyncEngine,
-                db_url: str, symbols: list[str], orders: int = ORDERS) -> Scenario:
+                db_url: str, symbols: list[str], orders: int = ORDERS, **shape: Any) -> Scenario:
     a, b = key_prefix + "a:", key_prefix + "b:"
     for n, symbol in enumerate(symbols):
-        commands = program(symbol, orders, seed=100 + n, tag="w1")
+        commands = program(symbol, orders, seed=100 + n, tag="w1", **shape)
         for prefix in (a, b):
             await enqueue(redis, instrument_keys(prefix, symbol), commands)
             await _match_all(redis, instruments, prefix, symbol)
@@ -95,7 +98,7 @@ async def build(redis: Redis, redis_url: str, key_prefix: str, instruments: Inst
                 "VALUES ('ETH-USD', :seq, now(), '[]', '[]')"), {"seq": snapshot_seq["ETH-USD"]})
     async with db.connect() as conn:
         trade_ids = {r[0] for r in await conn.execute(text("SELECT trade_id FROM trades"))}
-    return Scenario(a, b, symbols, before, snapshot_seq, trade_ids)
+    return Scenario(a, b, symbols, before, snapshot_seq, trade_ids, shape)
 
 
 def _trade(t: TradeEntry) -> tuple[str, ...]:
@@ -127,7 +130,16 @@ def later_program(scenario: Scenario, symbol: str, n: int) -> list[dict[str, str
               "created_at": "1767225700000"}]
     cancels = [{"cmd": "cancel", "order_id": order_id, "client_id": "client-1", "ts": "1767225700001"}
                for order_id in state.resting["buy"][:3] + state.resting["sell"][2:5]]
-    return first + cancels + program(symbol, MORE, seed=200 + n, tag="w2")
+    moves: list[dict[str, str]] = []
+    if scenario.shape.get("amends"):
+        # Rebuilt orders amended: a larger quantity (to the back), a smaller one (keeps its place), a new price.
+        for side, sign in (("buy", -1), ("sell", 1)):
+            first_id, second_id, third_id = state.resting[side][3:6]
+            first_r, second_r, third_r = (state.records[i] for i in (first_id, second_id, third_id))
+            moves += [amend(first_id, 1, None, first_r.quantity_lots + 1),
+                      amend(second_id, 2, None, max(second_r.filled_lots + 1, second_r.quantity_lots // 2)),
+                      amend(third_id, 3, third_r.price_ticks + sign * 2, None)]
+    return first + cancels + moves + program(symbol, MORE, seed=200 + n, tag="w2", **scenario.shape)
 
 
 def _without(records: dict[str, OrderRecord], *names: str) -> dict[str, OrderRecord]:
