@@ -15,6 +15,9 @@ import msgspec
 from starlette.responses import Response
 
 from services.common.auth import Principal
+from services.ingest.amend import amend, decode_amend
+from services.ingest.answers import Answer
+from services.ingest.cancel_all import cancel_all, decode_cancel_all
 from services.ingest.context import IngestContext
 from services.ingest.errors import ErrorDetail, invalid, too_large
 from services.ingest.handling import checked_order_id
@@ -23,13 +26,13 @@ from services.ingest.place_batch import place_batch
 from services.ingest.place_order import place_order, refusal
 
 Fields = Mapping[str, msgspec.Raw]
-Answer = tuple[int, bytes]  # the HTTP endpoint's status and JSON body
 Op = Callable[[IngestContext, Principal, Fields, str], Awaitable[Answer]]
 
 # What every request carries besides its op's own fields.
 ENVELOPE = frozenset({"id", "op"})
 
 _decode_str = msgspec.json.Decoder(str).decode
+_encode = msgspec.json.Encoder().encode
 
 
 def _answer(response: Response) -> Answer:
@@ -89,12 +92,37 @@ async def cancel_op(ctx: IngestContext, principal: Principal, fields: Fields, se
     return _answer(await cancel(ctx, principal, checked_order_id(order_id_field(fields))))
 
 
+async def amend_op(ctx: IngestContext, principal: Principal, fields: Fields, session: str) -> Answer:
+    """PATCH /orders/{order_id} with the other fields (`quantity`, `price`) as its body."""
+    order_id = order_id_field(fields)
+    request = decode_amend(_body(ctx, fields, _AMEND_PATH))
+    # In PATCH's order: the body decoded (400, 422 for an unknown field), then the path's 404, then the values.
+    return await amend(ctx, principal, checked_order_id(order_id), request)
+
+
+async def cancel_all_op(ctx: IngestContext, principal: Principal, fields: Fields, session: str) -> Answer:
+    """POST /orders/cancel-all with the other fields (`client_id`, `instrument`, `side`) as its body."""
+    return await cancel_all(ctx, principal, decode_cancel_all(_body(ctx, fields, ENVELOPE)))
+
+
+def _body(ctx: IngestContext, fields: Fields, outside: frozenset[str]) -> bytes:
+    """The HTTP body a request's fields stand for (all but `outside`, values as sent), within MAX_BODY_BYTES."""
+    body = _encode({name: value for name, value in fields.items() if name not in outside})
+    limit = ctx.settings.max_body_bytes
+    if len(body) > limit:
+        raise too_large(limit)
+    return body
+
+
 _PLACE = ENVELOPE | {"order"}
 _PLACE_BATCH = ENVELOPE | {"orders"}
 _CANCEL = ENVELOPE | {"order_id"}
+_AMEND_PATH = ENVELOPE | {"order_id"}
 
 OPS: dict[str, Op] = {
     "place": place,
     "place_batch": place_batch_op,
     "cancel": cancel_op,
+    "amend": amend_op,
+    "cancel_all": cancel_all_op,
 }

@@ -266,3 +266,25 @@ async def test_a_revoked_keys_sockets_are_closed_1008(make_trade_server: TradeSe
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
     assert (await kept.call("place", order=limit_order(client_id="client-B")))["status"] == 201
 
+
+async def test_amend_and_cancel_all_refusals_answer_as_their_endpoints(trade: TradeServer) -> None:
+    """Bad values, nothing to change, unknown and foreign orders, a bad id, another client's cancel-all: the
+    same status and body as PATCH /orders/{id} and POST /orders/cancel-all."""
+    engine = trade.engine
+    ws = await trade.open()
+    await ws.auth("demo-key-A")
+    mine, other = await engine.place(), await engine.place(client_id="client-B")
+    for fields in ({"quantity": "-1"}, {}, {"price": "1.001"}, {"quantity": "1", "colour": "red"}, {"price": []}):
+        for order_id in (mine["order_id"], "0" * 32, other["order_id"], "no+such"):
+            reply = await ws.call("amend", order_id=order_id, **fields)
+            http = await trade.http.patch(f"/orders/{order_id}", json=fields, headers=KEY_A)
+            assert (reply["status"], reply["body"]) == (http.status_code, http.json()), (fields, order_id)
+            assert reply["status"] in (403, 404, 422)
+    reply = await ws.call("amend", quantity="1")
+    assert reply["status"] == 422 and reply["body"]["details"][0]["field"] == "order_id"
+    for fields in ({"client_id": "client-B"}, {"client_id": "client-A", "side": "up"}, {}, {"client_id": 5},
+                   {"client_id": "client-A", "instrument": "NOPE-USD"}):
+        reply = await ws.call("cancel_all", **fields)
+        http = await trade.http.post("/orders/cancel-all", json=fields, headers=KEY_A)
+        assert (reply["status"], reply["body"]) == (http.status_code, http.json()), fields
+        assert reply["status"] in (403, 422)
