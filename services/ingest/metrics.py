@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Fine-grained below 10 ms, where the order path should answer.
 LATENCY_BUCKETS = (
@@ -34,3 +34,12 @@ class IngestMetrics:
             registry=self.registry)
         self.rate_limited = Counter(
             "rate_limited_total", "POST /orders refused by the per-client rate limit", registry=self.registry)
+        # The order-entry socket (trade_socket.py).
+        self.trade_sockets = Gauge(
+            "trade_sockets", "Order-entry sockets (/trade) open now", registry=self.registry)
+        self.cod_sessions = Gauge(
+            "cod_sessions", "Order-entry sockets with cancel_on_disconnect whose deadlines this process refreshes",
+            registry=self.registry)
+        self.trade_requests = Counter(
+            "trade_requests_total", "Order-entry socket requests answered, by op and reply status",
+            ["op", "status"], registry=self.registry)

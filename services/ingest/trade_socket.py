@@ -69,6 +69,7 @@ _decode_auth = msgspec.json.Decoder(AuthRequest).decode
 _decode_str = msgspec.json.Decoder(str).decode
 _encode = msgspec.json.Encoder().encode
 _OPS_TEXT = ", ".join(["auth", *OPS])
+_STATUS_TEXT = {status: str(status) for status in range(100, 600)}
 
 
 class TradeSocket:
@@ -139,6 +140,7 @@ class TradeSocket:
             await self._send_error(f'a request needs an "id": a string of 1 to {ID_MAX_CHARS} characters')
             return
         if self.principal is None:
+            self.ctx.metrics.trade_requests.labels(op if op in OPS else "unknown", "401").inc()
             await self._reply(request_id, *_error(unauthorized()))
             return
         await self._slots.acquire()  # at TRADE_MAX_IN_FLIGHT: stop reading until a request is answered
@@ -167,6 +169,7 @@ class TradeSocket:
             # What guarded() answers over HTTP: a bug, not bad input.
             logger.exception("unexpected error in order-entry request %r (op %r)", request_id, op)
             status, body = 500, _encode(ErrorBody("internal", "unexpected error"))
+        self.ctx.metrics.trade_requests.labels(op if handler is not None else "unknown", _STATUS_TEXT[status]).inc()
         await self._reply(request_id, status, body)
 
     async def _auth(self, data: bytes) -> None:
@@ -194,6 +197,7 @@ class TradeSocket:
         if cod and not self.session:
             try:
                 self.session = await self.ctx.trade_sessions.open()
+                self.ctx.metrics.cod_sessions.inc()
             except (RedisError, OSError, BatcherClosed) as exc:
                 logger.warning("cannot arm cancel-on-disconnect: %r", exc)
                 await self._send_error("cancel_on_disconnect cannot be armed now (the order store, Redis, is "
@@ -238,6 +242,7 @@ class TradeSocket:
             if self._placing:
                 await asyncio.wait(list(self._placing), timeout=PLACES_GRACE_S)
             await self.ctx.trade_sessions.close(self.session)
+            self.ctx.metrics.cod_sessions.dec()
         if self._tasks:
             await asyncio.wait(list(self._tasks))
 
@@ -267,9 +272,12 @@ class TradeEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         socket = TradeSocket(self.ctx, WebSocket(scope, receive, send), self._hold)
+        sockets = self.ctx.metrics.trade_sockets
+        sockets.inc()
         try:
             await socket.run()
         finally:
+            sockets.dec()
             held = self._by_key.get(socket.key_id)
             if held is not None:
                 held.discard(socket)

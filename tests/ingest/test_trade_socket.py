@@ -288,3 +288,27 @@ async def test_amend_and_cancel_all_refusals_answer_as_their_endpoints(trade: Tr
         http = await trade.http.post("/orders/cancel-all", json=fields, headers=KEY_A)
         assert (reply["status"], reply["body"]) == (http.status_code, http.json()), fields
         assert reply["status"] in (403, 422)
+
+
+async def test_metrics_count_sockets_sessions_and_requests(trade: TradeServer) -> None:
+    def sample(text: str, name: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+    ws = await trade.open()
+    assert (await ws.call("place", order=limit_order()))["status"] == 401
+    await ws.auth("demo-key-A", cancel_on_disconnect=True)
+    await ws.call("place", order=limit_order())
+    await ws.call("place", order=limit_order(price="1.001"))
+    await ws.call("dance")
+    metrics = (await trade.http.get("/metrics")).text
+    assert sample(metrics, "trade_sockets ") == 1 and sample(metrics, "cod_sessions ") == 1
+    for labels in ('op="place",status="401"', 'op="place",status="201"', 'op="place",status="422"',
+                   'op="unknown",status="422"'):
+        assert sample(metrics, f"trade_requests_total{{{labels}}}") == 1, labels
+    await ws.ws.close()
+    for _ in range(100):
+        metrics = (await trade.http.get("/metrics")).text
+        if sample(metrics, "trade_sockets ") == 0 and sample(metrics, "cod_sessions ") == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert sample(metrics, "trade_sockets ") == 0 and sample(metrics, "cod_sessions ") == 0
