@@ -101,7 +101,9 @@ async def enqueue_accepted(redis: Redis, keys: InstrumentKeys, commands: list[Co
                     type=command["type"], time_in_force=command["time_in_force"],  # type: ignore[arg-type]
                     post_only=int(command["post_only"]), price_ticks=int(command["price_ticks"]),
                     quantity_lots=int(command["quantity_lots"]), filled_lots=0, status="accepted", reason="",
-                    created_at=created, updated_at=created, arrival_seq=0, notional_hi=0, notional_lo=0)
+                    created_at=created, updated_at=created, arrival_seq=0, notional_hi=0, notional_lo=0,
+                    self_trade_prevention=command.get("self_trade_prevention", "none"),  # type: ignore[arg-type]
+                    session=command.get("session", ""))
                 pipe.hset(keys.order_state, command["order_id"], encode_record(record))
                 pipe.zadd(keys.client_orders(command["client_id"]), {command["order_id"]: created})
         await pipe.execute()
