@@ -5,7 +5,8 @@
 One client, one request at a time (closed loop: this is the latency of an idle engine, not under load), the
 two transports alternated round by round so that a noisy machine hurts both alike; each round places --orders
 resting buys (far below any price, so nothing matches) with the broker key. Reports the median, p90 and p99
-round trip in µs per transport, and then the same with --concurrency requests in flight (orders/s).
+round trip in µs per transport, and then the same with --concurrency requests in flight (orders/s). With
+--pid (the ingest process), also ingest's CPU per place in each mode, from /proc.
 Environment: INGEST_URL (http://127.0.0.1:3000), TRADE_KEY (demo-broker).
 """
 
@@ -20,6 +21,7 @@ import statistics
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -82,6 +84,14 @@ class Socket:
         assert status == 201, status
 
 
+def cpu_s(pid: int | None) -> float:
+    """The process's user + system CPU seconds so far (0 without a pid)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def timed(place: Callable[[], Awaitable[None]], count: int) -> list[float]:
     out = []
     for _ in range(count):
@@ -116,6 +126,7 @@ async def main() -> None:
     parser.add_argument("--orders", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--pid", type=int, help="the ingest process, for its CPU per place")
     args = parser.parse_args()
     base = os.environ.get("INGEST_URL", "http://127.0.0.1:3000")
     key = os.environ.get("TRADE_KEY", "demo-broker")
@@ -127,16 +138,23 @@ async def main() -> None:
         socket = Socket(ws)
         lat: dict[str, list[float]] = {"http": [], "socket": []}
         rate: dict[str, list[float]] = {"http": [], "socket": []}
+        cpu: dict[str, float] = {"http": 0.0, "socket": 0.0}
         places = {"http": http.place, "socket": socket.place}
         for _ in range(args.rounds):
             for name, place in places.items():
+                before = cpu_s(args.pid)
                 lat[name] += await timed(place, args.orders)
                 rate[name].append(await throughput(place, args.orders, args.concurrency))
+                cpu[name] += cpu_s(args.pid) - before
         for name in places:
             print(summary(name, lat[name]))
         for name in places:
             print(f"{name:>6}: {statistics.median(rate[name]):7.0f} places/s with {args.concurrency} in flight "
                   f"(median of {args.rounds} rounds)")
+        if args.pid is not None:
+            for name in places:
+                per_place = cpu[name] / (2 * args.orders * args.rounds) * 1e6
+                print(f"{name:>6}: ingest CPU {per_place:5.0f} µs per place (both modes)")
         await http.close()
 
 

@@ -91,7 +91,7 @@ class TradeSocket:
         self._revoking: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
-        """Serve the connection until it closes; then disarm nothing but end the session (its orders go)."""
+        """Serve the connection until it closes, then end its cancel-on-disconnect session, if any."""
         authorization = self.ws.headers.get("authorization")
         cod = self.ws.query_params.get("cancel_on_disconnect", "false").lower() == "true"
         principal: Principal | None = ADMIN if self.ctx.key_table is None else None
@@ -121,7 +121,7 @@ class TradeSocket:
             if data is None:
                 data = str(message.get("text", "")).encode()
             if len(data) > FRAME_MAX_BYTES:  # uvicorn refuses them first; this holds under any server
-                await self.ws.close(CLOSE_TOO_BIG)
+                await self._close(CLOSE_TOO_BIG)
                 return
             await self._frame(data)
 
@@ -226,7 +226,9 @@ class TradeSocket:
                 self._closed = True
 
     def revoke(self) -> None:
-        """The socket's key was revoked: close it (1008); requests in flight still get their replies."""
+        """The socket's key was revoked: close it (1008). A request still arriving gets 401; those in flight
+        finish unanswered."""
+        self.principal = None
         self._revoking = asyncio.create_task(self._close(CLOSE_POLICY))
 
     async def _close(self, code: int) -> None:
