@@ -9,6 +9,15 @@ from pathlib import Path
 import msgspec
 
 from services.common.money import EXACT, decimal_places, fixed, parse_decimal, plain, to_units
+from services.common.risk_limits import (
+    DEFAULT_MARKET_PROTECTION_PCT,
+    DEFAULT_MAX_OPEN_ORDERS,
+    DEFAULT_MAX_ORDER_NOTIONAL,
+    DEFAULT_PRICE_BAND_PCT,
+    LimitValue,
+    RiskLimitError,
+    risk_limits,
+)
 
 # Lua numbers are doubles: every integer the matcher forms must stay below 2**53.
 LUA_EXACT_LIMIT = 2**53
@@ -29,14 +38,19 @@ class InstrumentSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     min_quantity: str
     max_quantity: str
     max_price: str
+    # Pre-trade risk limits (services/common/risk_limits.py): the contract's defaults, 0 turns one off.
+    price_band_pct: LimitValue = DEFAULT_PRICE_BAND_PCT
+    market_protection_pct: LimitValue = DEFAULT_MARKET_PROTECTION_PCT
+    max_open_orders: LimitValue = DEFAULT_MAX_OPEN_ORDERS
+    max_order_notional: LimitValue = DEFAULT_MAX_ORDER_NOTIONAL
 
 
 class Instrument:
     """One tradable instrument with exact decimal <-> integer conversions."""
 
     __slots__ = (
-        "base", "lot", "lot_places", "max_lots", "max_price", "max_quantity", "max_ticks",
-        "min_lots", "min_quantity", "price_mult", "price_places", "qty_mult", "quote",
+        "base", "lot", "lot_places", "max_lots", "max_notional_units", "max_price", "max_quantity", "max_ticks",
+        "min_lots", "min_quantity", "price_mult", "price_places", "qty_mult", "quote", "risk",
         "symbol", "tick", "tick_places",
     )
 
@@ -69,6 +83,21 @@ class Instrument:
             raise InstrumentError(f"{spec.symbol}: max_price / tick too large for exact matching")
         if self.max_lots * self.qty_mult >= LUA_EXACT_LIMIT:
             raise InstrumentError(f"{spec.symbol}: max_quantity / lot too large for exact matching")
+        try:
+            self.risk = risk_limits(spec.symbol, spec.price_band_pct, spec.market_protection_pct,
+                                    spec.max_open_orders, spec.max_order_notional)
+        except RiskLimitError as exc:
+            raise InstrumentError(str(exc)) from exc
+        # The notional cap in ticks x lots, rounded down (None: off): price x quantity exceeds the cap exactly
+        # when ticks x lots exceeds this (Python integers: ticks x lots reaches 1e20, past any Lua number).
+        self.max_notional_units: int | None = None
+        if self.risk.max_order_notional:
+            self.max_notional_units = int(EXACT.divide(self.risk.max_order_notional,
+                                                       EXACT.multiply(self.tick, self.lot)))
+
+    def notional_exceeds_cap(self, price_ticks: int, quantity_lots: int) -> bool:
+        """Whether price x quantity is over the instrument's max_order_notional (never, when it is 0)."""
+        return self.max_notional_units is not None and price_ticks * quantity_lots > self.max_notional_units
 
     def price_ticks(self, price: Decimal) -> int:
         return to_units(price, self.tick)
