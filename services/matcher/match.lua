@@ -14,7 +14,12 @@
 -- layout (MEMBER_FORMAT, MEMBER_ID_AT) and the reply's order (reply_of) are declared once, in
 -- services/common/scripts.py (MATCH): the loader puts them on this script's first line, so this file
 -- names positions, never numbers them.
--- Writes: trades (TradeEntry), events (EventEntry), book (BookEntry), order state (OrderRecord).
+-- Writes: trades (TradeEntry), events (EventEntry), book (BookEntry), order state (OrderRecord), and the order
+-- management keys of docs/order-management.md: the client's live orders (co: ZREM when an order goes final), a
+-- session's orders (cs: SREM, DEL after its sweep), the deadlines (ZREM when applied) and a command's outcome
+-- (res: SET ... PX, JSON of wire.AmendOutcome / wire.CancelAllOutcome). co, cs and res are named after ids the
+-- commands carry, so they are built here (id_keys, generated from keys.py) rather than passed in KEYS; all carry
+-- the instrument's hash tag, so they are in the KEYS' slot.
 -- Returns a BatchResult (commands applied, last stream id, and what they did), or the error HEALING
 -- while meta has a `healing` field (a heal is under way)
 
@@ -26,13 +31,16 @@ local OPPOSITE = {buy = 'sell', sell = 'buy'}
 local SYMBOL = A_SYMBOL
 -- Keys named after a client, session or request id (co, cs, res), built as keys.py names them.
 local KEY = id_keys(A_KEY_PREFIX, SYMBOL)
--- Deadlines of the dead man's switch and cancel-on-disconnect (swept at the start of a call).
-local DEADLINES = K_DEADLINES
 local PRICE_MULT, PRICE_PLACES = tonumber(A_PRICE_MULTIPLIER), tonumber(A_PRICE_DECIMALS)
 local QTY_MULT, QTY_PLACES = tonumber(A_QUANTITY_MULTIPLIER), tonumber(A_QUANTITY_DECIMALS)
 -- Notional (ticks x lots) can reach 1e20: it is kept as hi * LIMB + lo, each part exact.
 local LIMB = 1000000
 local MAKERS_PER_FETCH = 16
+-- Deadlines applied per call: a burst of them is spread over the next calls (the worker calls at least every
+-- MATCHER_SWEEP_MS), so one call stays short.
+local SWEEP_LIMIT = 100
+-- How long an outcome waits for the ingest that asked (ms): far beyond any wait, short enough to clean itself.
+local RESULT_TTL_MS = 600000
 
 -- A heal from PostgreSQL (services/matcher/heal.py) is rewriting this instrument's state: apply nothing
 -- until it has finished, not even reading (the read moves the group's position).
@@ -40,25 +48,36 @@ if redis.call('HEXISTS', K_META, 'healing') == 1 then
   return redis.error_reply('HEALING ' .. K_META .. ' is being healed from PostgreSQL')
 end
 
-local read = redis.call('XREADGROUP', 'GROUP', A_GROUP, A_CONSUMER, 'NOACK', 'COUNT', A_MAX_COMMANDS,
-  'STREAMS', K_ORDERS, '>')
-if not read then
-  -- Nothing new: report where the group stands so the caller can block for what comes next.
-  for _, group in ipairs(redis.call('XINFO', 'GROUPS', K_ORDERS)) do
-    local info = {}
-    for i = 1, #group, 2 do info[group[i]] = group[i + 1] end
-    if info['name'] == A_GROUP then
-      return reply_of({applied = 0, last_id = info['last-delivered-id'], trades = 0, new_orders = 0,
-        rejected = 0, cancels = 0, invalid = 0, matched = 0})
-    end
-  end
-  return redis.error_reply('no consumer group ' .. A_GROUP .. ' on ' .. K_ORDERS)
-end
-local entries = read[1][2]
-
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local now_text = string.format('%d', now)
+
+-- Deadlines due now are applied before any command of this call: no order of a client can trade after its
+-- deadline was seen.
+local due = redis.call('ZRANGEBYSCORE', K_DEADLINES, '-inf', now_text, 'LIMIT', 0, SWEEP_LIMIT)
+
+-- Where the group stands: the last-delivered id of the call that read nothing.
+local function group_last_id()
+  for _, group in ipairs(redis.call('XINFO', 'GROUPS', K_ORDERS)) do
+    local info = {}
+    for i = 1, #group, 2 do info[group[i]] = group[i + 1] end
+    if info['name'] == A_GROUP then return info['last-delivered-id'] end
+  end
+  return nil
+end
+
+local read = redis.call('XREADGROUP', 'GROUP', A_GROUP, A_CONSUMER, 'NOACK', 'COUNT', A_MAX_COMMANDS,
+  'STREAMS', K_ORDERS, '>')
+local entries = {}
+if read then
+  entries = read[1][2]
+elseif #due == 0 then
+  -- Nothing new: report where the group stands so the caller can block for what comes next.
+  local at = group_last_id()
+  if at == nil then return redis.error_reply('no consumer group ' .. A_GROUP .. ' on ' .. K_ORDERS) end
+  return reply_of({applied = 0, last_id = at, trades = 0, new_orders = 0,
+    rejected = 0, cancels = 0, invalid = 0, matched = 0})
+end
 
 local counters = redis.call('HMGET', K_META, 'trade_seq', 'event_seq', 'book_seq', 'arrival_seq')
 local trade_seq = tonumber(counters[1]) or 0
@@ -148,6 +167,31 @@ local function add_fill(o, ticks, lots)
   end
 end
 
+-- The per-client and per-session indexes: an order leaves them when it goes final. Removals are gathered
+-- per key and applied once at the end of the call (one ZREM per client rather than one per order).
+local gone, gone_keys, co_key_of = {}, {}, {}
+
+local function note_gone(command, key, id)
+  local entry = gone[key]
+  if entry == nil then
+    entry = {command = command, ids = {}}
+    gone[key] = entry
+    gone_keys[#gone_keys + 1] = key
+  end
+  entry.ids[#entry.ids + 1] = id
+end
+
+-- Every place an order takes a final status (filled, cancelled, rejected) calls this once.
+local function leave_indexes(o)
+  local key = co_key_of[o.client_id]
+  if key == nil then
+    key = KEY.client_orders(o.client_id)
+    co_key_of[o.client_id] = key
+  end
+  note_gone('ZREM', key, o.order_id)
+  if o.session ~= '' then note_gone('SREM', KEY.session_orders(o.session), o.order_id) end
+end
+
 -- Book ------------------------------------------------------------------------------------------
 
 local level_changes, level_index = {}, {}
@@ -232,7 +276,8 @@ end
 -- so PostgreSQL's rows tell which commands were applied (the heal after a restored Redis reads it).
 local command_id = ''
 
-local function emit_event(kind, o, with_order)
+-- `extra`: more field/value pairs (amended's requeued).
+local function emit_event(kind, o, with_order, extra)
   event_seq = event_seq + 1
   local fields = {
     'event', kind, 'seq', int_text(event_seq), 'instrument', SYMBOL, 'order_id', o.order_id,
@@ -251,6 +296,9 @@ local function emit_event(kind, o, with_order)
       'created_at', int_text(o.created_at), 'self_trade_prevention', o.self_trade_prevention,
     }
     for i = 1, #more do fields[#fields + 1] = more[i] end
+  end
+  if extra then
+    for i = 1, #extra do fields[#fields + 1] = extra[i] end
   end
   redis.call('XADD', K_EVENTS, '*', unpack(fields))
 end
@@ -274,11 +322,44 @@ end
 local VALID_SIDE = {buy = true, sell = true}
 local VALID_TIF = {GTC = true, IOC = true, FOK = true}
 local VALID_STP = {none = true, cancel_taker = true, cancel_maker = true, cancel_both = true, decrement = true}
+local CANCEL_ALL_SIDE = {[''] = true, buy = true, sell = true}
+local CANCEL_ALL_REASON = {user = true, halted = true}
 
 local function whole(text, min, max)
   local n = tonumber(text)
   if n == nil or n ~= math.floor(n) or n < min or n > max then return nil end
   return n
+end
+
+local function filled(text)
+  return text ~= nil and text ~= ''
+end
+
+local function is_resting(o)
+  return o.status == 'open' or o.status == 'partially_filled'
+end
+
+-- An event whose reason is not the order's own (cancel_rejected, amend_rejected, an STP decrement's amended):
+-- the record keeps its reason.
+local function emit_with_reason(kind, o, with_order, reason, extra)
+  local saved = o.reason
+  o.reason = reason
+  emit_event(kind, o, with_order, extra)
+  o.reason = saved
+end
+
+-- A command's outcome for the ingest waiting on it (wire.AmendOutcome / wire.CancelAllOutcome).
+local function set_result(request_id, json)
+  redis.call('SET', KEY.result(request_id), json, 'PX', RESULT_TTL_MS)
+end
+
+-- Takes a resting order off the book: cancelled with `reason`.
+local function cancel_resting(o, reason)
+  unrest(o)
+  o.status, o.reason = 'cancelled', reason
+  touch(o)
+  emit_event('cancelled', o, false)
+  leave_indexes(o)
 end
 
 -- Validates a new-order command completely before anything is written.
@@ -289,7 +370,8 @@ local function parse_new(f)
   local price = whole(f.price_ticks, 0, 2 ^ 53)
   local created = whole(f.created_at, 0, 2 ^ 53)
   if qty == nil or price == nil or created == nil then return nil end
-  -- Entries written before these fields existed mean no self-trade prevention and no session.
+  -- Entries written before these fields existed (or with their defaults) mean no self-trade prevention and
+  -- no session.
   local stp = f.self_trade_prevention or 'none'
   if not VALID_STP[stp] then return nil end
   if f.type == 'limit' then
@@ -316,6 +398,7 @@ local function reject_invalid(f)
   o.status, o.reason = 'rejected', 'invalid_command'
   touch(o)
   emit_event('rejected', o, true)
+  leave_indexes(o)
 end
 
 local function finish_taker(o)
@@ -323,10 +406,12 @@ local function finish_taker(o)
   if remaining == 0 then
     o.status = 'filled'
     emit_event('filled', o, false)
+    leave_indexes(o)
   elseif o.type == 'market' or o.time_in_force ~= 'GTC' then
     o.status = 'cancelled'
     if o.type == 'market' then o.reason = 'market_remainder' else o.reason = 'ioc_remainder' end
     emit_event('cancelled', o, false)
+    leave_indexes(o)
   else
     rest(o)
     if o.filled_lots > 0 then
@@ -336,34 +421,118 @@ local function finish_taker(o)
   end
 end
 
+-- Self-trade prevention ------------------------------------------------------------------------
+-- The taker's mode decides, before each fill with a maker of the same client (docs/order-management.md).
+
+-- Cancels the maker for STP (cancel_maker, cancel_both, decrement of the smaller).
+local function stp_cancel_maker(maker)
+  cancel_resting(maker, 'self_trade_prevented')
+end
+
+-- Applies the taker's mode to one own maker; true when the taker stops here (its remainder is then cancelled
+-- by the caller, reason self_trade_prevented).
+local function prevent_self_trade(o, maker)
+  local mode = o.self_trade_prevention
+  if mode == 'cancel_taker' then return true end
+  if mode == 'cancel_maker' then
+    stp_cancel_maker(maker)
+    return false
+  end
+  if mode == 'cancel_both' then
+    stp_cancel_maker(maker)
+    return true
+  end
+  -- decrement: the smaller remaining is cancelled, the other reduced by as much; equal, both go.
+  local maker_left, taker_left = maker.quantity_lots - maker.filled_lots, o.quantity_lots - o.filled_lots
+  if maker_left <= taker_left then
+    stp_cancel_maker(maker)
+    if maker_left == taker_left then return true end
+    o.quantity_lots = o.quantity_lots - maker_left
+    emit_with_reason('amended', o, true, 'self_trade_prevented', {'requeued', '0'})
+    return false
+  end
+  maker.quantity_lots = maker.quantity_lots - taker_left
+  change_depth(maker.side, maker.price_ticks, -taker_left)
+  touch(maker)
+  emit_with_reason('amended', maker, true, 'self_trade_prevented', {'requeued', '0'})
+  return true
+end
+
+-- Whether a FOK taker would fill entirely, counting only the liquidity it may trade with: under a mode other
+-- than none its own makers are skipped (cancel_maker), stop it (cancel_taker, cancel_both), or take their
+-- remaining off what it needs and stop it if they are not smaller (decrement), as the match would.
+local function fok_fillable(o)
+  local needed = o.quantity_lots
+  if o.self_trade_prevention == 'none' then return available(o, needed) >= needed end
+  local keys = SIDE_KEYS[OPPOSITE[o.side]]
+  local mode, offset = o.self_trade_prevention, 0
+  while true do
+    local heads = redis.call('ZRANGE', keys.orders, offset, offset + 63, 'WITHSCORES')
+    if #heads == 0 then return false end
+    for i = 1, #heads, 2 do
+      if not crosses(o, keys.sign * tonumber(heads[i + 1])) then return false end
+      local maker = load_order(string.sub(heads[i], MEMBER_ID_AT))
+      local left = maker.quantity_lots - maker.filled_lots
+      if maker.client_id ~= o.client_id then
+        needed = needed - left
+        if needed <= 0 then return true end
+      elseif mode == 'cancel_taker' or mode == 'cancel_both' then
+        return false
+      elseif mode == 'decrement' then
+        if left >= needed then return false end
+        needed = needed - left
+      end
+    end
+    offset = offset + 64
+  end
+end
+
+-- Matching --------------------------------------------------------------------------------------
+
+-- Trades taker o against the opposite side while it crosses. Returns true when self-trade prevention stopped
+-- the taker (its remainder is to be cancelled).
 local function match(o)
   local keys = SIDE_KEYS[OPPOSITE[o.side]]
+  local stp = o.self_trade_prevention ~= 'none'
   while o.filled_lots < o.quantity_lots do
     local heads = redis.call('ZRANGE', keys.orders, 0, MAKERS_PER_FETCH - 1, 'WITHSCORES')
-    if #heads == 0 then return end
+    if #heads == 0 then return false end
     for i = 1, #heads, 2 do
       local ticks = keys.sign * tonumber(heads[i + 1])
-      if not crosses(o, ticks) then return end
+      if not crosses(o, ticks) then return false end
       local maker_id = string.sub(heads[i], MEMBER_ID_AT)
       local maker = load_order(maker_id)
-      local lots = math.min(o.quantity_lots - o.filled_lots, maker.quantity_lots - maker.filled_lots)
-      add_fill(maker, ticks, lots)
-      add_fill(o, ticks, lots)
-      touch(maker)
-      emit_trade(o, maker, ticks, lots)
-      stats.matched = stats.matched + 1
-      change_depth(maker.side, ticks, -lots)
-      if maker.filled_lots == maker.quantity_lots then
-        redis.call('ZREM', keys.orders, heads[i])
-        maker.status = 'filled'
-        emit_event('filled', maker, false)
+      if stp and maker.client_id == o.client_id then
+        if prevent_self_trade(o, maker) then return true end
       else
-        maker.status = 'partially_filled'
-        emit_event('partially_filled', maker, false)
+        local lots = math.min(o.quantity_lots - o.filled_lots, maker.quantity_lots - maker.filled_lots)
+        add_fill(maker, ticks, lots)
+        add_fill(o, ticks, lots)
+        touch(maker)
+        emit_trade(o, maker, ticks, lots)
+        stats.matched = stats.matched + 1
+        change_depth(maker.side, ticks, -lots)
+        if maker.filled_lots == maker.quantity_lots then
+          redis.call('ZREM', keys.orders, heads[i])
+          maker.status = 'filled'
+          emit_event('filled', maker, false)
+          leave_indexes(maker)
+        else
+          maker.status = 'partially_filled'
+          emit_event('partially_filled', maker, false)
+        end
       end
-      if o.filled_lots == o.quantity_lots then return end
+      if o.filled_lots == o.quantity_lots then return false end
     end
   end
+  return false
+end
+
+-- The taker's remainder after self-trade prevention stopped it.
+local function cancel_stopped_taker(o)
+  o.status, o.reason = 'cancelled', 'self_trade_prevented'
+  emit_event('cancelled', o, false)
+  leave_indexes(o)
 end
 
 local function apply_new(f)
@@ -373,7 +542,8 @@ local function apply_new(f)
     return
   end
   local known = load_order(o.order_id)
-  -- Ingest writes the record as `accepted`; any other status means this order was applied already.
+  -- Ingest writes the record as `accepted`; any other status means this order was applied already (or
+  -- cancelled before it was: cancel-on-disconnect).
   if known ~= nil and known.status ~= 'accepted' then return end
   stats.new_orders = stats.new_orders + 1
   touch(o)
@@ -383,18 +553,20 @@ local function apply_new(f)
       o.status, o.reason = 'rejected', 'post_only_would_cross'
       stats.rejected = stats.rejected + 1
       emit_event('rejected', o, true)
+      leave_indexes(o)
       return
     end
   end
   emit_event('accepted', o, true)
-  if o.time_in_force == 'FOK' and available(o, o.quantity_lots) < o.quantity_lots then
+  if o.time_in_force == 'FOK' and not fok_fillable(o) then
     o.status, o.reason = 'cancelled', 'fok_not_fillable'
     emit_event('cancelled', o, false)
+    leave_indexes(o)
     return
   end
-  match(o)
+  local stopped = match(o)
   if o.filled_lots > 0 then stats.matched = stats.matched + 1 end
-  finish_taker(o)
+  if stopped then cancel_stopped_taker(o) else finish_taker(o) end
 end
 
 local function apply_cancel(f)
@@ -409,20 +581,164 @@ local function apply_cancel(f)
       'filled_quote', '0', 'reason', 'unknown_order', 'ts', now_text, 'command_id', command_id)
     return
   end
-  if o.status ~= 'open' and o.status ~= 'partially_filled' then
-    local saved = o.reason
-    o.reason = 'already_' .. o.status
-    emit_event('cancel_rejected', o, false)
-    o.reason = saved
+  if not is_resting(o) then
+    emit_with_reason('cancel_rejected', o, false, 'already_' .. o.status)
     return
   end
+  cancel_resting(o, 'user')
+end
+
+-- Amend -----------------------------------------------------------------------------------------
+
+local AMEND_UNCHANGED = cjson.encode({outcome = 'unchanged', reason = ''})
+local AMENDED = cjson.encode({outcome = 'amended', reason = ''})
+
+-- Validates an amend command completely before anything is written; nil when invalid.
+local function parse_amend(f)
+  if not filled(f.order_id) or not filled(f.client_id) or not filled(f.request_id) then return nil end
+  if f.price_ticks == nil or f.quantity_lots == nil or whole(f.ts, 0, 2 ^ 53) == nil then return nil end
+  local a = {order_id = f.order_id, request_id = f.request_id}
+  if f.price_ticks ~= '' then
+    a.price = whole(f.price_ticks, 1, 2 ^ 53)
+    if a.price == nil then return nil end
+  end
+  if f.quantity_lots ~= '' then
+    a.quantity = whole(f.quantity_lots, 1, 2 ^ 53)
+    if a.quantity == nil then return nil end
+  end
+  return a
+end
+
+local function reject_amend(a, o, reason)
+  if o == nil then
+    event_seq = event_seq + 1
+    redis.call('XADD', K_EVENTS, '*', 'event', 'amend_rejected', 'seq', int_text(event_seq),
+      'instrument', SYMBOL, 'order_id', a.order_id, 'client_id', a.client_id,
+      'status', 'rejected', 'filled_quantity', '0', 'remaining_quantity', '0',
+      'filled_quote', '0', 'reason', reason, 'ts', now_text, 'command_id', command_id)
+  else
+    emit_with_reason('amend_rejected', o, false, reason)
+  end
+  set_result(a.request_id, cjson.encode({outcome = 'amend_rejected', reason = reason}))
+end
+
+-- A resting order's new price and/or total quantity. A decrease alone keeps the order's place; an increase or
+-- a new price sends it to the back of its (new) level, and a new price that crosses trades as a taker would.
+local function apply_amend(f)
+  local a = parse_amend(f)
+  if a == nil then
+    stats.invalid = stats.invalid + 1
+    return
+  end
+  a.client_id = f.client_id
+  local o = load_order(a.order_id)
+  if o == nil then return reject_amend(a, nil, 'unknown_order') end
+  if not is_resting(o) then return reject_amend(a, o, 'already_' .. o.status) end
+  local price, quantity = a.price or o.price_ticks, a.quantity or o.quantity_lots
+  if quantity <= o.filled_lots then return reject_amend(a, o, 'quantity_not_above_filled') end
+  if price == o.price_ticks and quantity == o.quantity_lots then
+    set_result(a.request_id, AMEND_UNCHANGED)
+    return
+  end
+  if price == o.price_ticks and quantity < o.quantity_lots then
+    change_depth(o.side, price, quantity - o.quantity_lots)
+    o.quantity_lots = quantity
+    o.reason = ''
+    touch(o)
+    emit_event('amended', o, true, {'requeued', '0'})
+    set_result(a.request_id, AMENDED)
+    return
+  end
+  if price ~= o.price_ticks and o.post_only == 1 then
+    local best = best_opposite_ticks(o)
+    if best ~= nil and (o.side == 'buy' and best <= price or o.side == 'sell' and best >= price) then
+      return reject_amend(a, o, 'post_only_would_cross')
+    end
+  end
   unrest(o)
-  o.status, o.reason = 'cancelled', 'user'
+  o.price_ticks, o.quantity_lots, o.reason = price, quantity, ''
   touch(o)
-  emit_event('cancelled', o, false)
+  emit_event('amended', o, true, {'requeued', '1'})
+  set_result(a.request_id, AMENDED)
+  local before = o.filled_lots
+  if match(o) then return cancel_stopped_taker(o) end
+  if o.filled_lots > before then stats.matched = stats.matched + 1 end
+  if o.filled_lots == o.quantity_lots then
+    o.status = 'filled'
+    emit_event('filled', o, false)
+    leave_indexes(o)
+    return
+  end
+  rest(o)
+  if o.filled_lots > before then
+    o.status = 'partially_filled'
+    emit_event('partially_filled', o, false)
+  end
+end
+
+-- Cancel-all, the dead man's switch and cancel-on-disconnect -----------------------------------------
+
+-- Cancels every resting order of the client (on `side`, '' both) with `reason`; the ids cancelled, oldest first.
+local function cancel_client(client_id, side, reason)
+  local cancelled = {}
+  for _, id in ipairs(redis.call('ZRANGE', KEY.client_orders(client_id), 0, -1)) do
+    local o = load_order(id)
+    if o ~= nil and is_resting(o) and (side == '' or o.side == side) then
+      cancel_resting(o, reason)
+      cancelled[#cancelled + 1] = id
+    end
+  end
+  return cancelled
+end
+
+local function apply_cancel_all(f)
+  if not filled(f.client_id) or not CANCEL_ALL_SIDE[f.side] or not CANCEL_ALL_REASON[f.reason]
+      or not filled(f.request_id) or f.requester == nil or whole(f.ts, 0, 2 ^ 53) == nil then
+    stats.invalid = stats.invalid + 1
+    return
+  end
+  stats.cancels = stats.cancels + 1
+  local cancelled = cancel_client(f.client_id, f.side, f.reason)
+  -- cjson writes an empty table as an object.
+  local json = '{"cancelled":[]}'
+  if #cancelled > 0 then json = cjson.encode({cancelled = cancelled}) end
+  set_result(f.request_id, json)
+end
+
+-- Every live order placed through a cancel-on-disconnect session, also one still `accepted` (its new command,
+-- applied later, then finds it final and is skipped); the session's set goes with it.
+local function cancel_session(session)
+  local key = KEY.session_orders(session)
+  for _, id in ipairs(redis.call('SMEMBERS', key)) do
+    local o = load_order(id)
+    if o ~= nil and is_resting(o) then
+      cancel_resting(o, 'disconnect')
+    elseif o ~= nil and o.status == 'accepted' then
+      o.status, o.reason = 'cancelled', 'disconnect'
+      touch(o)
+      -- The order's first event: it carries every field, as `accepted` would have.
+      emit_event('cancelled', o, true)
+      leave_indexes(o)
+    end
+  end
+  redis.call('DEL', key)
+  gone[key] = nil
+end
+
+local function sweep()
+  for _, member in ipairs(due) do
+    if string.sub(member, 1, #DEADLINE_CLIENT) == DEADLINE_CLIENT and #member > #DEADLINE_CLIENT then
+      cancel_client(string.sub(member, #DEADLINE_CLIENT + 1), '', 'dead_man_switch')
+    elseif string.sub(member, 1, #DEADLINE_SESSION) == DEADLINE_SESSION and #member > #DEADLINE_SESSION then
+      cancel_session(string.sub(member, #DEADLINE_SESSION + 1))
+    end
+    redis.call('ZREM', K_DEADLINES, member)
+  end
 end
 
 -- Main ------------------------------------------------------------------------------------------
+
+sweep()
 
 local last_id = '0-0'
 for _, entry in ipairs(entries) do
@@ -434,6 +750,10 @@ for _, entry in ipairs(entries) do
     apply_new(f)
   elseif f.cmd == 'cancel' then
     apply_cancel(f)
+  elseif f.cmd == 'amend' then
+    apply_amend(f)
+  elseif f.cmd == 'cancel_all' then
+    apply_cancel_all(f)
   else
     reject_invalid(f)
   end
@@ -451,6 +771,16 @@ for _, id in ipairs(dirty_list) do
 end
 if #batch > 0 then redis.call('HSET', K_ORDER_STATE, unpack(batch)) end
 
+-- Orders gone final leave the client's and the session's indexes.
+for _, key in ipairs(gone_keys) do
+  local entry = gone[key]
+  if entry ~= nil then
+    for from = 1, #entry.ids, 400 do
+      redis.call(entry.command, key, unpack(entry.ids, from, math.min(from + 399, #entry.ids)))
+    end
+  end
+end
+
 if #level_changes > 0 then
   for _, change in ipairs(level_changes) do
     change[2], change[3] = price_text(change[2]), qty_text(change[3])
@@ -460,8 +790,14 @@ if #level_changes > 0 then
     'changes', cjson.encode(level_changes), 'ts', now_text)
 end
 
-redis.call('HSET', K_META, 'trade_seq', int_text(trade_seq), 'event_seq', int_text(event_seq),
-  'book_seq', int_text(book_seq), 'arrival_seq', int_text(arrival_seq), 'last_id', last_id)
-
-stats.applied, stats.last_id = #entries, last_id
+if #entries > 0 then
+  redis.call('HSET', K_META, 'trade_seq', int_text(trade_seq), 'event_seq', int_text(event_seq),
+    'book_seq', int_text(book_seq), 'arrival_seq', int_text(arrival_seq), 'last_id', last_id)
+  stats.applied, stats.last_id = #entries, last_id
+else
+  -- Only the sweep ran: the counters moved, the group's position did not.
+  redis.call('HSET', K_META, 'trade_seq', int_text(trade_seq), 'event_seq', int_text(event_seq),
+    'book_seq', int_text(book_seq), 'arrival_seq', int_text(arrival_seq))
+  stats.last_id = group_last_id() or '0-0'
+end
 return reply_of(stats)

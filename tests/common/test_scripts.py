@@ -42,19 +42,26 @@ from services.common.scripts import (
     record_codec_lua,
 )
 from services.common.wire import (
+    AmendCommand,
+    AmendOutcome,
+    CancelAllCommand,
+    CancelAllOutcome,
     CancelCommand,
     NewOrderCommand,
     OrderRecord,
+    decode_amend_outcome,
+    decode_cancel_all_outcome,
     decode_record,
     encode_record,
     fields_to_dict,
 )
 from services.ingest.accept import Limits, Placement, _command_fields, accepted_record, packed_script_args, script_args
 from services.ingest.validation import ValidOrder
-from tests.matcher.harness import Harness
+from tests.matcher.order_harness import OrderHarness
 
 RECORD_FIELDS = set(OrderRecord.__struct_fields__)
-COMMAND_TAGS = {NewOrderCommand.__struct_config__.tag, CancelCommand.__struct_config__.tag}
+COMMANDS = (NewOrderCommand, CancelCommand, AmendCommand, CancelAllCommand)
+COMMAND_TAGS = {command.__struct_config__.tag for command in COMMANDS}
 
 
 def _code(interface: ScriptInterface) -> str:
@@ -129,7 +136,7 @@ def test_a_per_item_tail_count_must_close_the_items_block() -> None:
 def test_match_lua_reads_only_command_fields() -> None:
     code = _code(MATCH)
     read = set(re.findall(r"\bf\.(\w+)", code))
-    assert read <= _struct_fields(NewOrderCommand) | _struct_fields(CancelCommand)
+    assert read <= set().union(*(_struct_fields(command) for command in COMMANDS))
     assert set(re.findall(r"f\.cmd == '(\w+)'", code)) == COMMAND_TAGS
 
 
@@ -241,7 +248,7 @@ def _fields(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[dict[str, s
 
 async def test_match_lua_writes_the_fields_of_the_wire_structs(redis: Redis, key_prefix: str,
                                                                instruments: Instruments) -> None:
-    h = Harness(redis, instruments["BTC-USD"], key_prefix)
+    h = OrderHarness(redis, instruments["BTC-USD"], key_prefix)  # through accept.lua: the client's index too
     await h.prepare()
     await h.new("sell", "100", "1", order_id="maker")  # accepted, rests
     await h.new("buy", "100", "0.4", order_id="taker")  # accepted, trade, filled + partially_filled
@@ -249,6 +256,13 @@ async def test_match_lua_writes_the_fields_of_the_wire_structs(redis: Redis, key
     await h.cancel("maker")  # cancelled
     await h.cancel("maker")  # cancel_rejected of a known order
     await h.cancel("nobody")  # cancel_rejected of an unknown order
+    await h.new("buy", "99", "1", order_id="resting")
+    await h.redis.xadd(h.keys.orders, msgspec.to_builtins(AmendCommand(  # amended
+        order_id="resting", client_id="client-1", request_id="r1", price_ticks="", quantity_lots="50000000", ts="0")))
+    await h.redis.xadd(h.keys.orders, msgspec.to_builtins(AmendCommand(  # amend_rejected
+        order_id="taker", client_id="client-1", request_id="r2", price_ticks="9000", quantity_lots="", ts="0")))
+    await h.redis.xadd(h.keys.orders, msgspec.to_builtins(CancelAllCommand(  # cancelled, the outcome
+        client_id="client-1", side="", reason="user", request_id="r3", requester="admin", ts="0")))
     await h.run()
 
     written = dict(MATCH.writes)
@@ -262,17 +276,30 @@ async def test_match_lua_writes_the_fields_of_the_wire_structs(redis: Redis, key
     kinds = set()
     for event in _fields(await redis.xrange(h.keys.events)):
         kinds.add(event["event"])
-        # Every event carries command_id; accepted and rejected also carry every field of the order.
-        # `requeued` is amended's alone.
+        # Every event carries command_id; accepted and rejected also carry every field of the order, amended
+        # too and `requeued`, its alone.
         with_order = everything - {"requeued"}
-        expected = with_order if event["event"] in ("accepted", "rejected") else required | {"command_id"}
+        if event["event"] == "amended":
+            expected = everything
+        elif event["event"] in ("accepted", "rejected"):
+            expected = with_order
+        else:
+            expected = required | {"command_id"}
         assert set(event) == expected, event
         msgspec.convert(event, event_struct)
-    assert kinds == {"accepted", "filled", "partially_filled", "rejected", "cancelled", "cancel_rejected"}
+    assert kinds == {"accepted", "filled", "partially_filled", "rejected", "cancelled", "cancel_rejected",
+                     "amended", "amend_rejected"}
+
+    # The outcomes decode with the Structs ingest uses.
+    assert decode_amend_outcome(await redis.get(h.keys.result("r1")) or b"") == AmendOutcome("amended", "")
+    assert decode_amend_outcome(await redis.get(h.keys.result("r2")) or b"") == AmendOutcome(
+        "amend_rejected", "already_filled")
+    assert decode_cancel_all_outcome(await redis.get(h.keys.result("r3")) or b"") == CancelAllOutcome(["resting"])
+    assert 599_000 < await redis.pttl(h.keys.result("r3")) <= 600_000
 
     assert written["order_state"] is OrderRecord
     records = await redis.hgetall(h.keys.order_state)
-    assert {decode_record(v).order_id for v in records.values()} == {"maker", "taker", "cross"}
+    assert {decode_record(v).order_id for v in records.values()} == {"maker", "taker", "cross", "resting"}
 
 
 def _required(struct: type[msgspec.Struct]) -> set[str]:

@@ -1,4 +1,6 @@
-"""Property: over random command sequences, match.lua agrees with the Python reference model."""
+"""Property: over random command sequences, match.lua agrees with the Python reference model: new orders under
+every self-trade prevention mode, cancels, amends and cancel-all, from two clients; the book, the trades, every
+order's state, each command's outcome and each client's index of live orders."""
 
 from __future__ import annotations
 
@@ -12,8 +14,11 @@ from hypothesis import strategies as st
 
 from services.common.instruments import Instruments
 from services.common.redis_conn import connect
-from tests.matcher.harness import Harness
+from tests.matcher.order_harness import OrderHarness
 from tests.matcher.reference import RefBook, RefOrder
+
+CLIENTS = ["client-1", "client-2"]
+STP_MODES = ["none", "none", "cancel_taker", "cancel_maker", "cancel_both", "decrement"]
 
 new_order = st.fixed_dictionaries({
     "kind": st.just("new"),
@@ -21,25 +26,52 @@ new_order = st.fixed_dictionaries({
     "type": st.sampled_from(["limit", "limit", "limit", "market"]),
     "tif": st.sampled_from(["GTC", "GTC", "IOC", "FOK"]),
     "post_only": st.booleans(),
-    "price": st.integers(min_value=9998, max_value=10002),  # ticks: a narrow band so orders cross often
-    "qty": st.integers(min_value=1, max_value=12),  # lots
+    # Ticks in a narrow band, the middle first (hypothesis tries first values most): orders cross often.
+    "price": st.sampled_from([10000, 9999, 10001, 9998, 10002]),
+    "qty": st.integers(min_value=1, max_value=6),  # lots: small, so equal remainders (STP decrement) are common
+    "client": st.sampled_from(CLIENTS),
+    "stp": st.sampled_from(STP_MODES),
     "run_now": st.booleans(),
 })
+# A cancel or amend mostly targets an order resting in the model at that point (the model applies each command
+# as it is enqueued, in stream order, as match.lua will), sometimes any order placed so far.
+LIVE_TARGET = st.sampled_from([True, True, True, False])
 cancel_order = st.fixed_dictionaries({
     "kind": st.just("cancel"),
     "target": st.integers(min_value=0, max_value=60),
+    "live": LIVE_TARGET,
     "run_now": st.booleans(),
 })
-commands = st.lists(st.one_of(new_order, new_order, cancel_order), min_size=1, max_size=60)
+amend_order = st.fixed_dictionaries({
+    "kind": st.just("amend"),
+    "target": st.integers(min_value=0, max_value=60),
+    "live": LIVE_TARGET,
+    "price": st.none() | st.sampled_from([10000, 9999, 10001, 9998, 10002, 9997, 10003]),
+    "qty": st.none() | st.integers(min_value=1, max_value=8),
+    "run_now": st.booleans(),
+})
+cancel_all = st.fixed_dictionaries({
+    "kind": st.just("cancel_all"),
+    "client": st.sampled_from(CLIENTS),
+    "side": st.sampled_from(["", "buy", "sell"]),
+    "run_now": st.booleans(),
+})
+# Weighted by kind (st.one_of would weigh each distinct strategy alike): mostly new orders, cancel-all rarely
+# (each one empties a client's side of the book).
+KINDS = {"new": new_order, "cancel": cancel_order, "amend": amend_order, "cancel_all": cancel_all}
+command = st.sampled_from(["new"] * 8 + ["amend"] * 3 + ["cancel"] * 2 + ["cancel_all"]).flatmap(KINDS.__getitem__)
+commands = st.lists(command, min_size=20, max_size=80)
 
 
 async def _check(redis_url: str, instruments: Instruments, program: list[dict[str, Any]], batch: int) -> None:
     redis = connect(redis_url)
     prefix = f"test-prop-{uuid.uuid4().hex[:10]}:"
     instrument = instruments["BTC-USD"]
-    harness = Harness(redis, instrument, prefix, batch_size=batch)
+    harness = OrderHarness(redis, instrument, prefix, batch_size=batch)
     model = RefBook()
     placed: list[str] = []
+    # Outcomes are applied in stream order: the model's are known at once, the Lua ones after the runs.
+    outcomes: dict[str, Any] = {}
     try:
         await harness.prepare()
         for n, cmd in enumerate(program):
@@ -48,16 +80,29 @@ async def _check(redis_url: str, instruments: Instruments, program: list[dict[st
                 market = cmd["type"] == "market"
                 tif = "IOC" if market else cmd["tif"]
                 post_only = cmd["post_only"] and not market
-                price = None if market else instrument.price_text(cmd["price"])
+                ticks = cmd["price"]
+                price = None if market else instrument.price_text(ticks)
                 await harness.new(cmd["side"], price, instrument.quantity_text(cmd["qty"]), order_id=order_id,
-                                  type=cmd["type"], tif=tif, post_only=post_only)
+                                  type=cmd["type"], tif=tif, post_only=post_only, client=cmd["client"],
+                                  stp=cmd["stp"])
                 model.new(RefOrder(order_id, cmd["side"], cmd["type"], tif, post_only,
-                                   0 if market else cmd["price"], cmd["qty"]))
+                                   0 if market else ticks, cmd["qty"], client=cmd["client"], stp=cmd["stp"]))
                 placed.append(order_id)
+            elif cmd["kind"] == "cancel_all":
+                request = await harness.cancel_all(cmd["client"], side=cmd["side"])
+                outcomes[request] = {"cancelled": set(model.cancel_all(cmd["client"], cmd["side"]))}
             elif placed:
-                target = placed[cmd["target"] % len(placed)]
-                await harness.cancel(target)
-                model.cancel(target)
+                candidates = [o.order_id for o in model.resting] if cmd["live"] and model.resting else placed
+                target = candidates[cmd["target"] % len(candidates)]
+                if cmd["kind"] == "cancel":
+                    await harness.cancel(target)
+                    model.cancel(target)
+                else:
+                    price = None if cmd["price"] is None else instrument.price_text(cmd["price"])
+                    quantity = None if cmd["qty"] is None else instrument.quantity_text(cmd["qty"])
+                    request = await harness.amend(target, price=price, quantity=quantity)
+                    outcome, reason = model.amend(target, cmd["price"], cmd["qty"])
+                    outcomes[request] = {"outcome": outcome, "reason": reason}
             if cmd["run_now"]:
                 await harness.run()
         await harness.run()
@@ -71,9 +116,17 @@ async def _check(redis_url: str, instruments: Instruments, program: list[dict[st
             assert levels == model.levels(side), side
         for order_id, expected in model.orders.items():
             record = await harness.order(order_id)
-            assert (record.status, record.filled_lots, record.reason) == (
-                expected.status, expected.filled, expected.reason), order_id
+            assert (record.status, record.filled_lots, record.reason, record.quantity_lots, record.price_ticks) == (
+                expected.status, expected.filled, expected.reason, expected.qty, expected.price), order_id
+        for request, expected in outcomes.items():
+            got = await harness.result(request)
+            if "cancelled" in got:
+                got = {"cancelled": set(got["cancelled"])}
+            assert got == expected, request
+        for client in CLIENTS:
+            assert set(await harness.client_orders(client)) == model.live(client), client
         await harness.check_book_consistency()
+        await harness.check_indexes()
     finally:
         keys = [k async for k in redis.scan_iter(match=f"{prefix}*", count=1000)]
         if keys:
