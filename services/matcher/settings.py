@@ -28,6 +28,10 @@ class MatcherSettings:
     # After a call that applied commands but not a full batch, wait this long and call again directly
     # (no XREAD wake-up in between): under load, one Redis round trip per batch of several commands.
     linger_ms: float = 1.0
+    # While idle, match.lua is still called at least this often: each call first applies the deadlines that
+    # have passed (dead man's switch, cancel-on-disconnect; docs/order-management.md), so one is applied
+    # within this period plus one call. An idle instrument costs one XREAD and one script call per period.
+    sweep_ms: int = 250
 
     @classmethod
     def from_env(cls) -> MatcherSettings:
@@ -40,6 +44,7 @@ class MatcherSettings:
             batch_size=env.env_int("MATCHER_BATCH", 256, minimum=1),
             block_ms=env.env_block_ms("MATCHER_BLOCK_MS", 1000),
             linger_ms=env.env_float("MATCHER_LINGER_MS", 1.0),
+            sweep_ms=env.env_block_ms("MATCHER_SWEEP_MS", 250),
             metrics_host=env.env_str("MATCHER_METRICS_HOST", "127.0.0.1"),
             metrics_port=env.env_int("MATCHER_METRICS_PORT", 9101, minimum=0),
             monitor_interval_s=env.env_float("MATCHER_MONITOR_INTERVAL_S", 1.0),

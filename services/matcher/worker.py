@@ -37,6 +37,7 @@ class Matcher:
                               settings.consumer, settings.batch_size)
             for symbol, instrument in settings.instruments.items()
         ]
+        self._idle_wait_ms = min(settings.block_ms, settings.sweep_ms)
         self._heartbeat: dict[str, float] = {}
         self._stopping = asyncio.Event()
 
@@ -95,7 +96,9 @@ class Matcher:
                 result = await engine.step()
                 self.metrics.record(symbol, result, time.perf_counter() - started)
                 if result.applied == 0:
-                    await engine.wait_for_commands(result.last_id, self.settings.block_ms)
+                    # Woken by a command, or after the sweep period at the latest: deadlines are applied by
+                    # match.lua calls, so an idle instrument must still be called.
+                    await engine.wait_for_commands(result.last_id, self._idle_wait_ms)
                 elif result.applied < self.settings.batch_size and self.settings.linger_ms > 0:
                     await asyncio.sleep(self.settings.linger_ms / 1000)
             except REDIS_DOWN as exc:
