@@ -14,7 +14,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.apikeys.cli import create_key, revoke_key
 from tests.ingest.conftest import KEY_A, limit_order
-from tests.ingest.test_place_batch import MIXED, stable, without_ids
+from tests.ingest.test_place_batch import MIXED, eth, stable, without_ids
 from tests.ingest.trade_client import (  # noqa: F401 (fixtures)
     TradeServer,
     TradeServerFactory,
@@ -288,6 +288,31 @@ async def test_amend_and_cancel_all_refusals_answer_as_their_endpoints(trade: Tr
         http = await trade.http.post("/orders/cancel-all", json=fields, headers=KEY_A)
         assert (reply["status"], reply["body"]) == (http.status_code, http.json()), fields
         assert reply["status"] in (403, 422)
+
+
+async def test_amend_and_cancel_all_applied_by_the_matcher(make_trade_server: TradeServerFactory) -> None:
+    trade = await make_trade_server(cancel_wait_ms=2000)
+    engine = trade.engine
+    ws = await trade.open()
+    await ws.auth("demo-key-A")
+    first = (await ws.call("place", order=limit_order(price="100.00", quantity="2")))["body"]
+    await engine.drain()
+    amend_id = await ws.request("amend", order_id=first["order_id"], quantity="1.5")
+    await asyncio.sleep(0.05)
+    await engine.drain()
+    amended = await ws.reply(amend_id)
+    assert amended["status"] == 200, amended
+    assert amended["body"] == (await engine.get(first["order_id"])).json()
+    assert amended["body"]["quantity"] == "1.5" and amended["body"]["status"] == "open"
+    second = (await ws.call("place", order=eth()))["body"]
+    await engine.drain()
+    cancel_id = await ws.request("cancel_all", client_id="client-A")
+    await asyncio.sleep(0.05)
+    await engine.drain()
+    done = await ws.reply(cancel_id)
+    assert done["status"] == 200
+    assert sorted(done["body"]["cancelled"]) == sorted([first["order_id"], second["order_id"]])
+    assert (await engine.get(second["order_id"])).json()["reason"] == "user"
 
 
 async def test_metrics_count_sockets_sessions_and_requests(trade: TradeServer) -> None:
