@@ -3,6 +3,8 @@ with its amended price and quantity; a decrease keeps its place; the per-client 
 
 from __future__ import annotations
 
+from collections import Counter
+
 import msgspec
 from redis.asyncio import Redis
 from sqlalchemy import text
@@ -12,8 +14,11 @@ from services.common.instruments import Instruments
 from services.common.keys import InstrumentKeys, instrument_keys
 from services.common.wire import OrderRecord, TradeEntry, fields_to_dict
 from services.matcher.engine import InstrumentMatcher
+from services.matcher.metrics import MatcherMetrics
 from services.matcher.recovery import recover_instrument
-from tests.matcher.recovery_state import capture, enqueue_accepted, persist, wipe
+from services.matcher.worker import Matcher
+from tests.matcher.recovery_state import capture, enqueue, enqueue_accepted, matcher_settings, persist, wipe
+from tests.matcher.test_recovery import assert_same_as_before, build, continue_on_both, later_program
 from tests.persister.order_events import T0, Book
 
 SYMBOL = "BTC-USD"
@@ -115,3 +120,34 @@ async def test_a_requeued_order_comes_back_behind_later_ones_with_its_amended_pr
         ("B", "100.00", "2"), ("C", "100.00", "2"), ("A", "100.00", "4"), ("D", "100.00", "1")]
     state = await capture(redis, instrument, keys)
     assert state.resting == {"buy": ["G", "H"], "sell": ["E"]}
+
+
+async def test_a_book_shaped_by_amends_and_self_trade_prevention_is_rebuilt_as_it_was(
+        redis: Redis, redis_url: str, key_prefix: str, instruments: Instruments, db: AsyncEngine,
+        db_url: str) -> None:
+    """The real matcher's amends (re-queued, kept places, re-priced takers) and STP outcomes, persisted, wiped
+    and rebuilt: the same book, priorities and records as the prefix never wiped, and trading on alike."""
+    scenario = await build(redis, redis_url, key_prefix, instruments, db, db_url, [SYMBOL], amends=0.2, stp=True)
+    events = [fields_to_dict(f) for _, f in await redis.xrange(instrument_keys(scenario.a, SYMBOL).events)]
+    kinds = Counter((e["event"], e.get("requeued", ""), e["reason"]) for e in events)
+    # The program is worth rebuilding: both kinds of amend, STP decrements and cancels happened.
+    assert kinds["amended", "1", ""] > 10 and kinds["amended", "0", ""] > 5
+    assert kinds["amended", "0", "self_trade_prevented"] > 0 and kinds["cancelled", "", "self_trade_prevented"] > 0
+    before = scenario.before[SYMBOL]
+    assert len({r.self_trade_prevention for r in before.records.values()}) == 5
+
+    await wipe(redis, scenario.a)
+    await enqueue(redis, instrument_keys(scenario.a, SYMBOL), later_program(scenario, SYMBOL, 0))
+    matcher = Matcher(matcher_settings(redis_url, scenario.a, db_url, instruments), redis, MatcherMetrics())
+    await matcher.prepare()
+    await assert_same_as_before(redis, instruments, scenario)
+    keys = instrument_keys(scenario.a, SYMBOL)
+    clients = sorted({r.client_id for r in before.records.values()})
+    live: dict[str, list[str]] = {c: [] for c in clients}
+    for order_id, record in sorted(before.records.items(), key=lambda item: (item[1].created_at, item[0])):
+        live[record.client_id].append(order_id)
+    assert {c: [m for m, _ in members] for c, members in (await index(redis, keys, *clients)).items()} == live
+
+    for engine in matcher.engines:
+        await engine.drain()
+    await continue_on_both(redis, instruments, scenario, db, redis_url, db_url)

@@ -16,12 +16,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from services.common.instruments import Instruments
 from services.common.keys import instrument_keys
 from services.common.wire import fields_to_dict
+from services.matcher.engine import InstrumentMatcher
 from services.persister.records import Entry, MalformedEntry, WriteSet, deadletter_key, decode, stream_refs
 from services.persister.writer import Writer
 from tests.conftest import TWO_INSTRUMENTS
+from tests.matcher.recovery_state import enqueue, program
 from tests.persister.order_events import T0, Book
 from tests.persister.runner import workers
-from tests.persister.workload import settings_for, wait_until_read
+from tests.persister.workload import expected, settings_for, stored, wait_until_read
 
 
 def scenario() -> Book:
@@ -160,3 +162,34 @@ def test_malformed_amend_events(instruments: Instruments, change: dict[str, str 
             fields[name] = value
     with pytest.raises(MalformedEntry, match=error):
         decode(_entries(instruments, [fields])[0])
+
+
+async def test_the_matchers_amends_and_stp_outcomes_give_the_rows_the_streams_stand_for(
+        redis: Redis, redis_url: str, key_prefix: str, instruments: Instruments, db: AsyncEngine,
+        db_url: str) -> None:
+    """The real matcher's events (amends re-queued or not, re-priced takers trading, STP cancels and
+    decrements), persisted by a worker and, shuffled, by the writer alone: the rows the streams stand for."""
+    for n, symbol in enumerate(sorted(instruments)):
+        keys = instrument_keys(key_prefix, symbol)
+        await enqueue(redis, keys, program(symbol, 400, seed=15 + n, tag="om", amends=0.2, stp=True))
+        matcher = InstrumentMatcher(redis, instruments[symbol], keys, "t", 64)
+        await matcher.prepare()
+        await matcher.drain()
+    want = await expected(redis, instruments, key_prefix)
+    amended = [e for e in want.events if e[2] == "amended"]
+    assert len(amended) > 40 and any(e[9] == "self_trade_prevented" for e in amended)
+    async with workers(settings_for(redis_url, key_prefix, db_url, TWO_INSTRUMENTS), instruments):
+        await wait_until_read(redis, instruments, key_prefix, 30)
+    assert await stored(db) == want
+
+    entries: list[Entry] = []
+    for ref in stream_refs(key_prefix, instruments):
+        entries += [Entry(ref, i.decode(), fields_to_dict(f)) for i, f in await redis.xrange(ref.key)]
+    decoded = [decode(e) for e in entries]
+    random.Random(16).shuffle(decoded)
+    async with db.begin() as conn:
+        await conn.execute(text("TRUNCATE trades, order_events, orders, candles_1m, candles_1h, client_positions_1h"))
+    writer = Writer(db)
+    for at in range(0, len(decoded), 25):
+        await writer.write(WriteSet.of(decoded[at : at + 25]))
+    assert await stored(db) == want
