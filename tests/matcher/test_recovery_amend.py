@@ -120,6 +120,8 @@ async def test_a_requeued_order_comes_back_behind_later_ones_with_its_amended_pr
         ("B", "100.00", "2"), ("C", "100.00", "2"), ("A", "100.00", "4"), ("D", "100.00", "1")]
     state = await capture(redis, instrument, keys)
     assert state.resting == {"buy": ["G", "H"], "sell": ["E"]}
+    assert await index(redis, keys, "mm-1", "mm-2", "mm-3") == {  # the filled makers left it
+        "mm-1": [("G", T0)], "mm-2": [("H", T0 + 100)], "mm-3": [("E", T0)]}
 
 
 async def test_a_book_shaped_by_amends_and_self_trade_prevention_is_rebuilt_as_it_was(
