@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -337,3 +338,52 @@ async def test_metrics_count_sockets_sessions_and_requests(trade: TradeServer) -
             break
         await asyncio.sleep(0.02)
     assert sample(metrics, "trade_sockets ") == 0 and sample(metrics, "cod_sessions ") == 0
+
+
+def junk_frames(seed: int, count: int) -> list[Any]:
+    """Requests with random ops and fields: odd types, deep nesting, huge numbers, odd characters."""
+    rng = random.Random(seed)
+    values: list[Any] = [None, True, 0, -1, 10**30, 1e308, "", "x" * 300, "\u0000\ud7ff", [], {}, [[[[[]]]]],
+                         {"a": {"b": {"c": [1, "2"]}}}, "0" * 32, "01a2-bad", 3.5, "NaN", "1e-8",
+                         limit_order(), [limit_order(), 5], limit_order(price=[1]), limit_order(quantity="1e400")]
+    names = ["order", "orders", "order_id", "quantity", "price", "client_id", "instrument", "side", "api_key",
+             "cancel_on_disconnect", "op", "extra"]
+    frames: list[Any] = []
+    for n in range(count):
+        frame: dict[str, Any] = {"id": f"j{n}", "op": rng.choice([*OPS_NAMES, "auth", "nope", 7, None])}
+        for name in rng.sample(names, rng.randint(0, 4)):
+            frame[name] = rng.choice(values)
+        frame["id"] = f"j{n}"
+        frames.append(frame)
+    return frames
+
+
+OPS_NAMES = ["place", "place_batch", "cancel", "amend", "cancel_all"]
+
+
+async def test_junk_requests_get_one_answer_each_and_never_a_5xx(trade: TradeServer) -> None:
+    ws = await trade.open(additional_headers={"Authorization": "Bearer demo-key-A"})
+    await ws.other()
+    frames = junk_frames(seed=15, count=300)
+    for frame in frames:
+        await ws.send(frame)
+    replies = 0
+    errors = 0
+    auths = sum(1 for f in frames if f["op"] == "auth")
+    async with asyncio.timeout(30):
+        while replies + errors < len(frames):
+            frame = json.loads(await ws.ws.recv())
+            if frame["type"] == "reply":
+                assert frame["status"] < 500, frame
+                assert set(frame) == {"type", "id", "status", "body"} and frame["id"].startswith("j")
+                replies += 1
+            else:
+                assert frame["type"] == "error" and set(frame) == {"type", "message"}, frame
+                errors += 1
+    assert errors == auths  # already authenticated on the handshake: each auth is an error, everything else a reply
+    # The socket still serves, binary frames as text ones.
+    assert (await ws.call("place", order=limit_order()))["status"] == 201
+    await ws.ws.send(json.dumps({"id": "bin", "op": "place", "order": limit_order()}).encode())
+    assert (await ws.reply("bin"))["status"] == 201
+    await ws.ws.send(b"\xff\xfe not utf-8")
+    assert await ws.other() == {"type": "error", "message": "a frame must be a JSON object"}
