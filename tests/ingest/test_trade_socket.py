@@ -387,3 +387,27 @@ async def test_junk_requests_get_one_answer_each_and_never_a_5xx(trade: TradeSer
     assert (await ws.reply("bin"))["status"] == 201
     await ws.ws.send(b"\xff\xfe not utf-8")
     assert await ws.other() == {"type": "error", "message": "a frame must be a JSON object"}
+
+
+async def test_redis_unreachable_503_as_http_and_no_cancel_on_disconnect_unarmed(
+        make_trade_server: TradeServerFactory) -> None:
+    trade = await make_trade_server(redis_url="redis://127.0.0.1:1/0")
+    ws = await trade.open()
+    await ws.send({"op": "auth", "api_key": "demo-key-A", "cancel_on_disconnect": True})
+    refused = await ws.other()
+    assert refused["type"] == "error" and "cancel_on_disconnect cannot be armed" in refused["message"]
+    assert (await ws.call("place", order=limit_order()))["status"] == 401  # still not authenticated
+    assert (await ws.auth("demo-key-A"))["cancel_on_disconnect"] is False
+    reply = await ws.call("place", order=limit_order())
+    http = await trade.http.post("/orders", json=limit_order(), headers=KEY_A)
+    assert (reply["status"], reply["body"]) == (http.status_code, http.json())
+    assert reply["status"] == 503 and reply["body"]["error"] == "unavailable"
+    batch = await ws.call("place_batch", orders=[limit_order()])
+    assert batch["status"] == 200 and batch["body"]["results"][0]["status"] == 503
+    assert (await ws.call("cancel", order_id="0" * 32))["status"] == 503
+    # On the handshake, a session that cannot be armed closes the socket: try again later (1013).
+    cod = await trade.open("?cancel_on_disconnect=true", additional_headers={"Authorization": "Bearer demo-key-A"})
+    assert (await cod.other())["type"] == "error"
+    with pytest.raises(ConnectionClosed) as closed:
+        await cod.other()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
