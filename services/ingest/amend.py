@@ -30,7 +30,6 @@ from services.ingest.views import OrderView, render
 logger = logging.getLogger(__name__)
 
 
-
 class AmendRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The PATCH /orders/{order_id} body as sent: the new total quantity (filled included) and/or the new price,
     each a JSON number or a decimal string read exactly (as in POST /orders)."""

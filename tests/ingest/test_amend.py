@@ -8,11 +8,14 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+from starlette.datastructures import Headers
 
+from services.common.auth import Principal
 from services.common.scripts import AMEND
 from services.common.wire import fields_to_dict
+from services.ingest.amend import amend, decode_amend
 from tests.common import test_scripts as held
-from tests.ingest.conftest import BROKER, KEY_A, KEY_B, Engine, EngineFactory
+from tests.ingest.conftest import ADMIN, BROKER, KEY_A, KEY_B, Engine, EngineFactory
 
 UNKNOWN_ID = "00000000-0000-7000-8000-000000000000"
 
@@ -126,3 +129,103 @@ async def test_a_final_order_is_409_amend_rejected_with_the_order(engine: Engine
     assert _state(body["order"]) == ("filled", "100.00", "1", "1", "0", None)
     assert set(body) == {"error", "message", "details", "order"}
     assert await engine.redis.xlen(engine.keys["BTC-USD"].orders) == 2  # no amend command enqueued
+
+
+# Applied by the matcher -----------------------------------------------------------------------------
+
+async def test_lowering_the_quantity_keeps_the_queue_place(engine: Engine) -> None:
+    first = (await engine.place(KEY_A, side="sell", price="100.00", quantity="2"))["order_id"]
+    second = (await engine.place(client_id="client-B", side="sell", price="100.00", quantity="1"))["order_id"]
+    await engine.drain()
+    response = await _patch(engine, first, {"quantity": "1.5"})
+    assert response.status_code == 200, response.text
+    assert _state(response.json()) == ("open", "100.00", "1.5", "0", "1.5", None)
+    assert response.json()["order_id"] == first
+    assert await _book(engine, "asks") == [("100.00", "2.5")]
+    # Still first in its level: a buy of 1.5 fills it alone.
+    await engine.place(client_id="client-C", price="100.00", quantity="1.5")
+    await engine.drain()
+    assert (await engine.get(first)).json()["status"] == "filled"
+    assert (await engine.get(second, BROKER)).json()["status"] == "open"
+
+
+async def test_raising_the_quantity_goes_to_the_back_of_the_level(engine: Engine) -> None:
+    first = (await engine.place(KEY_A, side="sell", price="100.00", quantity="1"))["order_id"]
+    second = (await engine.place(client_id="client-B", side="sell", price="100.00", quantity="1"))["order_id"]
+    await engine.drain()
+    response = await _patch(engine, first, {"quantity": "2"})
+    assert _state(response.json()) == ("open", "100.00", "2", "0", "2", None)
+    await engine.place(client_id="client-C", price="100.00", quantity="1")
+    await engine.drain()
+    assert (await engine.get(second, BROKER)).json()["status"] == "filled"
+    assert (await engine.get(first)).json()["status"] == "open"
+
+
+async def test_a_new_price_that_crosses_trades(engine: Engine) -> None:
+    await engine.place(client_id="client-B", side="sell", price="101.00", quantity="0.4")
+    order_id = (await engine.place(KEY_A, price="100.00", quantity="1"))["order_id"]
+    await engine.drain()
+    response = await _patch(engine, order_id, {"price": "101.00"})
+    assert response.status_code == 200, response.text
+    assert _state(response.json()) == ("partially_filled", "101.00", "1", "0.4", "0.6", None)
+    assert await _book(engine, "bids") == [("101.00", "0.6")]
+    assert await _book(engine, "asks") == []
+
+
+async def test_a_post_only_amend_that_would_cross_is_409_unchanged(engine: Engine) -> None:
+    await engine.place(client_id="client-B", side="sell", price="101.00", quantity="1")
+    order_id = (await engine.place(KEY_A, price="100.00", quantity="1", post_only=True))["order_id"]
+    await engine.drain()
+    response = await _patch(engine, order_id, {"price": "101.00", "quantity": "2"})
+    assert response.status_code == 409, response.text
+    body = response.json()
+    assert (body["error"], body["details"]) == ("amend_rejected",
+                                                [{"field": "price", "message": "post_only_would_cross"}])
+    assert _state(body["order"]) == ("open", "100.00", "1", "0", "1", None)
+    assert _state((await engine.get(order_id)).json()) == _state(body["order"])
+
+
+async def test_a_quantity_not_above_the_filled_is_409(engine: Engine) -> None:
+    order_id = (await engine.place(KEY_A, price="100.00", quantity="1"))["order_id"]
+    await engine.place(client_id="client-B", side="sell", price="100.00", quantity="0.4")
+    await engine.drain()
+    response = await _patch(engine, order_id, {"quantity": "0.4"})
+    assert response.status_code == 409, response.text
+    assert response.json()["details"] == [{"field": "quantity", "message": "quantity_not_above_filled"}]
+    assert _state(response.json()["order"]) == ("partially_filled", "100.00", "1", "0.4", "0.6", None)
+
+
+async def test_an_amend_that_changes_nothing_is_200_and_an_accepted_order_is_amended(engine: Engine) -> None:
+    order_id = (await engine.place(KEY_A, price="100.00", quantity="1"))["order_id"]
+    response = await _patch(engine, order_id, {"quantity": "1", "price": "100"}, ADMIN)
+    assert response.status_code == 200, response.text
+    assert _state(response.json()) == ("open", "100.00", "1", "0", "1", None)
+    # Placed and amended before the matcher ran: the matcher applies them in stream order.
+    other = (await engine.place(KEY_A, price="99.00", quantity="1"))["order_id"]
+    response = await _patch(engine, other, {"price": "99.50"})
+    assert _state(response.json()) == ("open", "99.50", "1", "0", "1", None)
+
+
+async def test_the_order_entry_socket_gets_the_same_answers(engine: Engine) -> None:
+    principal = engine.ctx.authenticate(Headers(KEY_A))
+    assert isinstance(principal, Principal)
+    order_id = (await engine.place(KEY_A, price="100.00", quantity="1"))["order_id"]
+    status, body = await amend(engine.ctx, principal, UNKNOWN_ID, decode_amend(b'{"quantity": "2"}'))
+    assert (status, msgspec.json.decode(body)["error"]) == (404, "not_found")
+    status, body = await amend(engine.ctx, principal, order_id, decode_amend(b"{}"))
+    assert (status, msgspec.json.decode(body)["details"][0]["field"]) == (422, "body")
+    task = asyncio.create_task(amend(engine.ctx, principal, order_id, decode_amend(b'{"quantity": "2"}')))
+    while not task.done():
+        await engine.drain()
+        await asyncio.sleep(0.002)
+    status, body = await task
+    assert (status, _state(msgspec.json.decode(body))) == (200, ("open", "100.00", "2", "0", "2", None))
+
+
+async def test_an_amend_answered_202_is_applied_in_stream_order(make_engine: EngineFactory) -> None:
+    engine = await make_engine(cancel_wait_ms=30)
+    order_id = (await engine.place(KEY_A, price="100.00", quantity="2"))["order_id"]
+    assert (await _patch(engine, order_id, {"quantity": "1"}, match=False)).status_code == 202
+    assert (await _patch(engine, order_id, {"price": "99.00"}, match=False)).status_code == 202
+    await engine.drain()
+    assert _state((await engine.get(order_id)).json()) == ("open", "99.00", "1", "0", "1", None)

@@ -76,3 +76,27 @@ async def test_roles_and_bad_bodies(engine: Engine) -> None:
     assert (await engine.client.post(URL, content=b"1" * 17000, headers=KEY_A)).status_code == 413
     assert (await engine.client.get(URL, headers=KEY_A)).status_code == 405
     assert await _deadlines(engine) == {"BTC-USD": None, "ETH-USD": None}
+
+
+async def test_the_sweep_cancels_resting_orders_once_the_deadline_passed(engine: Engine) -> None:
+    a1 = (await engine.place(KEY_A, price="100.00"))["order_id"]
+    a2 = (await engine.place(KEY_A, instrument="ETH-USD", side="sell", price="3000.05", quantity="1"))["order_id"]
+    b1 = (await engine.place(client_id="client-B", price="100.00"))["order_id"]
+    await engine.drain()
+    assert (await engine.client.post(URL, json={"timeout_ms": 1000}, headers=KEY_A)).status_code == 200
+    await engine.drain()
+    assert (await engine.get(a1)).json()["status"] == "open"  # not due yet
+    # Due: the next match.lua call sweeps it, with or without commands to apply.
+    member = deadline_of_client("client-A")
+    for keys in engine.keys.values():
+        await engine.redis.zadd(keys.deadlines, {member: time.time() * 1000 - 1})
+    await engine.drain()
+    for order_id in (a1, a2):
+        view = (await engine.get(order_id)).json()
+        assert (view["status"], view["reason"]) == ("cancelled", "dead_man_switch")
+    assert (await engine.get(b1, BROKER)).json()["status"] == "open"
+    # The switch is disarmed once it fired: a later order of the client rests.
+    assert await _deadlines(engine) == {"BTC-USD": None, "ETH-USD": None}
+    later = (await engine.place(KEY_A, price="100.00"))["order_id"]
+    await engine.drain()
+    assert (await engine.get(later)).json()["status"] == "open"
