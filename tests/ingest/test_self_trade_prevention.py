@@ -66,3 +66,40 @@ async def test_the_mode_is_part_of_the_idempotent_body(engine: Engine) -> None:
     plain = await engine.post(limit_order(idempotency_key="stp-2"))
     explicit = await engine.post(limit_order(idempotency_key="stp-2", self_trade_prevention="none"))
     assert (explicit.status_code, explicit.json()) == (200, plain.json())
+
+
+async def _view(engine: Engine, order_id: str) -> tuple[str, str, str | None]:
+    view = (await engine.get(order_id, KEY_A)).json()
+    return view["status"], view["filled_quantity"], view["reason"]
+
+
+@pytest.mark.parametrize("mode, taker, maker", [
+    ("cancel_taker", ("cancelled", "0", "self_trade_prevented"), ("open", "0", None)),
+    ("cancel_maker", ("open", "0", None), ("cancelled", "0", "self_trade_prevented")),
+    ("cancel_both", ("cancelled", "0", "self_trade_prevented"), ("cancelled", "0", "self_trade_prevented")),
+])
+async def test_the_incoming_orders_mode_decides_through_http(engine: Engine, mode: str,
+                                                             taker: tuple[str, ...], maker: tuple[str, ...]) -> None:
+    resting = (await engine.place(KEY_A, side="sell", price="100.00", quantity="1"))["order_id"]
+    await engine.drain()
+    incoming = (await engine.place(KEY_A, price="100.00", quantity="1", self_trade_prevention=mode))["order_id"]
+    await engine.drain()
+    assert (await _view(engine, incoming), await _view(engine, resting)) == (taker, maker)
+    assert await engine.redis.xlen(engine.keys["BTC-USD"].trades) == 0
+
+
+async def test_none_lets_a_client_trade_with_itself_and_decrement_reduces(engine: Engine) -> None:
+    resting = (await engine.place(KEY_A, side="sell", price="100.00", quantity="1"))["order_id"]
+    await engine.drain()
+    own = (await engine.place(KEY_A, price="100.00", quantity="0.25"))["order_id"]
+    await engine.drain()
+    assert await _view(engine, own) == ("filled", "0.25", None)
+    assert await engine.redis.xlen(engine.keys["BTC-USD"].trades) == 1
+    # decrement: the smaller (the incoming 0.25) is cancelled, the resting one reduced by as much, no trade.
+    smaller = (await engine.place(KEY_A, price="100.00", quantity="0.25", self_trade_prevention="decrement"))
+    await engine.drain()
+    assert await _view(engine, smaller["order_id"]) == ("cancelled", "0", "self_trade_prevented")
+    view = (await engine.get(resting, KEY_A)).json()
+    assert (view["status"], view["quantity"], view["filled_quantity"], view["remaining_quantity"]) == (
+        "partially_filled", "0.75", "0.25", "0.5")
+    assert await engine.redis.xlen(engine.keys["BTC-USD"].trades) == 1
