@@ -13,13 +13,16 @@ _ROW = re.compile(r"^\| (\d{3}|other) \| `([a-z_]+)` \|", re.MULTILINE)
 
 
 def _answered() -> set[tuple[str, str]]:
-    """(status, code) pairs from the code: ApiError(status, "code", ...) and ErrorBody("code", ...), status)."""
+    """(status, code) pairs from the code: ApiError(status, "code", ...), ErrorBody("code", ...), status) and
+    `return status, _encode(Body("code", ...))`."""
     pairs: set[tuple[str, str]] = set()
     for path in _SOURCES:
         text = path.read_text()
         pairs.update(re.findall(r'ApiError\((\d{3}), "([a-z_]+)"', text))
         pairs.update((status, code) for code, status in
                      re.findall(r'ErrorBody\("([a-z_]+)", [^)]*\), (\d{3})', text))
+        # An error body of its own (amend_rejected carries the order): `return 409, _encode(Body("code", ...`.
+        pairs.update(re.findall(r'return (\d{3}), _encode\(\w+\("([a-z_]+)"', text))
     pairs.update((str(status), code) for status, code in app._HTTP_CODES.items())
     pairs.add(("other", "http_error"))
     return pairs
