@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+from decimal import Decimal
 from typing import Any
 
 import httpx
 import msgspec
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.datastructures import Headers
 
 from services.common.auth import Principal
+from services.common.db import orders
 from services.common.scripts import AMEND
 from services.common.wire import fields_to_dict
 from services.ingest.amend import amend, decode_amend
@@ -229,3 +233,23 @@ async def test_an_amend_answered_202_is_applied_in_stream_order(make_engine: Eng
     assert (await _patch(engine, order_id, {"price": "99.00"}, match=False)).status_code == 202
     await engine.drain()
     assert _state((await engine.get(order_id)).json()) == ("open", "99.00", "1", "0", "1", None)
+
+
+async def test_an_order_only_postgresql_knows_is_final_409(make_engine: EngineFactory, db_url: str,
+                                                           db: AsyncEngine) -> None:
+    """After a rebuild Redis holds only the open orders: one found in PostgreSQL alone is final."""
+    engine = await make_engine(database_url=db_url)
+    at = dt.datetime(2026, 11, 25, 1, 2, 3, 456000, tzinfo=dt.UTC)
+    async with db.begin() as conn:
+        await conn.execute(orders.insert().values(
+            order_id=UNKNOWN_ID, client_order_id=None, client_id="client-A", instrument="BTC-USD", side="buy",
+            type="limit", time_in_force="GTC", post_only=False, price=Decimal("100.00"), quantity=Decimal("1"),
+            filled_quantity=Decimal("0"), remaining_quantity=Decimal("1"), filled_quote=Decimal("0"),
+            status="cancelled", reason="user", created_at=at, updated_at=at, last_event_seq=2))
+    response = await _patch(engine, UNKNOWN_ID, {"quantity": "2"}, KEY_B, match=False)
+    assert response.status_code == 403
+    response = await _patch(engine, UNKNOWN_ID, {"quantity": "2"}, match=False)
+    assert response.status_code == 409
+    assert response.json()["details"] == [{"field": "order_id", "message": "already_cancelled"}]
+    assert _state(response.json()["order"]) == ("cancelled", "100.00", "1", "0", "1", "user")
+    assert await engine.redis.xlen(engine.keys["BTC-USD"].orders) == 0
