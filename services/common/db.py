@@ -14,6 +14,7 @@ from pathlib import Path
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     Connection,
     Date,
@@ -183,6 +184,18 @@ settlement_instruments = Table(
     Column("sold_quote", Numeric, nullable=False),
     Column("trade_count", BigInteger, nullable=False),
     Column("computed_at", DateTime(timezone=True), nullable=False),
+)
+
+# The admin kill switches in force (issue 16; migration 0006): a row per halted client or instrument, inserted
+# by ingest's admin endpoint before the halt reaches Redis and deleted before the lift does; the matcher's rebuild
+# from PostgreSQL puts them back into Redis (services/common/halts.py owns the statements).
+halts = Table(
+    "halts", metadata,
+    Column("scope", Text, primary_key=True),  # 'client' | 'instrument'
+    Column("target", Text, primary_key=True),  # the client id, or the instrument's symbol
+    Column("halted_at", DateTime(timezone=True), nullable=False),  # the first halt (repeats keep it)
+    Column("halted_by", Text, nullable=False),  # the admin key's label
+    CheckConstraint("scope IN ('client', 'instrument')", name="ck_halts_scope"),
 )
 
 _DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -44,6 +44,17 @@ DEADLINE_CLIENT = "c:"  # + client id: the dead man's switch, every resting orde
 DEADLINE_SESSION = "s:"  # + session id: cancel-on-disconnect, every live order placed through the session
 
 
+# Fields of the halts hash (InstrumentKeys.halts, issue 16's kill switches): the instrument's own halt, and one
+# field per halted client (written to every instrument's hash); each value the halt's time in ms since the epoch.
+HALT_INSTRUMENT = "instrument"
+HALT_CLIENT = "c:"  # + client id (no collision with HALT_INSTRUMENT: that has no ':')
+
+
+def halt_of_client(client_id: str) -> str:
+    """The halts field of a client's halt."""
+    return HALT_CLIENT + client_id
+
+
 def deadline_of_client(client_id: str) -> str:
     """The deadlines member of a client's dead man's switch."""
     return DEADLINE_CLIENT + client_id
@@ -73,6 +84,8 @@ class InstrumentKeys(msgspec.Struct, frozen=True):
     snapshot_lock: str  # string: the persister worker taking this interval's book snapshot
     retention_lock: str  # string: the persister worker trimming this interval's streams and order records
     deadlines: str  # zset: member "c:<client>" (dead man's switch) or "s:<session>" (COD), score deadline ms
+    # hash: the admin halts in force (HALT_INSTRUMENT, HALT_CLIENT + client id), checked by accept.lua and amend.lua
+    halts: str
     prefix: str
 
     # The client's own string is length-prefixed wherever another client-chosen string follows it: ids may
@@ -130,4 +143,5 @@ def instrument_keys(prefix: str, symbol: str) -> InstrumentKeys:
         retention_lock=f"{prefix}retention-lock:{tag}",
         deadlines=f"{prefix}dl:{tag}",
         prefix=prefix,
+        halts=f"{prefix}halts:{tag}",
     )

@@ -124,6 +124,7 @@ class AcceptKeys(ScriptArgs, frozen=True):
     orders: str
     order_state: str
     key_rate_bucket: str  # the API key's, in this instrument's slot
+    halts: str  # the admin halts in force (issue 16), read once per call
 
 
 class AcceptOrderKeys(ScriptArgs, frozen=True):
@@ -145,6 +146,7 @@ class AcceptArgv(ScriptArgs, frozen=True):
     key_burst: int
     overloaded: str  # "1" | "0"
     ttl_s: int  # of the idempotency and client order id records
+    halt_instrument: str  # the instrument's own field in halts (keys.HALT_INSTRUMENT)
 
 
 class AcceptOrderArgv(ScriptArgs, frozen=True):
@@ -158,6 +160,7 @@ class AcceptOrderArgv(ScriptArgs, frozen=True):
     has_client_order_id: str  # "1" | "0"
     created_at: int  # ms: the order's score in client_orders
     has_session: str  # "1" | "0"
+    halt_client: str  # the order's client's field in halts (keys.halt_of_client)
     command_fields: int  # how many ARGV values follow this block
 
 
@@ -351,6 +354,7 @@ class AmendKeys(InstrumentScriptKeys, frozen=True):
 
     orders: str
     order_state: str
+    halts: str  # the admin halts in force (issue 16)
 
 
 class AmendArgv(ScriptArgs, frozen=True):
@@ -363,6 +367,8 @@ class AmendArgv(ScriptArgs, frozen=True):
     price_ticks: str  # "" = unchanged
     quantity_lots: str  # the new total, filled included; "" = unchanged
     ts: str  # ms
+    halt_client: str  # the order's client's field in halts (keys.halt_of_client)
+    halt_instrument: str  # the instrument's own field in halts (keys.HALT_INSTRUMENT)
 
 
 AMEND = ScriptInterface(

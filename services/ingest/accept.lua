@@ -1,5 +1,5 @@
 -- Accepts N new orders of one instrument atomically, each on its own and in list order: rate limits (the
--- client's and its API key's), idempotency, backpressure, then enqueue. POST /orders is a call of one order,
+-- client's and its API key's), idempotency, the admin halts (client, instrument), backpressure, then enqueue. POST /orders is a call of one order,
 -- POST /orders/batch one call per instrument of the batch.
 --
 -- Everything a duplicate could race on happens inside this one script, so two identical
@@ -21,7 +21,8 @@
 -- whole tokens after that order and reset ms the time until it is full again (both 0 when A_RATE is 0).
 -- Kind and value:
 --   'ok', stream id | 'replay', first answer | 'conflict', '' | 'rate_limited' or 'key_rate_limited', retry ms
---   | 'duplicate_client_order_id', that order's id | 'overloaded', ''
+--   | 'client_halted', '' | 'instrument_halted', '' | 'duplicate_client_order_id', that order's id
+--   | 'overloaded', ''
 
 local MICRO = 1000000 -- a token is a million micro-tokens: integer arithmetic at any rate
 
@@ -30,6 +31,12 @@ local key_rate, key_burst = tonumber(A_KEY_RATE), tonumber(A_KEY_BURST)
 local capacity, key_capacity = burst * MICRO, key_burst * MICRO
 local overloaded, ttl_s = A_OVERLOADED == '1', A_TTL_S
 local limited = rate > 0 or key_rate > 0
+
+-- The admin halts (K_HALTS: the instrument's own field, one per halted client), checked in this call, so no
+-- order is accepted once a halt's write is done; after the idempotency check, so a replay of an order accepted
+-- before a halt still gets its first answer. An empty hash (the usual case) costs one EXISTS per call.
+local halts_held = redis.call('EXISTS', K_HALTS) == 1
+local instrument_halted = halts_held and redis.call('HEXISTS', K_HALTS, A_HALT_INSTRUMENT) == 1
 
 local now = 0 -- microseconds, below 2^53; one clock for every order of the call
 if limited then
@@ -109,6 +116,13 @@ local function accept(kb, ab)
       end
       return {'conflict', '', remaining, reset_ms}
     end
+  end
+
+  if halts_held then
+    if redis.call('HEXISTS', K_HALTS, ARGV[ab + AE_HALT_CLIENT]) == 1 then
+      return {'client_halted', '', remaining, reset_ms}
+    end
+    if instrument_halted then return {'instrument_halted', '', remaining, reset_ms} end
   end
 
   if has_coid then

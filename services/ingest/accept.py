@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 from redis.typing import EncodableT
 
-from services.common.keys import InstrumentKeys
+from services.common.keys import HALT_INSTRUMENT, InstrumentKeys, halt_of_client
 from services.common.redis_batch import CommandBatcher, pack_args
 from services.common.scripts import ACCEPT_SCRIPT, AcceptArgv, AcceptKeys, AcceptOrderArgv, AcceptOrderKeys, astuple
 from services.common.wire import NewOrderCommand, OrderRecord, encode_record
@@ -45,11 +45,20 @@ class Overloaded(Reply, frozen=True):
     pass
 
 
+class ClientHalted(Reply, frozen=True):
+    """An admin halted the order's client (halts:{I})."""
+
+
+class InstrumentHalted(Reply, frozen=True):
+    """An admin halted the order's instrument (halts:{I})."""
+
+
 class DuplicateClientOrderId(Reply, frozen=True):
     order_id: str  # the order that already carries the client_order_id
 
 
-Outcome = Accepted | Replayed | Conflict | RateLimited | Overloaded | DuplicateClientOrderId
+Outcome = (Accepted | Replayed | Conflict | RateLimited | Overloaded | DuplicateClientOrderId | ClientHalted
+           | InstrumentHalted)
 
 
 def accepted_record(order: ValidOrder, order_id: str, created_ms: int, *, session: str = "") -> OrderRecord:
@@ -130,10 +139,12 @@ def script_args(keys: InstrumentKeys, placements: Sequence[Placement], limits: L
     packed_script_args, which tests hold to it)."""
     key_rate = limits.key_rate_per_sec if limits.key_id else 0
     script_keys: list[str] = [*astuple(AcceptKeys(
-        orders=keys.orders, order_state=keys.order_state, key_rate_bucket=keys.key_rate_bucket(limits.key_id)))]
+        orders=keys.orders, order_state=keys.order_state, key_rate_bucket=keys.key_rate_bucket(limits.key_id),
+        halts=keys.halts))]
     argv: list[EncodableT] = [*astuple(AcceptArgv(
         rate=limits.rate_per_sec, burst=limits.burst, key_rate=key_rate, key_burst=limits.key_burst,
-        overloaded="1" if limits.overloaded else "0", ttl_s=limits.idempotency_ttl_s))]
+        overloaded="1" if limits.overloaded else "0", ttl_s=limits.idempotency_ttl_s,
+        halt_instrument=HALT_INSTRUMENT))]
     for placement in placements:
         order_keys, order_argv = _order_args(keys, placement)
         script_keys += order_keys
@@ -158,7 +169,8 @@ def _order_args(keys: InstrumentKeys, placement: Placement) -> tuple[tuple[Any, 
         fingerprint=order.fingerprint() if keyed else "", answer=placement.answer if keyed else b"",
         order_id=record.order_id, record=encode_record(record), has_idempotency_key="1" if keyed else "0",
         has_client_order_id="1" if order.client_order_id else "0", created_at=record.created_at,
-        has_session="1" if record.session else "0", command_fields=_command_count(record)))
+        has_session="1" if record.session else "0", halt_client=halt_of_client(client_id),
+        command_fields=_command_count(record)))
     return order_keys, order_argv
 
 
@@ -196,7 +208,7 @@ def packed_script_args(keys: InstrumentKeys, placements: Sequence[Placement], li
     """script_args as CommandBatcher.evalsha_packed takes them: (KEYS count, KEYS then ARGV in RESP, count).
     What every order of every call shares is packed once (per instrument and API key, per settings)."""
     key_rate = limits.key_rate_per_sec if limits.key_id else 0
-    key_parts = [_shared_keys(keys.orders, keys.order_state, keys.key_rate_bucket(limits.key_id))]
+    key_parts = [_shared_keys(keys.orders, keys.order_state, keys.key_rate_bucket(limits.key_id), keys.halts)]
     argv_parts = [_shared_argv(limits.rate_per_sec, limits.burst, key_rate, limits.key_burst,
                                "1" if limits.overloaded else "0", limits.idempotency_ttl_s)]
     optional_values = 0
@@ -224,14 +236,15 @@ def packed_script_args(keys: InstrumentKeys, placements: Sequence[Placement], li
 
 
 @functools.lru_cache(maxsize=1024)
-def _shared_keys(orders: str, order_state: str, key_rate_bucket: str) -> bytes:
-    return pack_args(astuple(AcceptKeys(orders=orders, order_state=order_state, key_rate_bucket=key_rate_bucket)))
+def _shared_keys(orders: str, order_state: str, key_rate_bucket: str, halts: str) -> bytes:
+    return pack_args(astuple(AcceptKeys(orders=orders, order_state=order_state, key_rate_bucket=key_rate_bucket,
+                                        halts=halts)))
 
 
 @functools.lru_cache(maxsize=256)
 def _shared_argv(rate: int, burst: int, key_rate: int, key_burst: int, overloaded: str, ttl_s: int) -> bytes:
     return pack_args(astuple(AcceptArgv(rate=rate, burst=burst, key_rate=key_rate, key_burst=key_burst,
-                                        overloaded=overloaded, ttl_s=ttl_s)))
+                                        overloaded=overloaded, ttl_s=ttl_s, halt_instrument=HALT_INSTRUMENT)))
 
 
 def _outcome(reply: list[Any]) -> Outcome:
@@ -246,6 +259,10 @@ def _outcome(reply: list[Any]) -> Outcome:
         return RateLimited(int(value), kind == b"key_rate_limited", remaining=remaining, reset_ms=reset_ms)
     if kind == b"overloaded":
         return Overloaded(remaining=remaining, reset_ms=reset_ms)
+    if kind == b"client_halted":
+        return ClientHalted(remaining=remaining, reset_ms=reset_ms)
+    if kind == b"instrument_halted":
+        return InstrumentHalted(remaining=remaining, reset_ms=reset_ms)
     if kind == b"duplicate_client_order_id":
         return DuplicateClientOrderId(value.decode(), remaining=remaining, reset_ms=reset_ms)
     raise RuntimeError(f"accept.lua answered {reply!r}")

@@ -21,10 +21,19 @@ from services.common.auth import Principal
 from services.common.wire import FINAL_STATUSES, decode_amend_outcome
 from services.ingest.answers import Answer, answered
 from services.ingest.context import IngestContext
-from services.ingest.errors import ErrorDetail, forbidden, invalid, not_found, raw_json_response
+from services.ingest.errors import (
+    ApiError,
+    ErrorDetail,
+    client_halted,
+    forbidden,
+    instrument_halted,
+    invalid,
+    not_found,
+    raw_json_response,
+)
 from services.ingest.handling import checked_order_id, order_id_of, read_body
 from services.ingest.order_lookup import find_order
-from services.ingest.validation import check_price, check_quantity, decode_object, exact_decimal
+from services.ingest.validation import check_notional, check_price, check_quantity, decode_object, exact_decimal
 from services.ingest.views import OrderView, render
 
 logger = logging.getLogger(__name__)
@@ -104,16 +113,27 @@ async def amend_order(ctx: IngestContext, principal: Principal, order_id: str, r
         details.append(ErrorDetail("price", "a market order has no price"))
     if details:
         raise invalid(details)
+    if record.type == "limit":
+        # The order as it would stand: the new price (or its own) x the new total quantity (or its own).
+        try:
+            check_notional(instrument, record.price_ticks if price_ticks is None else price_ticks,
+                           record.quantity_lots if quantity_lots is None else quantity_lots)
+        except ApiError as err:
+            raise _counted(ctx, err) from None
     if record.status in FINAL_STATUSES:
         return _rejected(f"already_{record.status}", render(record, instrument))
 
     request_id = uuid.uuid4().hex
     requested = await ctx.store.request_amend(found.keys, order_id, principal, request_id, price_ticks,
-                                              quantity_lots)
+                                              quantity_lots, record.client_id)
     if requested.kind == "unknown":
         raise not_found(f"no order {order_id!r}")
     if requested.kind == "forbidden":
         raise forbidden(f"order {order_id!r} belongs to another client")
+    if requested.kind == "client_halted":
+        raise _counted(ctx, client_halted(record.client_id))
+    if requested.kind == "instrument_halted":
+        raise _counted(ctx, instrument_halted(instrument.symbol))
     assert requested.record is not None
     if requested.kind == "final":
         return _rejected(f"already_{requested.record.status}", render(requested.record, instrument))
@@ -133,6 +153,12 @@ async def amend_order(ctx: IngestContext, principal: Principal, order_id: str, r
     if outcome.outcome == "amend_rejected":
         return _rejected(outcome.reason, view)
     return 200, _encode(view)
+
+
+def _counted(ctx: IngestContext, err: ApiError) -> ApiError:
+    """`err`, counted in risk_rejections_total when a risk control refused."""
+    ctx.metrics.refused(err.reason)
+    return err
 
 
 def _rejected(reason: str, view: OrderView) -> Answer:

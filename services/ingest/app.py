@@ -27,6 +27,7 @@ from services.ingest.context import IngestContext
 from services.ingest.dead_man import post_cancel_all_after
 from services.ingest.errors import ErrorBody, json_response
 from services.ingest.fast_orders import OrdersFastPath
+from services.ingest.halts import client_halt, instrument_halt
 from services.ingest.handling import Handler, guarded
 from services.ingest.openapi import openapi_endpoint
 from services.ingest.order_reads import cancel_order, order_by_method
@@ -87,6 +88,8 @@ def create_app(settings: IngestSettings) -> Starlette:
         Route("/admin/settlements", bind(post_settlement), methods=["POST"]),
         Route("/admin/snapshots", bind(post_snapshots), methods=["POST"]),
         Route("/admin/snapshots/latest", bind(get_latest_snapshot), methods=["GET"]),
+        Route("/admin/clients/{client_id}/halt", bind(client_halt), methods=["POST", "DELETE"]),
+        Route("/admin/instruments/{symbol}/halt", bind(instrument_halt), methods=["POST", "DELETE"]),
         Route("/openapi.json", openapi_endpoint(settings.instruments, settings.batch_max_orders), methods=["GET"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", bind(health.readyz), methods=["GET"]),

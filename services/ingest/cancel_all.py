@@ -19,7 +19,13 @@ from starlette.responses import Response
 
 from services.common.auth import Principal
 from services.common.keys import InstrumentKeys
-from services.common.wire import CancelAllCommand, CancelAllSide, Side, decode_cancel_all_outcome
+from services.common.wire import (
+    CancelAllCommand,
+    CancelAllReason,
+    CancelAllSide,
+    Side,
+    decode_cancel_all_outcome,
+)
 from services.ingest.answers import Answer, answered
 from services.ingest.context import IngestContext
 from services.ingest.errors import ErrorDetail, forbidden, invalid, raw_json_response
@@ -89,28 +95,37 @@ async def cancel_all_orders(ctx: IngestContext, principal: Principal, request: C
     if not principal.may_act_for(request.client_id):
         raise forbidden(f"this key acts for {principal.client_id!r} only, not {request.client_id!r}")
     symbols = [request.instrument] if request.instrument is not None else list(ctx.instruments)
-    side: CancelAllSide = request.side or ""
+    cancelled, pending = await enqueue_and_wait(ctx, request.client_id, symbols, request.side or "", "user",
+                                                principal.label)
+    if pending:
+        return 202, _encode(CancelAllPending(cancelled, pending))
+    return 200, _encode(CancelAllDone(cancelled))
+
+
+async def enqueue_and_wait(ctx: IngestContext, client_id: str, symbols: list[str], side: CancelAllSide,
+                           reason: CancelAllReason, requester: str) -> tuple[list[str], list[str]]:
+    """Enqueue one cancel_all of `client_id` per instrument of `symbols` and wait up to CANCEL_WAIT_MS for the
+    matchers' outcomes: (the ids cancelled, the instruments that did not answer in time). Also the admin
+    halt's `cancel_open` (reason `halted`)."""
     ts = str(time.time_ns() // 1_000_000)
     requests = {symbol: uuid.uuid4().hex for symbol in symbols}
     # One XADD per instrument, in one pipeline: each is one instrument's slot.
     await asyncio.gather(*(
         ctx.batcher.execute("XADD", ctx.keys[symbol].orders, "*", *_command_fields(CancelAllCommand(
-            client_id=request.client_id, side=side, reason="user", request_id=requests[symbol],
-            requester=principal.label, ts=ts)))
+            client_id=client_id, side=side, reason=reason, request_id=requests[symbol],
+            requester=requester, ts=ts)))
         for symbol in symbols))
     ctx.activity.count("cancel_all_requested")
     if ctx.settings.log_orders:
-        logger.info("cancel-all requested for client %s by %s", request.client_id, principal.label,
-                    extra={"event": "cancel_all_requested", "client_id": request.client_id,
-                           "instruments": symbols, "side": side})
+        logger.info("cancel-all requested for client %s by %s", client_id, requester,
+                    extra={"event": "cancel_all_requested", "client_id": client_id,
+                           "instruments": symbols, "side": side, "reason": reason})
 
     deadline = time.monotonic() + ctx.settings.cancel_wait_ms / 1000
     outcomes = await asyncio.gather(*(_outcome(ctx, ctx.keys[s], requests[s], deadline) for s in symbols))
     cancelled = [order_id for outcome in outcomes if outcome is not None for order_id in outcome]
     pending = [symbol for symbol, outcome in zip(symbols, outcomes, strict=True) if outcome is None]
-    if pending:
-        return 202, _encode(CancelAllPending(cancelled, pending))
-    return 200, _encode(CancelAllDone(cancelled))
+    return cancelled, pending
 
 
 async def _outcome(ctx: IngestContext, keys: InstrumentKeys, request_id: str, deadline: float) -> list[str] | None:

@@ -21,6 +21,13 @@ class ErrorBody(msgspec.Struct, frozen=True):
 
 _encode = msgspec.json.Encoder().encode
 
+# Ingest's own risk refusals (contract, "Risk controls"): each an ApiError reason, counted in
+# risk_rejections_total{reason} besides orders_rejected_total.
+MAX_ORDER_NOTIONAL = "max_order_notional"
+CLIENT_HALTED = "client_halted"
+INSTRUMENT_HALTED = "instrument_halted"
+RISK_REASONS = frozenset({MAX_ORDER_NOTIONAL, CLIENT_HALTED, INSTRUMENT_HALTED})
+
 
 class ApiError(Exception):
     """An answer other than success; `reason` labels orders_rejected_total."""
@@ -100,6 +107,18 @@ def unavailable(message: str, retry_after_s: int = 1, reason: str = "unavailable
     """503 with Retry-After (plus `headers`)."""
     return ApiError(503, "unavailable", message, headers={**(headers or {}), "Retry-After": str(retry_after_s)},
                     reason=reason)
+
+
+def client_halted(client_id: str, headers: Mapping[str, str] | None = None) -> ApiError:
+    """403: an admin halted the client (POST /admin/clients/{client_id}/halt)."""
+    return ApiError(403, "client_halted", f"client {client_id!r} is halted: new orders and amends are refused, "
+                    f"cancels are allowed", headers=headers, reason=CLIENT_HALTED)
+
+
+def instrument_halted(symbol: str, headers: Mapping[str, str] | None = None) -> ApiError:
+    """409: an admin halted the instrument (POST /admin/instruments/{symbol}/halt)."""
+    return ApiError(409, "instrument_halted", f"instrument {symbol!r} is halted: new orders and amends are "
+                    f"refused, cancels are allowed", headers=headers, reason=INSTRUMENT_HALTED)
 
 
 def read_timeout(timeout_ms: int, retry_after_s: int = 1) -> ApiError:

@@ -9,9 +9,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from services.common.keys import MATCHER_GROUP
+from services.common.redis_batch import BatcherClosed
 from services.common.wire import text
 from services.ingest.context import SCRIPTS, IngestContext
 from services.ingest.errors import json_response
+from services.ingest.halts import halt_gauges
 
 
 class Health(msgspec.Struct, frozen=True):
@@ -65,4 +67,8 @@ async def readyz(ctx: IngestContext, request: Request) -> Response:
 
 
 async def metrics(ctx: IngestContext, request: Request) -> Response:
+    try:
+        await halt_gauges(ctx)
+    except (RedisError, OSError, BatcherClosed):
+        pass  # Redis unreachable: the gauges keep their last values, the rest is still worth scraping
     return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)

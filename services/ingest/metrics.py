@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from services.ingest.errors import RISK_REASONS
+
 # Fine-grained below 10 ms, where the order path should answer.
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0065, 0.008, 0.01,
@@ -34,6 +36,18 @@ class IngestMetrics:
             registry=self.registry)
         self.rate_limited = Counter(
             "rate_limited_total", "POST /orders refused by the per-client rate limit", registry=self.registry)
+        # Pre-trade risk controls (issue 16): ingest's own refusals, and the halts in force (set from Redis at
+        # each scrape, so every ingest process reports the same).
+        self.risk_rejections = Counter(
+            "risk_rejections_total",
+            "Orders and amends refused by ingest's risk controls, by reason (max_order_notional, client_halted, "
+            "instrument_halted)", ["reason"], registry=self.registry)
+        self.halted_clients = Gauge("halted_clients", "Clients halted by an admin now", registry=self.registry)
+        self.halted_instruments = Gauge(
+            "halted_instruments", "Instruments halted by an admin now", registry=self.registry)
+        self.halt_changes = Counter(
+            "halt_changes_total", "Admin halts and lifts answered by this process, by scope (client, instrument) "
+            "and action (halt, resume)", ["scope", "action"], registry=self.registry)
         # The order-entry socket (trade_socket.py).
         self.trade_sockets = Gauge(
             "trade_sockets", "Order-entry sockets (/trade) open now", registry=self.registry)
@@ -43,3 +57,8 @@ class IngestMetrics:
         self.trade_requests = Counter(
             "trade_requests_total", "Order-entry socket requests answered, by op and reply status",
             ["op", "status"], registry=self.registry)
+
+    def refused(self, reason: str) -> None:
+        """Count a refusal in risk_rejections_total when it is one of ingest's risk controls'."""
+        if reason in RISK_REASONS:
+            self.risk_rejections.labels(reason).inc()

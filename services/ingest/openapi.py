@@ -14,7 +14,7 @@ from services.analytics.settlement import SettlementReport
 from services.common.book import MAX_LEVELS, BookSnapshot
 from services.common.instruments import Instruments
 from services.common.snapshots import SnapshotInfo
-from services.ingest import openapi_management
+from services.ingest import openapi_management, openapi_risk
 from services.ingest.admin import SnapshotsTaken
 from services.ingest.analytics_routes import DEFAULT_INTERVAL, INTERVALS, MAX_BUCKETS, CandleView, TickerView
 from services.ingest.errors import ErrorBody, raw_json_response
@@ -54,7 +54,7 @@ from services.ingest.views import CancelRequested, OrderView
 
 _TYPES: list[Any] = [OrderRequest, OrderView, CancelRequested, ErrorBody, BookSnapshot, TradeView, TickerView,
                      CandleView, PositionsView, SettlementRequest, SettlementReport, SnapshotInfo, SnapshotsTaken,
-                     Readiness, Health, BatchError, *openapi_management.TYPES]
+                     Readiness, Health, BatchError, *openapi_management.TYPES, *openapi_risk.TYPES]
 # POST /orders answers 201 and the replayed 200 with an order id: where a client (or schemathesis's
 # stateful phase) goes next.
 _ORDER_LINKS = {
@@ -75,9 +75,14 @@ def _place_order() -> Schema:
                            {**RATE_HEADERS, "Idempotent-Replayed": {"required": True, "schema": {"const": "true"}}},
                            _ORDER_LINKS),
         "409": {**error("`idempotency_conflict`: the key was used with another body; "
-                        "`duplicate_client_order_id`: the client already used this client_order_id"), **with_rate},
+                        "`duplicate_client_order_id`: the client already used this client_order_id; "
+                        "`instrument_halted`: an admin halted the instrument"), **with_rate},
         **body_errors("16 KiB (MAX_BODY_BYTES)"),
-        **auth_errors("a trader key acting for another client_id"),
+        "422": error("`validation_error`: a field is invalid, missing or unknown, or a limit order's price x "
+                     "quantity is over the instrument's max_order_notional (`details` name `quantity`); "
+                     "`details` name it"),
+        **auth_errors("a trader key acting for another client_id; `client_halted`: an admin halted "
+                      "the client"),
         "429": {**error("`rate_limited`: over the client's or the API key's token bucket"),
                 "headers": {**RATE_HEADERS, "Retry-After": RETRY_AFTER}},
         "503": {**error("`unavailable`: Redis cannot be reached, or the matcher is more than MAX_MATCHER_LAG "
@@ -198,7 +203,8 @@ def build_openapi(instruments: Instruments, batch_max_orders: int = 100) -> dict
         "info": {"title": "trading-engine ingest", "version": "1",
                  "description": "Orders, order book, trades, analytics and clearing. Decimals are strings in "
                                 "answers; errors are {\"error\", \"message\", \"details\"}."},
-        "paths": _merged(_paths(instruments), openapi_management.paths(instruments)),
+        "paths": _merged(_merged(_paths(instruments), openapi_management.paths(instruments)),
+                         openapi_risk.paths(instruments)),
         "components": {"schemas": components,
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                                       "description": "an API key: Authorization: Bearer <key>"}}},

@@ -74,11 +74,16 @@ def paths(instruments: Instruments) -> dict[str, Schema]:
                 "200": json_answer(ref("OrderView"), "amended (or nothing to change): the order after the amend"),
                 "202": json_answer(ref("AmendRequested"), "the matcher's outcome did not arrive within "
                                                           "CANCEL_WAIT_MS"),
-                "409": json_answer(ref("AmendRejected"), "`amend_rejected`: the order is final, the new quantity is "
-                                                         "not above the filled quantity, or a post-only amend would "
-                                                         "cross; `order` is the order, unchanged"),
+                "409": json_answer({"anyOf": [ref("AmendRejected"), ref("ErrorBody")]},
+                                   "`amend_rejected`: the order is final, the new quantity is not above the filled "
+                                   "quantity, or a post-only amend would cross; `order` is the order, unchanged. "
+                                   "`instrument_halted` (an error body): an admin halted the order's instrument"),
                 "404": error("`not_found`: no such order"),
-                **body_errors(BODY_LIMIT), **auth_errors("another client's order"), **REDIS_DOWN},
+                **body_errors(BODY_LIMIT),
+                "422": error("`validation_error`: a field is invalid, missing or unknown, or the order's new price x "
+                             "quantity is over the instrument's max_order_notional (`details` name `quantity`)"),
+                **auth_errors("another client's order; `client_halted`: an admin halted the order's client"),
+                **REDIS_DOWN},
             secured=True, parameters=[ORDER_ID], body=ref("AmendRequest"))},
         "/orders/cancel-all": {"post": operation(
             "cancelAllOrders", "Cancel every resting order of a client (on one instrument and side, if given), "

@@ -9,7 +9,7 @@ import msgspec
 
 from services.common.auth import Principal
 from services.common.instruments import Instrument
-from services.common.keys import InstrumentKeys
+from services.common.keys import HALT_INSTRUMENT, InstrumentKeys, halt_of_client
 from services.common.redis_batch import CommandBatcher
 from services.common.scripts import AMEND_SCRIPT, CANCEL_SCRIPT, AmendArgv, AmendKeys, CancelArgv, CancelKeys, astuple
 from services.common.wire import FINAL_STATUSES, OrderRecord, decode_record
@@ -25,7 +25,7 @@ class Found(msgspec.Struct, frozen=True):
 
 class CancelOutcome(msgspec.Struct, frozen=True):
     """A cancel's or an amend's request. kind: unknown, forbidden, final (already final), requested (the command
-    is on the stream)."""
+    is on the stream); an amend's also client_halted, instrument_halted."""
 
     kind: str
     record: OrderRecord | None = None
@@ -68,14 +68,16 @@ class OrderStore:
         return CancelOutcome(kind, decode_record(reply[1]) if len(reply) > 1 else None)
 
     async def request_amend(self, keys: InstrumentKeys, order_id: str, principal: Principal, request_id: str,
-                            price_ticks: int | None, quantity_lots: int | None) -> CancelOutcome:
-        """Enqueue an amend (None: that value unchanged) unless the order is unknown, someone else's or already
-        final; its outcome will be under keys.result(request_id)."""
+                            price_ticks: int | None, quantity_lots: int | None, client_id: str) -> CancelOutcome:
+        """Enqueue an amend (None: that value unchanged) unless the order is unknown, someone else's, already
+        final, or its client (`client_id`, the order's) or instrument halted; its outcome will be under
+        keys.result(request_id)."""
         reply = await self._batcher.evalsha(
             AMEND_SCRIPT, astuple(AmendKeys.of(keys)),
             astuple(AmendArgv(order_id=order_id, only_client_id=_only_client(principal), requester=principal.label,
                               request_id=request_id, price_ticks=_text(price_ticks),
-                              quantity_lots=_text(quantity_lots), ts=str(time.time_ns() // 1_000_000))),
+                              quantity_lots=_text(quantity_lots), ts=str(time.time_ns() // 1_000_000),
+                              halt_client=halt_of_client(client_id), halt_instrument=HALT_INSTRUMENT)),
         )
         kind = reply[0].decode()
         return CancelOutcome(kind, decode_record(reply[1]) if len(reply) > 1 else None)

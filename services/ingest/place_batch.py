@@ -148,6 +148,7 @@ async def _accept(ctx: IngestContext, principal: Principal, symbol: str, placed:
 
 def _refused(ctx: IngestContext, err: ApiError, client_id: str | None) -> bytes:
     ctx.metrics.orders_rejected.labels(err.reason).inc()
+    ctx.metrics.refused(err.reason)
     log_order(ctx, "rejected", client_id, reason=err.reason)
     retry: int | msgspec.UnsetType = msgspec.UNSET
     if err.status in _RETRY_STATUSES and err.headers is not None:

@@ -16,8 +16,10 @@ from services.common.ids import new_order_id
 from services.common.redis_batch import BatcherClosed
 from services.ingest.accept import (
     Accepted,
+    ClientHalted,
     Conflict,
     DuplicateClientOrderId,
+    InstrumentHalted,
     Limits,
     Outcome,
     Overloaded,
@@ -29,7 +31,16 @@ from services.ingest.accept import (
     accepted_record,
 )
 from services.ingest.context import IngestContext
-from services.ingest.errors import ApiError, ErrorDetail, RawHeaders, RawJsonResponse, forbidden, unavailable
+from services.ingest.errors import (
+    ApiError,
+    ErrorDetail,
+    RawHeaders,
+    RawJsonResponse,
+    client_halted,
+    forbidden,
+    instrument_halted,
+    unavailable,
+)
 from services.ingest.handling import redis_unavailable
 from services.ingest.validation import (
     IDEMPOTENCY_HEADER,
@@ -95,6 +106,7 @@ async def place_order(ctx: IngestContext, principal: Principal, body: bytes, ide
 def refusal(ctx: IngestContext, err: ApiError, client_id: str | None) -> Response:
     """`err`'s answer, counted (orders_rejected_total) and logged as a rejected order."""
     ctx.metrics.orders_rejected.labels(err.reason).inc()
+    ctx.metrics.refused(err.reason)
     log_order(ctx, "rejected", client_id, reason=err.reason)
     return err.response()
 
@@ -178,6 +190,10 @@ def settle(ctx: IngestContext, placement: Placement, outcome: Outcome) -> tuple[
                        f"client_order_id {order.client_order_id!r} already names order {outcome.order_id}",
                        details=[ErrorDetail("client_order_id", "already used by this client")],
                        headers=_with_rate_limit(ctx, outcome, {}), reason="duplicate_client_order_id")
+    if isinstance(outcome, ClientHalted):
+        raise client_halted(order.client_id, headers=_with_rate_limit(ctx, outcome, {}))
+    if isinstance(outcome, InstrumentHalted):
+        raise instrument_halted(symbol, headers=_with_rate_limit(ctx, outcome, {}))
     if isinstance(outcome, RateLimited):
         ctx.metrics.rate_limited.inc()
         retry_s = max(1, -(-outcome.retry_after_ms // 1000))

@@ -12,7 +12,7 @@ import msgspec
 from services.common.instruments import Instrument, Instruments
 from services.common.money import NotAMultiple, plain, to_units
 from services.common.wire import OrderType, SelfTradePrevention, Side, TimeInForce
-from services.ingest.errors import ErrorDetail, bad_request, invalid
+from services.ingest.errors import MAX_ORDER_NOTIONAL, ApiError, ErrorDetail, bad_request, invalid
 
 ID_PATTERN = "^[A-Za-z0-9._:-]{1,64}$"
 # A price or quantity sent as a string (the OpenAPI document publishes this pattern): digits with an optional
@@ -153,6 +153,8 @@ def validate_order(request: OrderRequest, instruments: Instruments,
         raise invalid([ErrorDetail("body", f"not a usable number: {exc}")]) from None
     if details:
         raise invalid(details)
+    if request.type == "limit":
+        check_notional(instrument, price_ticks, lots)
     return ValidOrder(
         instrument=instrument, client_id=request.client_id, client_order_id=request.client_order_id or "",
         side=request.side, type=request.type, time_in_force=tif, post_only=request.post_only,
@@ -214,6 +216,18 @@ def check_quantity(quantity: Decimal, instrument: Instrument, details: list[Erro
         details.append(ErrorDetail("quantity", f"must be at least {plain(instrument.min_quantity)}"))
         return 0
     return lots
+
+
+def check_notional(instrument: Instrument, price_ticks: int, quantity_lots: int) -> None:
+    """ApiError 422 naming `quantity` when a limit order's price x quantity is over the instrument's
+    max_order_notional (contract, "Risk controls"): exact, in Python integers of ticks x lots."""
+    if instrument.notional_exceeds_cap(price_ticks, quantity_lots):
+        cap = plain(instrument.risk.max_order_notional)
+        notional = instrument.quote_text(price_ticks * quantity_lots)
+        detail = ErrorDetail("quantity", f"price x quantity is {notional} {instrument.quote}, over the "
+                                         f"instrument's max_order_notional {cap}")
+        raise ApiError(422, "validation_error", f"{detail.field}: {detail.message}", details=[detail],
+                       reason=MAX_ORDER_NOTIONAL)
 
 
 def _units(field: str, value: Decimal, increment: Decimal, maximum: Decimal,

@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from services.common.db import order_events, orderbook_snapshots, orders, trades
+from services.common.halts import restore_halts
 from services.common.instruments import NOTIONAL_LIMB, Instrument
 from services.common.keys import CLIENT_ORDERS, InstrumentKeys
 from services.common.scripts import book_member
@@ -345,6 +346,8 @@ async def recover_instrument(redis: Redis, instrument: Instrument, keys: Instrum
     logger.info("recovery started: no matcher state in redis, reading postgresql", extra={
         "instrument": symbol, "database": mask_url(database_url)})
     book = await _load_with_retry(database_url, instrument, backoff_initial_s, backoff_max_s)
+    # The admin halts too (issue 16), whether or not PostgreSQL holds orders: they survive a Redis that lost them.
+    await restore_halts(redis, keys, database_url, backoff_initial_s=backoff_initial_s, backoff_max_s=backoff_max_s)
     if book is None:
         logger.info("recovery skipped: postgresql holds nothing for the instrument (fresh install)",
                     extra={"instrument": symbol})

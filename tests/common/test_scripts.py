@@ -14,7 +14,15 @@ import pytest
 from redis.asyncio import Redis
 
 from services.common.instruments import Instruments
-from services.common.keys import DEADLINE_CLIENT, DEADLINE_SESSION, ID_KEYS, InstrumentKeys, instrument_keys
+from services.common.keys import (
+    DEADLINE_CLIENT,
+    DEADLINE_SESSION,
+    HALT_INSTRUMENT,
+    ID_KEYS,
+    InstrumentKeys,
+    halt_of_client,
+    instrument_keys,
+)
 from services.common.redis_batch import pack_args
 from services.common.scripts import (
     ACCEPT,
@@ -119,8 +127,9 @@ def test_the_prelude_is_one_line_and_the_sha_covers_it() -> None:
         assert prelude.count("\n") == 1 and prelude.endswith("\n")
         script = interface.script()
         assert script.source.startswith(prelude) and script.sha == interface.script().sha
-    assert "local K_ORDERS, K_ORDER_STATE, K_KEY_RATE_BUCKET = KEYS[1], KEYS[2], KEYS[3]" in ACCEPT.prelude()
-    assert "local K_EACH_FROM, K_EACH_SIZE = 4, 5 local KE_RATE_BUCKET, KE_IDEMPOTENCY, KE_CLIENT_ORDER_ID, " \
+    assert "local K_ORDERS, K_ORDER_STATE, K_KEY_RATE_BUCKET, K_HALTS = KEYS[1], KEYS[2], KEYS[3], KEYS[4]" \
+        in ACCEPT.prelude()
+    assert "local K_EACH_FROM, K_EACH_SIZE = 5, 5 local KE_RATE_BUCKET, KE_IDEMPOTENCY, KE_CLIENT_ORDER_ID, " \
            "KE_CLIENT_ORDERS, KE_SESSION_ORDERS = 0, 1, 2, 3, 4" in ACCEPT.prelude()
     assert f"local A_EACH_FROM, A_EACH_SIZE = {len(AcceptArgv.__struct_fields__) + 1}, " \
            f"{len(AcceptOrderArgv.__struct_fields__)}" in ACCEPT.prelude()
@@ -316,8 +325,9 @@ async def test_accept_lua_writes_a_new_order_command_and_the_record(redis: Redis
     keys = _keys(key_prefix)
     record = msgspec.structs.replace(RECORD, status="accepted", filled_lots=0, arrival_seq=0)
     second = msgspec.structs.replace(record, order_id="second", client_id="c2", quantity_lots=5)
-    script_keys = [*astuple(AcceptKeys(keys.orders, keys.order_state, keys.key_rate_bucket("k")))]
-    argv: list[object] = [*astuple(AcceptArgv(rate=0, burst=0, key_rate=0, key_burst=0, overloaded="0", ttl_s=60))]
+    script_keys = [*astuple(AcceptKeys(keys.orders, keys.order_state, keys.key_rate_bucket("k"), keys.halts))]
+    argv: list[object] = [*astuple(AcceptArgv(rate=0, burst=0, key_rate=0, key_burst=0, overloaded="0", ttl_s=60,
+                                              halt_instrument=HALT_INSTRUMENT))]
     second = msgspec.structs.replace(second, self_trade_prevention="decrement", session="sess-1")
     for r in (record, second):
         script_keys += astuple(AcceptOrderKeys(keys.rate_bucket(r.client_id), keys.idempotency(r.client_id, ""),
@@ -327,6 +337,7 @@ async def test_accept_lua_writes_a_new_order_command_and_the_record(redis: Redis
         argv += [*astuple(AcceptOrderArgv(fingerprint="", answer=b"", order_id=r.order_id, record=encode_record(r),
                                           has_idempotency_key="0", has_client_order_id="0",
                                           created_at=r.created_at, has_session="1" if r.session else "0",
+                                          halt_client=halt_of_client(r.client_id),
                                           command_fields=len(command))), *command]
     replies = await ACCEPT_SCRIPT(redis, script_keys, argv)
     assert [reply[0] for reply in replies] == [b"ok", b"ok"]

@@ -142,8 +142,9 @@ async def test_the_order_management_bodies_and_answers(engine: Engine) -> None:
                                                                          "422", "503"}
     assert answers["/clients/{client_id}/orders"]["get"] == {"200", "401", "403", "404", "422", "503"}
     assert answers["/clients/{client_id}/fills"]["get"] == {"200", "401", "403", "404", "422", "503"}
+    # amend_rejected carries the order; instrument_halted (issue 16) is a plain error body.
     assert paths["/orders/{order_id}"]["patch"]["responses"]["409"]["content"]["application/json"]["schema"] == {
-        "$ref": "#/components/schemas/AmendRejected"}
+        "anyOf": [{"$ref": "#/components/schemas/AmendRejected"}, {"$ref": "#/components/schemas/ErrorBody"}]}
 
 
 async def test_other_methods_on_orders_cancel_all_are_405(engine: Engine) -> None:
