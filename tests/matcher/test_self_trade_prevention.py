@@ -205,3 +205,7 @@ async def test_the_accepted_event_carries_the_mode(h: OrderHarness) -> None:
     [accepted] = await h.events()
     assert (accepted.event, accepted.self_trade_prevention) == ("accepted", "cancel_both")
     assert (await h.order("b")).self_trade_prevention == "cancel_both"
+    await h.new("buy", "100", "1", order_id="plain", client="A")
+    await h.run()
+    # none is the default: the event leaves the field out.
+    assert (await h.events())[-1].self_trade_prevention is None
