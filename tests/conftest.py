@@ -29,7 +29,10 @@ from services.runtime.settings import RuntimeSettings
 from tests.processes import docker_engine, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# The default fixture's instruments: the matcher's risk limits off (the existing tests trade at extreme prices).
 TWO_INSTRUMENTS = REPO_ROOT / "tests" / "data" / "two_instruments.toml"
+# The same instruments with the matcher's risk limits on (issue 16).
+RISK_LIMITS = REPO_ROOT / "tests" / "data" / "risk_limits.toml"
 
 
 @pytest.fixture(scope="session")
@@ -83,6 +86,13 @@ async def key_prefix(redis: Redis) -> AsyncIterator[str]:
 def instruments() -> Instruments:
     """BTC-USD (tick 0.01, lot 1e-8) and ETH-USD (tick 0.05, lot 0.001)."""
     return load_instruments(TWO_INSTRUMENTS)
+
+
+@pytest.fixture(scope="session")
+def risk_instruments() -> Instruments:
+    """The same instruments with the matcher's risk limits on: BTC-USD band 10%, protection 5%, at most 3 resting
+    orders per client; ETH-USD band 1.5%, protection 0.25%, at most 2."""
+    return load_instruments(RISK_LIMITS)
 
 
 # PostgreSQL ------------------------------------------------------------------------------------

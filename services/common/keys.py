@@ -84,6 +84,7 @@ class InstrumentKeys(msgspec.Struct, frozen=True):
     snapshot_lock: str  # string: the persister worker taking this interval's book snapshot
     retention_lock: str  # string: the persister worker trimming this interval's streams and order records
     deadlines: str  # zset: member "c:<client>" (dead man's switch) or "s:<session>" (COD), score deadline ms
+    open_counts: str  # hash: client id -> its resting orders (the open-order cap's count; match.lua keeps it)
     # hash: the admin halts in force (HALT_INSTRUMENT, HALT_CLIENT + client id), checked by accept.lua and amend.lua
     halts: str
     prefix: str
@@ -142,6 +143,7 @@ def instrument_keys(prefix: str, symbol: str) -> InstrumentKeys:
         snapshot_lock=f"{prefix}snapshot-lock:{tag}",
         retention_lock=f"{prefix}retention-lock:{tag}",
         deadlines=f"{prefix}dl:{tag}",
+        open_counts=f"{prefix}oc:{tag}",
         prefix=prefix,
         halts=f"{prefix}halts:{tag}",
     )

@@ -20,6 +20,7 @@ import msgspec
 
 from services.common.keys import DEADLINE_CLIENT, DEADLINE_SESSION, ID_KEYS, IdKey, InstrumentKeys
 from services.common.lua import LuaScript
+from services.common.risk_limits import PCT_SCALE
 from services.common.wire import (
     BookEntry,
     CancelCommand,
@@ -70,6 +71,12 @@ class BatchResult(msgspec.Struct, frozen=True, array_like=True):
     cancels: int
     invalid: int
     matched: int  # orders matched: each taker with a fill once, each maker once per fill
+    # Risk limits (issue 16): new orders rejected for the price band and for the open-order cap (both also in
+    # `rejected`), market orders whose rest their protection cancelled, amends rejected for the band.
+    price_band: int = 0
+    max_open_orders: int = 0
+    market_protection: int = 0
+    amend_price_band: int = 0
 
 
 def batch_result(reply: list[Any]) -> BatchResult:
@@ -95,6 +102,7 @@ class MatchKeys(InstrumentScriptKeys, frozen=True):
     order_state: str
     meta: str
     deadlines: str  # swept at the start of every call
+    open_counts: str  # client id -> resting orders: the open-order cap's count
 
 
 class MatchArgv(ScriptArgs, frozen=True):
@@ -111,6 +119,15 @@ class MatchArgv(ScriptArgs, frozen=True):
     quantity_multiplier: str
     quantity_decimals: str
     key_prefix: str  # the engine's REDIS_KEY_PREFIX
+    # The instrument's risk limits (Instrument.risk), 0 = off: percentages as pct x PCT_SCALE (hundredths of a
+    # percent), compared in integers against risk_scale = 100 x PCT_SCALE.
+    price_band_bp: str
+    market_protection_bp: str
+    max_open_orders: str
+    risk_scale: str
+
+
+RISK_SCALE = 100 * PCT_SCALE  # a percentage of pct_bp is the fraction pct_bp / RISK_SCALE
 
 
 # accept.lua --------------------------------------------------------------------------------------

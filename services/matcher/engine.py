@@ -7,7 +7,16 @@ from redis.asyncio import Redis
 from services.common.groups import ensure_group
 from services.common.instruments import Instrument
 from services.common.keys import MATCHER_GROUP, InstrumentKeys
-from services.common.scripts import MATCH_SCRIPT, BatchResult, MatchArgv, MatchKeys, astuple, batch_result
+from services.common.scripts import (
+    MATCH_SCRIPT,
+    RISK_SCALE,
+    BatchResult,
+    MatchArgv,
+    MatchKeys,
+    astuple,
+    batch_result,
+)
+from services.matcher.risk_state import ensure_risk_state
 
 
 class InstrumentMatcher:
@@ -23,11 +32,14 @@ class InstrumentMatcher:
             group=MATCHER_GROUP, consumer=consumer, max_commands=str(batch_size), symbol=instrument.symbol,
             price_multiplier=str(instrument.price_mult), price_decimals=str(instrument.price_places),
             quantity_multiplier=str(instrument.qty_mult), quantity_decimals=str(instrument.lot_places),
-            key_prefix=keys.prefix,
+            key_prefix=keys.prefix, price_band_bp=str(instrument.risk.price_band_bp),
+            market_protection_bp=str(instrument.risk.market_protection_bp),
+            max_open_orders=str(instrument.risk.max_open_orders), risk_scale=str(RISK_SCALE),
         ))
 
     async def prepare(self) -> None:
         await ensure_group(self.redis, self.keys.orders, MATCHER_GROUP)
+        await ensure_risk_state(self.redis, self.instrument, self.keys)
         await MATCH_SCRIPT.load(self.redis)
 
     async def step(self) -> BatchResult:

@@ -15,10 +15,11 @@ PostgreSQL shows applied, and match against orders PostgreSQL holds as filled. T
    rebuilt from all there is;
 3. makes the order records of orders PostgreSQL knows say what PostgreSQL says; records only the
    restored Redis holds stay when they await their command (`accepted`), so they are matched;
-4. rebuilds the book from PostgreSQL (recovery.py), in original time priority;
+4. rebuilds the book from PostgreSQL (recovery.py), in original time priority, with its open-order counts;
 5. moves the matcher group past every command PostgreSQL's `command_id` markers show applied (commands
    apply in stream order, so everything at or below the highest marker was applied);
-6. writes meta with every sequence resuming after PostgreSQL's and removes `healing`, in one MULTI.
+6. writes meta with every sequence resuming after PostgreSQL's and the reference price of the price band (its
+   last trade's), and removes `healing`, in one MULTI.
 
 What neither the restored Redis nor PostgreSQL holds cannot come back: the heal counts what it can tell
 is missing (gaps in PostgreSQL's sequences, commands shown applied whose order PostgreSQL does not
@@ -67,6 +68,7 @@ from services.matcher.recovery import (
     until_answered,
     write_book,
 )
+from services.matcher.risk_state import REFERENCE
 from services.persister.catch_up import CaughtUp, persist_unacknowledged
 from services.persister.writer import DatabaseUnavailable
 
@@ -164,7 +166,10 @@ class _Heal:
             max(book.sequences.book_seq, stored.snapshot_book_seq, restored.book_seq))
         last_id = format_stream_id(position)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.meta, mapping=meta_fields(sequences, len(book.records), last_id, "healed_at"))
+            pipe.hset(keys.meta, mapping=meta_fields(sequences, len(book.records), last_id, "healed_at",
+                                                     book.reference_ticks))
+            if book.reference_ticks is None:
+                pipe.hdel(keys.meta, REFERENCE)  # PostgreSQL, with the restored streams merged, holds no trade
             pipe.hdel(keys.meta, HEALING)
             await pipe.execute()
 

@@ -20,6 +20,9 @@
 -- (res: SET ... PX, JSON of wire.AmendOutcome / wire.CancelAllOutcome). co, cs and res are named after ids the
 -- commands carry, so they are built here (id_keys, generated from keys.py) rather than passed in KEYS; all carry
 -- the instrument's hash tag, so they are in the KEYS' slot.
+-- Risk limits (issue 16; services/matcher/risk_state.py): the price band around meta's `ref_ticks` (the last trade
+-- price, set here), market protection around the best opposite price at a market order's arrival, and the open-order
+-- cap against the client's count in open_counts, kept exact here as orders rest and leave the book.
 -- Returns a BatchResult (commands applied, last stream id, and what they did), or the error HEALING
 -- while meta has a `healing` field (a heal is under way)
 
@@ -41,6 +44,11 @@ local MAKERS_PER_FETCH = 16
 local SWEEP_LIMIT = 100
 -- How long an outcome waits for the ingest that asked (ms): far beyond any wait, short enough to clean itself.
 local RESULT_TTL_MS = 600000
+-- Risk limits (instruments.toml; 0 = off). Percentages come as integers, pct x 100: a price is outside the band
+-- when |price - reference| x RISK_SCALE > BAND x reference (RISK_SCALE = 100 x 100). Every product stays exact:
+-- ticks < 2^53 / 10^6 (the instrument loader), BAND and PROTECTION <= 100,000, RISK_SCALE = 10,000.
+local BAND, PROTECTION = tonumber(A_PRICE_BAND_BP), tonumber(A_MARKET_PROTECTION_BP)
+local MAX_OPEN, RISK_SCALE = tonumber(A_MAX_OPEN_ORDERS), tonumber(A_RISK_SCALE)
 
 -- A heal from PostgreSQL (services/matcher/heal.py) is rewriting this instrument's state: apply nothing
 -- until it has finished, not even reading (the read moves the group's position).
@@ -76,16 +84,21 @@ elseif #due == 0 then
   local at = group_last_id()
   if at == nil then return redis.error_reply('no consumer group ' .. A_GROUP .. ' on ' .. K_ORDERS) end
   return reply_of({applied = 0, last_id = at, trades = 0, new_orders = 0,
-    rejected = 0, cancels = 0, invalid = 0, matched = 0})
+    rejected = 0, cancels = 0, invalid = 0, matched = 0, price_band = 0, max_open_orders = 0,
+    market_protection = 0, amend_price_band = 0})
 end
 
-local counters = redis.call('HMGET', K_META, 'trade_seq', 'event_seq', 'book_seq', 'arrival_seq')
+local counters = redis.call('HMGET', K_META, 'trade_seq', 'event_seq', 'book_seq', 'arrival_seq', 'ref_ticks')
 local trade_seq = tonumber(counters[1]) or 0
 local event_seq = tonumber(counters[2]) or 0
 local book_seq = tonumber(counters[3]) or 0
 local arrival_seq = tonumber(counters[4]) or 0
+-- The price band's reference: the last trade price (nil before the first trade), moved by every trade of the call.
+local ref_ticks = tonumber(counters[5])
+-- price_band, max_open_orders: new orders rejected for them (also counted in `rejected`); market_protection: market
+-- orders whose rest it cancelled; amend_price_band: amends rejected for the band.
 local stats = {applied = 0, last_id = '0-0', trades = 0, new_orders = 0, rejected = 0, cancels = 0, invalid = 0,
-  matched = 0}
+  matched = 0, price_band = 0, max_open_orders = 0, market_protection = 0, amend_price_band = 0}
 
 -- Formatting ---------------------------------------------------------------------------------
 
@@ -192,6 +205,29 @@ local function leave_indexes(o)
   if o.session ~= '' then note_gone('SREM', KEY.session_orders(o.session), o.order_id) end
 end
 
+-- Open-order counts (the cap's): a client's resting orders, changed here as orders rest and leave the book and
+-- written once per client at the end of the call (HINCRBY). The count read for the cap is the stored one (read once
+-- per client per call) plus this call's changes.
+local open_delta, open_clients, open_stored = {}, {}, {}
+
+local function count_open(client_id, delta)
+  local d = open_delta[client_id]
+  if d == nil then
+    d = 0
+    open_clients[#open_clients + 1] = client_id
+  end
+  open_delta[client_id] = d + delta
+end
+
+local function open_orders_of(client_id)
+  local stored = open_stored[client_id]
+  if stored == nil then
+    stored = tonumber(redis.call('HGET', K_OPEN_COUNTS, client_id)) or 0
+    open_stored[client_id] = stored
+  end
+  return stored + (open_delta[client_id] or 0)
+end
+
 -- Book ------------------------------------------------------------------------------------------
 
 local level_changes, level_index = {}, {}
@@ -233,16 +269,26 @@ local function rest(o)
   local keys = SIDE_KEYS[o.side]
   redis.call('ZADD', keys.orders, keys.sign * o.price_ticks, member_of(o))
   change_depth(o.side, o.price_ticks, o.quantity_lots - o.filled_lots)
+  count_open(o.client_id, 1)
 end
 
 local function unrest(o)
   redis.call('ZREM', SIDE_KEYS[o.side].orders, member_of(o))
   change_depth(o.side, o.price_ticks, -(o.quantity_lots - o.filled_lots))
+  count_open(o.client_id, -1)
 end
+
+-- The market order being matched: the furthest price its protection lets it trade at (nil: no limit), and
+-- whether that limit stopped it.
+local market_limit, protection_stopped = nil, false
 
 -- Whether a maker at maker_ticks may trade with taker o.
 local function crosses(o, maker_ticks)
-  if o.type == 'market' then return true end
+  if o.type == 'market' then
+    if market_limit == nil then return true end
+    if o.side == 'buy' then return maker_ticks <= market_limit end
+    return maker_ticks >= market_limit
+  end
   if o.side == 'buy' then return maker_ticks <= o.price_ticks end
   return maker_ticks >= o.price_ticks
 end
@@ -268,6 +314,29 @@ local function best_opposite_ticks(o)
   local best = redis.call('ZRANGE', keys.levels, 0, 0)
   if #best == 0 then return nil end
   return tonumber(best[1])
+end
+
+-- Risk limits -----------------------------------------------------------------------------------
+
+-- Whether a limit price is outside the band around the reference price; the edge is inside.
+local function outside_band(ticks)
+  if BAND == 0 or ref_ticks == nil then return false end
+  local distance = ticks - ref_ticks
+  if distance < 0 then distance = -distance end
+  return distance * RISK_SCALE > BAND * ref_ticks
+end
+
+-- The furthest price market order o may trade at: PROTECTION from the best opposite price now (nil: no limit).
+-- A price p is within it when |p - best| x RISK_SCALE <= PROTECTION x best, i.e. |p - best| <= floor(PROTECTION x
+-- best / RISK_SCALE): the quotient is exact or at least 1 / RISK_SCALE from the next integer, far more than a
+-- double's error at these magnitudes, so the floor is exact.
+local function protection_limit(o)
+  if PROTECTION == 0 then return nil end
+  local best = best_opposite_ticks(o)
+  if best == nil then return nil end
+  local reach = math.floor(best * PROTECTION / RISK_SCALE)
+  if o.side == 'buy' then return best + reach end
+  return best - reach
 end
 
 -- Output streams ------------------------------------------------------------------------------
@@ -315,6 +384,7 @@ local function emit_trade(taker, maker, ticks, lots)
   local seq = int_text(trade_seq)
   local buy, sell = taker, maker
   if taker.side == 'sell' then buy, sell = maker, taker end
+  ref_ticks = ticks
   redis.call('XADD', K_TRADES, '*',
     'trade_id', SYMBOL .. '-' .. seq, 'seq', seq, 'instrument', SYMBOL,
     'price', price_text(ticks), 'quantity', qty_text(lots), 'taker_side', taker.side,
@@ -415,7 +485,14 @@ local function finish_taker(o)
     leave_indexes(o)
   elseif o.type == 'market' or o.time_in_force ~= 'GTC' then
     o.status = 'cancelled'
-    if o.type == 'market' then o.reason = 'market_remainder' else o.reason = 'ioc_remainder' end
+    if o.type ~= 'market' then
+      o.reason = 'ioc_remainder'
+    elseif protection_stopped then
+      o.reason = 'market_protection'
+      stats.market_protection = stats.market_protection + 1
+    else
+      o.reason = 'market_remainder'
+    end
     emit_event('cancelled', o, false)
     leave_indexes(o)
   else
@@ -505,7 +582,11 @@ local function match(o)
     if #heads == 0 then return false end
     for i = 1, #heads, 2 do
       local ticks = keys.sign * tonumber(heads[i + 1])
-      if not crosses(o, ticks) then return false end
+      if not crosses(o, ticks) then
+        -- A market order crosses every price but its protection's.
+        protection_stopped = o.type == 'market'
+        return false
+      end
       local maker_id = string.sub(heads[i], MEMBER_ID_AT)
       local maker = load_order(maker_id)
       if stp and maker.client_id == o.client_id then
@@ -520,6 +601,7 @@ local function match(o)
         change_depth(maker.side, ticks, -lots)
         if maker.filled_lots == maker.quantity_lots then
           redis.call('ZREM', keys.orders, heads[i])
+          count_open(maker.client_id, -1)
           maker.status = 'filled'
           emit_event('filled', maker, false)
           leave_indexes(maker)
@@ -541,6 +623,24 @@ local function cancel_stopped_taker(o)
   leave_indexes(o)
 end
 
+-- Why a new limit order is rejected before matching (nil: it is not): outside the price band, its client already
+-- at the open-order cap (a GTC order: only those rest), or post-only and crossing.
+local function refusal_of(o)
+  if outside_band(o.price_ticks) then
+    stats.price_band = stats.price_band + 1
+    return 'price_band'
+  end
+  if MAX_OPEN > 0 and o.time_in_force == 'GTC' and open_orders_of(o.client_id) >= MAX_OPEN then
+    stats.max_open_orders = stats.max_open_orders + 1
+    return 'max_open_orders'
+  end
+  if o.post_only == 1 then
+    local best = best_opposite_ticks(o)
+    if best ~= nil and crosses(o, best) then return 'post_only_would_cross' end
+  end
+  return nil
+end
+
 local function apply_new(f)
   local o = parse_new(f)
   if o == nil then
@@ -553,15 +653,13 @@ local function apply_new(f)
   if known ~= nil and known.status ~= 'accepted' then return end
   stats.new_orders = stats.new_orders + 1
   touch(o)
-  if o.post_only == 1 and o.type == 'limit' then
-    local best = best_opposite_ticks(o)
-    if best ~= nil and crosses(o, best) then
-      o.status, o.reason = 'rejected', 'post_only_would_cross'
-      stats.rejected = stats.rejected + 1
-      emit_event('rejected', o, true)
-      leave_indexes(o)
-      return
-    end
+  local refusal = o.type == 'limit' and refusal_of(o)
+  if refusal then
+    o.status, o.reason = 'rejected', refusal
+    stats.rejected = stats.rejected + 1
+    emit_event('rejected', o, true)
+    leave_indexes(o)
+    return
   end
   emit_event('accepted', o, true)
   if o.time_in_force == 'FOK' and not fok_fillable(o) then
@@ -570,9 +668,11 @@ local function apply_new(f)
     leave_indexes(o)
     return
   end
+  if o.type == 'market' then market_limit, protection_stopped = protection_limit(o), false end
   local stopped = match(o)
   if o.filled_lots > 0 then stats.matched = stats.matched + 1 end
   if stopped then cancel_stopped_taker(o) else finish_taker(o) end
+  market_limit = nil
 end
 
 local function apply_cancel(f)
@@ -655,6 +755,10 @@ local function apply_amend(f)
     emit_event('amended', o, true, {'requeued', '0'})
     set_result(a.request_id, AMENDED)
     return
+  end
+  if price ~= o.price_ticks and outside_band(price) then
+    stats.amend_price_band = stats.amend_price_band + 1
+    return reject_amend(a, o, 'price_band')
   end
   if price ~= o.price_ticks and o.post_only == 1 then
     local best = best_opposite_ticks(o)
@@ -788,6 +892,14 @@ for _, key in ipairs(gone_keys) do
   end
 end
 
+-- The clients' open-order counts: this call's change, once per client (a client with none has no field).
+for _, client in ipairs(open_clients) do
+  local delta = open_delta[client]
+  if delta ~= 0 and redis.call('HINCRBY', K_OPEN_COUNTS, client, delta) <= 0 then
+    redis.call('HDEL', K_OPEN_COUNTS, client)
+  end
+end
+
 if #level_changes > 0 then
   for _, change in ipairs(level_changes) do
     change[2], change[3] = price_text(change[2]), qty_text(change[3])
@@ -797,14 +909,20 @@ if #level_changes > 0 then
     'changes', cjson.encode(level_changes), 'ts', now_text)
 end
 
+local meta = {'trade_seq', int_text(trade_seq), 'event_seq', int_text(event_seq), 'book_seq', int_text(book_seq),
+  'arrival_seq', int_text(arrival_seq)}
+if stats.trades > 0 then
+  meta[#meta + 1] = 'ref_ticks'
+  meta[#meta + 1] = int_text(ref_ticks)
+end
 if #entries > 0 then
-  redis.call('HSET', K_META, 'trade_seq', int_text(trade_seq), 'event_seq', int_text(event_seq),
-    'book_seq', int_text(book_seq), 'arrival_seq', int_text(arrival_seq), 'last_id', last_id)
+  meta[#meta + 1] = 'last_id'
+  meta[#meta + 1] = last_id
+  redis.call('HSET', K_META, unpack(meta))
   stats.applied, stats.last_id = #entries, last_id
 else
   -- Only the sweep ran: the counters moved, the group's position did not.
-  redis.call('HSET', K_META, 'trade_seq', int_text(trade_seq), 'event_seq', int_text(event_seq),
-    'book_seq', int_text(book_seq), 'arrival_seq', int_text(arrival_seq))
+  redis.call('HSET', K_META, unpack(meta))
   stats.last_id = group_last_id() or '0-0'
 end
 return reply_of(stats)

@@ -20,6 +20,10 @@ class MatcherMetrics:
         self.trades = Counter("trades_total", "Trades executed", ["instrument"], registry=r)
         self.rejected = Counter("orders_rejected_total", "Orders the matcher refused",
                                 ["instrument", "reason"], registry=r)
+        self.risk = Counter("risk_rejections_total",
+                            "Risk limits applied by the matcher: orders rejected (price_band, max_open_orders; an "
+                            "amend's price_band too) and market orders cut short (market_protection)",
+                            ["instrument", "reason"], registry=r)
         self.batch = Histogram("matcher_batch_commands", "Commands per match.lua call", ["instrument"],
                                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=r)
         self.call_seconds = Histogram("matcher_call_seconds", "Duration of one match.lua call", ["instrument"],
@@ -48,8 +52,16 @@ class MatcherMetrics:
         self.cancels.labels(instrument).inc(result.cancels)
         self.matched.labels(instrument).inc(result.matched)
         self.trades.labels(instrument).inc(result.trades)
-        if result.rejected:
-            self.rejected.labels(instrument, "post_only_would_cross").inc(result.rejected)
+        post_only = result.rejected - result.price_band - result.max_open_orders
+        if post_only:
+            self.rejected.labels(instrument, "post_only_would_cross").inc(post_only)
+        for reason, orders, risk in (("price_band", result.price_band, result.price_band + result.amend_price_band),
+                                     ("max_open_orders", result.max_open_orders, result.max_open_orders),
+                                     ("market_protection", 0, result.market_protection)):
+            if orders:
+                self.rejected.labels(instrument, reason).inc(orders)
+            if risk:
+                self.risk.labels(instrument, reason).inc(risk)
         if result.invalid:
             self.rejected.labels(instrument, "invalid_command").inc(result.invalid)
         self.batch.labels(instrument).observe(result.applied)

@@ -8,10 +8,12 @@ event or the amend that re-queued it), and every sequence resumes after the high
 before match.lua runs for the instrument again.
 
 The rebuild is idempotent: it clears the book keys, writes the orders, levels and depths, brings the
-per-client index (`co` zsets) to the order records, and writes the meta hash last. Meta is the
-completion marker: a rebuild cut short leaves meta missing, so the next start rebuilds again from
-scratch. The order state hash and the orders stream are left alone: ingest may already have accepted
-new orders into them (and into their clients' index), and they are applied after the rebuild.
+per-client index (`co` zsets) to the order records, writes the open-order counts of the orders it put back and
+the reference price (the last trade price PostgreSQL holds) for match.lua's risk limits (risk_state.py), and
+writes the meta hash last. Meta is the completion marker: a rebuild cut short leaves meta missing, so the next
+start rebuilds again from scratch. The order state hash and the orders stream are left alone: ingest may
+already have accepted new orders into them (and into their clients' index), and they are applied after the
+rebuild.
 A Redis that kept older state instead of losing it (meta present, PostgreSQL ahead) is healed by
 heal.py, which reuses this module's reads and book writing.
 """
@@ -42,6 +44,7 @@ from services.common.keys import CLIENT_ORDERS, InstrumentKeys
 from services.common.scripts import book_member
 from services.common.urls import mask_url
 from services.common.wire import OrderRecord, SelfTradePrevention, decode_record, encode_record
+from services.matcher.risk_state import COUNTS_BUILT, REFERENCE, open_counts, write_open_counts
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +80,7 @@ class PersistedBook:
     sequences: Sequences
     records: list[OrderRecord]  # arrival_seq renumbered 1..n in the original order
     skipped: list[str] = field(default_factory=list)  # ids of open orders that could not be rebuilt
+    reference_ticks: int | None = None  # the last trade's price: the price band's reference (None: no trade)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +123,11 @@ def sequences_query(symbol: str) -> Any:
         .where(orderbook_snapshots.c.instrument == symbol).scalar_subquery(),
         select(orders.c.order_id).where(orders.c.instrument == symbol).limit(1).exists(),
     )
+
+
+def last_trade_price_query(symbol: str) -> Any:
+    """The price of the instrument's last trade (the highest seq): the price band's reference."""
+    return select(trades.c.price).where(trades.c.instrument == symbol).order_by(trades.c.seq.desc()).limit(1)
 
 
 def _open_orders_query(symbol: str) -> Any:
@@ -189,6 +198,7 @@ async def load_persisted(engine: AsyncEngine, instrument: Instrument) -> Persist
                 if max_trade is None and max_event is None and max_book is None and not any_order:
                     return None
                 rows = (await conn.execute(_open_orders_query(symbol))).all()
+                last_price = (await conn.execute(last_trade_price_query(symbol))).scalar_one_or_none()
     except DBAPIError as exc:
         if getattr(exc.orig, "sqlstate", None) in NOTHING_PERSISTED:
             logger.warning("no schema at the database: nothing persisted", extra={
@@ -208,7 +218,8 @@ async def load_persisted(engine: AsyncEngine, instrument: Instrument) -> Persist
             logger.error("open order left out of the rebuilt book: %s", exc,
                          extra={"instrument": symbol, "order_id": row.order_id})
             skipped.append(row.order_id)
-    return PersistedBook(sequences, records, skipped)
+    reference = None if last_price is None else instrument.price_ticks(last_price)
+    return PersistedBook(sequences, records, skipped, reference)
 
 
 def safe_url(engine: AsyncEngine) -> str:
@@ -223,8 +234,8 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 
 async def write_book(redis: Redis, keys: InstrumentKeys, book: PersistedBook, chunk: int | None = None) -> None:
-    """Replace the instrument's book with `book` (its orders' records included) and bring the per-client index
-    to the records (index_clients); meta is the caller's."""
+    """Replace the instrument's book with `book` (its orders' records included), bring the per-client index
+    to the records (index_clients) and write the open-order counts of `book`; meta is the caller's."""
     chunk = chunk or CHUNK
     await redis.delete(keys.bid_orders, keys.ask_orders, keys.bid_levels, keys.ask_levels,
                        keys.bid_depth, keys.ask_depth)
@@ -248,6 +259,7 @@ async def write_book(redis: Redis, keys: InstrumentKeys, book: PersistedBook, ch
                 pipe.hset(depth_key, mapping={str(ticks): str(lots) for ticks, lots in part})
                 await pipe.execute()
     await index_clients(redis, keys, chunk)
+    await write_open_counts(redis, keys, open_counts(book.records))
 
 
 def client_index_pattern(keys: InstrumentKeys) -> str:
@@ -287,13 +299,19 @@ async def index_clients(redis: Redis, keys: InstrumentKeys, chunk: int | None = 
     return indexed, removed
 
 
-def meta_fields(sequences: Sequences, arrival_seq: int, last_id: str, stamp: str) -> dict[FieldT, EncodableT]:
-    """The meta hash match.lua resumes from, stamped with when and why (`stamp`) it was written."""
-    return {
+def meta_fields(sequences: Sequences, arrival_seq: int, last_id: str, stamp: str,
+                reference_ticks: int | None) -> dict[FieldT, EncodableT]:
+    """The meta hash match.lua resumes from, stamped with when and why (`stamp`) it was written; with the
+    reference price where there is one (the caller removes a stale one), and the mark that write_book built the
+    open-order counts."""
+    fields: dict[FieldT, EncodableT] = {
         "trade_seq": str(sequences.trade_seq), "event_seq": str(sequences.event_seq),
         "book_seq": str(sequences.book_seq), "arrival_seq": str(arrival_seq), "last_id": last_id,
-        stamp: str(time.time_ns() // 1_000_000),
+        stamp: str(time.time_ns() // 1_000_000), COUNTS_BUILT: "1",
     }
+    if reference_ticks is not None:
+        fields[REFERENCE] = str(reference_ticks)
+    return fields
 
 
 # The whole recovery ------------------------------------------------------------------------------
@@ -354,7 +372,8 @@ async def recover_instrument(redis: Redis, instrument: Instrument, keys: Instrum
         return None
     await write_book(redis, keys, book)
     # Meta last: the completion marker of the rebuild.
-    await redis.hset(keys.meta, mapping=meta_fields(book.sequences, len(book.records), "0-0", "recovered_at"))
+    await redis.hset(keys.meta, mapping=meta_fields(book.sequences, len(book.records), "0-0", "recovered_at",
+                                                    book.reference_ticks))
     bids = [r for r in book.records if r.side == "buy"]
     asks = [r for r in book.records if r.side == "sell"]
     seq = book.sequences

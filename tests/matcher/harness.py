@@ -91,8 +91,14 @@ class Harness:
         key = self.keys.bid_orders if side == "buy" else self.keys.ask_orders
         return [m.decode().split(":", 1)[1] for m in await self.redis.zrange(key, 0, -1)]
 
+    async def open_counts(self) -> dict[str, int]:
+        """The open-order counts match.lua keeps (client -> resting orders)."""
+        return {k: int(v) for k, v in fields_to_dict(await self.redis.hgetall(self.keys.open_counts)).items()}
+
     async def check_book_consistency(self) -> None:
-        """Level totals equal the sum of resting orders; no empty level; every resting order is open."""
+        """Level totals equal the sum of resting orders; no empty level; every resting order is open; each client's
+        open-order count is its number of resting orders."""
+        counts: dict[str, int] = {}
         for side in ("buy", "sell"):
             expected: dict[str, int] = {}
             for order_id in await self.resting_order_ids(side):
@@ -101,6 +107,8 @@ class Harness:
                 assert record.filled_lots < record.quantity_lots, record
                 key = self.instrument.price_text(record.price_ticks)
                 expected[key] = expected.get(key, 0) + record.quantity_lots - record.filled_lots
+                counts[record.client_id] = counts.get(record.client_id, 0) + 1
             levels = await self.levels(side)
             assert {p: q for p, q in levels} == {p: self.instrument.quantity_text(v) for p, v in expected.items()}
             assert all(q != "0" for _, q in levels)
+        assert await self.open_counts() == counts

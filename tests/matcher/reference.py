@@ -1,5 +1,6 @@
 """A deliberately simple price-time matching model in plain Python, to check match.lua against: new orders,
-cancels, amends, cancel-all and self-trade prevention (docs/order-management.md)."""
+cancels, amends, cancel-all and self-trade prevention (docs/order-management.md), and the risk limits (issue 16):
+the price band around the last trade price, market protection and the per-client open-order cap."""
 
 from __future__ import annotations
 
@@ -29,6 +30,31 @@ class RefBook:
     resting: list[RefOrder] = field(default_factory=list)
     trades: list[tuple[int, int, str, str]] = field(default_factory=list)  # price, lots, buy id, sell id
     arrivals: int = 0
+    # Risk limits, 0 = off: percentages in hundredths of a percent (Instrument.risk's *_bp), the cap in orders.
+    band_bp: int = 0
+    protection_bp: int = 0
+    max_open: int = 0
+
+    @property
+    def reference(self) -> int | None:
+        """The price band's reference: the last trade's price."""
+        return self.trades[-1][0] if self.trades else None
+
+    def _outside_band(self, price: int) -> bool:
+        reference = self.reference
+        if not self.band_bp or reference is None:
+            return False
+        return abs(price - reference) * 100 * 100 > self.band_bp * reference
+
+    def open_orders(self, client: str) -> int:
+        return sum(o.client == client for o in self.resting)
+
+    def open_counts(self) -> dict[str, int]:
+        """Resting orders per client (clients with none left out)."""
+        counts: dict[str, int] = {}
+        for o in self.resting:
+            counts[o.client] = counts.get(o.client, 0) + 1
+        return counts
 
     def _opposite(self, order: RefOrder) -> list[RefOrder]:
         """Resting makers the order could meet, best price first, then earliest."""
@@ -45,10 +71,21 @@ class RefBook:
 
     def new(self, order: RefOrder) -> None:
         self.orders[order.order_id] = order
+        if order.type == "limit" and self._outside_band(order.price):
+            order.status, order.reason = "rejected", "price_band"
+            return
+        if order.type == "limit" and order.tif == "GTC" and self.max_open and \
+                self.open_orders(order.client) >= self.max_open:
+            order.status, order.reason = "rejected", "max_open_orders"
+            return
         makers = [m for m in self._opposite(order) if self._crosses(order, m.price)]
         if order.post_only and makers:
             order.status, order.reason = "rejected", "post_only_would_cross"
             return
+        if order.type == "market" and self.protection_bp and makers:
+            # No further than protection_bp from the best opposite price at arrival.
+            best = makers[0].price
+            makers = [m for m in makers if abs(m.price - best) * 100 * 100 <= self.protection_bp * best]
         if order.tif == "FOK" and not self._fok_fillable(order, makers):
             order.status, order.reason = "cancelled", "fok_not_fillable"
             return
@@ -120,7 +157,9 @@ class RefBook:
         elif order.filled == order.qty:
             order.status = "filled"
         elif order.type == "market":
-            order.status, order.reason = "cancelled", "market_remainder"
+            # Makers still on the other side are beyond its protection (those within it were all taken).
+            protected = self.protection_bp and any(m.side != order.side for m in self.resting)
+            order.status, order.reason = "cancelled", "market_protection" if protected else "market_remainder"
         elif order.tif != "GTC":
             order.status, order.reason = "cancelled", "ioc_remainder"
         else:
@@ -152,6 +191,8 @@ class RefBook:
         if price == order.price and qty < order.qty:
             order.qty = qty  # keeps its place
             return "amended", ""
+        if price != order.price and self._outside_band(price):
+            return "amend_rejected", "price_band"
         if price != order.price and order.post_only:
             if any(self._crosses(RefOrder("", order.side, "limit", "GTC", False, price, 0), m.price)
                    for m in self._opposite(order)):

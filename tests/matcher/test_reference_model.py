@@ -1,18 +1,21 @@
 """Property: over random command sequences, match.lua agrees with the Python reference model: new orders under
-every self-trade prevention mode, cancels, amends and cancel-all, from two clients; the book, the trades, every
-order's state, each command's outcome and each client's index of live orders."""
+every self-trade prevention mode, cancels, amends and cancel-all, from two clients, with the risk limits off or
+on at widths that bite at these prices (the price band, market protection, the open-order cap); the book, the
+trades, every order's state, each command's outcome, each client's index of live orders and open-order count, and
+the band's reference price."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import uuid
+from decimal import Decimal
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.common.instruments import Instruments
+from services.common.instruments import Instrument, InstrumentSpec
 from services.common.redis_conn import connect
 from tests.matcher.order_harness import OrderHarness
 from tests.matcher.reference import RefBook, RefOrder
@@ -61,14 +64,28 @@ cancel_all = st.fixed_dictionaries({
 KINDS = {"new": new_order, "cancel": cancel_order, "amend": amend_order, "cancel_all": cancel_all}
 command = st.sampled_from(["new"] * 8 + ["amend"] * 3 + ["cancel"] * 2 + ["cancel_all"]).flatmap(KINDS.__getitem__)
 commands = st.lists(command, min_size=20, max_size=80)
+# (price band, market protection, both in hundredths of a percent; open-order cap), 0 = off. Around 10,000 ticks a
+# hundredth of a percent is one tick: a band of 1-3 ticks, a protection of 0-1 tick beyond the best price, and a
+# cap of 1-3 orders per client bite often. All off (as before issue 16) half the time.
+LIMITS = st.one_of(st.just((0, 0, 0)), st.tuples(
+    st.sampled_from([0, 1, 2, 3]), st.sampled_from([0, 1, 2]), st.sampled_from([0, 1, 2, 3])))
 
 
-async def _check(redis_url: str, instruments: Instruments, program: list[dict[str, Any]], batch: int) -> None:
+def instrument_with(band_bp: int, protection_bp: int, max_open: int) -> Instrument:
+    """BTC-USD (tick 0.01, lot 1e-8) with these risk limits."""
+    return Instrument(InstrumentSpec(
+        symbol="BTC-USD", base="BTC", quote="USD", tick="0.01", lot="0.00000001", min_quantity="0.00000001",
+        max_quantity="1000", max_price="10000000", price_band_pct=str(Decimal(band_bp).scaleb(-2)),
+        market_protection_pct=str(Decimal(protection_bp).scaleb(-2)), max_open_orders=max_open,
+        max_order_notional=0))
+
+
+async def _check(redis_url: str, limits: tuple[int, int, int], program: list[dict[str, Any]], batch: int) -> None:
     redis = connect(redis_url)
     prefix = f"test-prop-{uuid.uuid4().hex[:10]}:"
-    instrument = instruments["BTC-USD"]
+    instrument = instrument_with(*limits)
     harness = OrderHarness(redis, instrument, prefix, batch_size=batch)
-    model = RefBook()
+    model = RefBook(band_bp=limits[0], protection_bp=limits[1], max_open=limits[2])
     placed: list[str] = []
     # Outcomes are applied in stream order: the model's are known at once, the Lua ones after the runs.
     outcomes: dict[str, Any] = {}
@@ -125,6 +142,9 @@ async def _check(redis_url: str, instruments: Instruments, program: list[dict[st
             assert got == expected, request
         for client in CLIENTS:
             assert set(await harness.client_orders(client)) == model.live(client), client
+        assert await harness.open_counts() == model.open_counts()
+        reference = await redis.hget(harness.keys.meta, "ref_ticks")
+        assert (None if reference is None else int(reference)) == model.reference
         await harness.check_book_consistency()
         await harness.check_indexes()
     finally:
@@ -136,7 +156,7 @@ async def _check(redis_url: str, instruments: Instruments, program: list[dict[st
 
 @settings(max_examples=int(os.environ.get("MATCHER_PROPERTY_EXAMPLES", "200")), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(program=commands, batch=st.sampled_from([1, 3, 64]))
-def test_lua_matches_reference_model(redis_url: str, instruments: Instruments,
-                                     program: list[dict[str, Any]], batch: int) -> None:
-    asyncio.run(_check(redis_url, instruments, program, batch))
+@given(program=commands, batch=st.sampled_from([1, 3, 64]), limits=LIMITS)
+def test_lua_matches_reference_model(redis_url: str, program: list[dict[str, Any]], batch: int,
+                                     limits: tuple[int, int, int]) -> None:
+    asyncio.run(_check(redis_url, limits, program, batch))
