@@ -129,7 +129,7 @@ async def post_client_halt(ctx: IngestContext, request: Request) -> Response:
     field = halt_of_client(client_id)
     # Every instrument's hash before the answer (and before cancel_open's commands): from here on, accept.lua
     # refuses the client's orders on each of them.
-    await asyncio.gather(*(ctx.batcher.execute("HSET", k.halts, field, at_ms) for k in ctx.keys.values()))
+    await asyncio.gather(*(ctx.batcher.execute("HSETNX", k.halts, field, at_ms) for k in ctx.keys.values()))
     _logged(ctx, "client", client_id, principal, True, cancel_open=cancel_open)
     if not cancel_open:
         return json_response(ClientHalted(client_id, True, []))
@@ -168,7 +168,7 @@ async def instrument_halt(ctx: IngestContext, request: Request) -> Response:
     await _persist(ctx, "instrument", symbol, principal.label, at_ms)
     halts = ctx.keys[symbol].halts
     if at_ms is not None:
-        await ctx.batcher.execute("HSET", halts, HALT_INSTRUMENT, at_ms)
+        await ctx.batcher.execute("HSETNX", halts, HALT_INSTRUMENT, at_ms)
     else:
         await ctx.batcher.execute("HDEL", halts, HALT_INSTRUMENT)
     _logged(ctx, "instrument", symbol, principal, halted)

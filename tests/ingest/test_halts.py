@@ -99,8 +99,12 @@ async def test_a_client_halt_refuses_new_orders_and_amends_but_not_cancels_or_re
     assert await _metric(engine, "halted_instruments") == 0
     assert await _metric(engine, 'risk_rejections_total{reason="client_halted"}') == 5
 
-    # Repeats are harmless; then the lift (twice) lets the client trade again.
+    # Repeats are harmless (the first halt's time stays, in Redis as in PostgreSQL); then the lift (twice) lets
+    # the client trade again.
+    first_time = await engine.redis.hget(engine.keys["ETH-USD"].halts, "c:client-A")
+    await asyncio.sleep(0.002)
     assert (await engine.client.post(CLIENT_A, headers=ADMIN)).json()["halted"] is True
+    assert await engine.redis.hget(engine.keys["ETH-USD"].halts, "c:client-A") == first_time
     assert await _halt_rows(db_url) == {("client", "client-A")}
     with caplog.at_level(logging.INFO, logger="services.ingest.halts"):
         for _ in range(2):
@@ -247,8 +251,9 @@ async def test_halts_survive_an_ingest_restart(make_engine: EngineFactory, db_ur
 
 
 async def test_halts_survive_a_redis_rebuilt_from_postgresql(engine: Engine, db_url: str) -> None:
-    for path in (CLIENT_A, "/admin/clients/client-C/halt", BTC):
+    for path in (CLIENT_A, "/admin/clients/client-C/halt", BTC, CLIENT_A):
         assert (await engine.client.post(path, headers=ADMIN)).status_code == 200
+        await asyncio.sleep(0.002)
     assert (await engine.client.delete("/admin/clients/client-C/halt", headers=ADMIN)).status_code == 200
     before = {s: await engine.redis.hgetall(k.halts) for s, k in engine.keys.items()}
     # Redis loses the engine's state; the matcher's rebuild puts the halts back from PostgreSQL.
