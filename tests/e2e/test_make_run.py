@@ -165,9 +165,10 @@ async def test_scale_workers_and_automatic_restart(running: RunningEngine, redis
     running.wait_until(lambda: running.pids("matcher") not in ([], [matcher])
                        and http_ok(f"{running.matcher_metrics}/healthz"), 30, "matcher restarted")
     async with httpx.AsyncClient(base_url=running.ingest, timeout=10) as http:
+        # Within the shipped 10% price band around the last trade (10.00): the restarted matcher rests it.
         placed = await http.post("/orders", headers=A, json={
             "client_id": "client-A", "instrument": "BTC-USD", "side": "buy", "type": "limit",
-            "price": "1.00", "quantity": "1"})
+            "price": "9.50", "quantity": "1"})
         order_id = placed.json()["order_id"]
         for _ in range(100):
             if (await http.get(f"/orders/{order_id}", headers=A)).json()["status"] == "open":
