@@ -15,7 +15,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.common.instruments import Instrument, InstrumentSpec
+from services.common.instruments import Instrument, Instruments, InstrumentSpec
 from services.common.redis_conn import connect
 from tests.matcher.order_harness import OrderHarness
 from tests.matcher.reference import RefBook, RefOrder
@@ -160,3 +160,59 @@ async def _check(redis_url: str, limits: tuple[int, int, int], program: list[dic
 def test_lua_matches_reference_model(redis_url: str, program: list[dict[str, Any]], batch: int,
                                      limits: tuple[int, int, int]) -> None:
     asyncio.run(_check(redis_url, limits, program, batch))
+
+
+# Time priority after amends: a book built without crossing, amended, then swept by two market orders, so the
+# trades list every resting order in its queue place (random mixes rarely leave two orders on one level).
+resting = st.lists(st.tuples(st.sampled_from(["buy", "sell"]), st.integers(0, 2), st.integers(1, 6),
+                             st.sampled_from(CLIENTS)), min_size=2, max_size=15)
+amends = st.lists(st.tuples(st.integers(0, 14), st.none() | st.integers(0, 2), st.none() | st.integers(1, 8)),
+                  min_size=1, max_size=10)
+
+
+async def _check_priority(redis_url: str, instruments: Instruments, orders: list[tuple[str, int, int, str]],
+                          changes: list[tuple[int, int | None, int | None]]) -> None:
+    redis = connect(redis_url)
+    prefix = f"test-prio-{uuid.uuid4().hex[:10]}:"
+    instrument = instruments["BTC-USD"]
+    harness = OrderHarness(redis, instrument, prefix)
+    model = RefBook()
+    try:
+        await harness.prepare()
+
+        def ticks(side: str, level: int) -> int:  # bids 9998-10000, asks 10001-10003: nothing crosses
+            return 9998 + level if side == "buy" else 10001 + level
+
+        for n, (side, level, qty, client) in enumerate(orders):
+            await harness.new(side, instrument.price_text(ticks(side, level)), instrument.quantity_text(qty),
+                              order_id=f"o{n}", client=client)
+            model.new(RefOrder(f"o{n}", side, "limit", "GTC", False, ticks(side, level), qty, client=client))
+        for target, level, qty in changes:
+            order_id = f"o{target % len(orders)}"
+            side = model.orders[order_id].side
+            price = None if level is None else ticks(side, level)
+            await harness.amend(order_id, price=None if price is None else instrument.price_text(price),
+                                quantity=None if qty is None else instrument.quantity_text(qty))
+            model.amend(order_id, price, qty)
+        for n, side in enumerate(("buy", "sell")):
+            await harness.new(side, None, "1000", order_id=f"sweep-{n}", type="market", client="client-3")
+            model.new(RefOrder(f"sweep-{n}", side, "market", "IOC", False, 0, 1000 * 10**8, client="client-3"))
+        await harness.run()
+        trades = [(instrument.price_ticks_of(t.price), instrument.quantity_lots_of(t.quantity),
+                   t.buy_order_id, t.sell_order_id) for t in await harness.trades()]
+        assert trades == model.trades
+        await harness.check_indexes()
+    finally:
+        keys = [k async for k in redis.scan_iter(match=f"{prefix}*", count=1000)]
+        if keys:
+            await redis.delete(*keys)
+        await redis.aclose()
+
+
+@settings(max_examples=int(os.environ.get("MATCHER_PROPERTY_EXAMPLES", "200")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(orders=resting, changes=amends)
+def test_amends_keep_or_lose_time_priority_as_the_model_does(redis_url: str, instruments: Instruments,
+                                                             orders: list[tuple[str, int, int, str]],
+                                                             changes: list[tuple[int, int | None, int | None]]) -> None:
+    asyncio.run(_check_priority(redis_url, instruments, orders, changes))
