@@ -167,7 +167,9 @@ def decode_event(entry: Entry) -> Decoded:
     if e.event not in ORDER_CHANGING or not e.order_id:
         return Decoded(entry, event=event)
     avg = average_price(instrument, quote, filled)
-    if e.event not in CARRIES_ORDER:
+    # A cancel-on-disconnect sweep can cancel an order still `accepted`: that `cancelled` is the order's first
+    # event and carries every field of the order (its new command is then skipped), so it is read like one.
+    if e.event not in CARRIES_ORDER and e.side is None:
         order = OrderRow(
             order_id=e.order_id, client_order_id=None, client_id=e.client_id, instrument=e.instrument,
             side=None, type=None, time_in_force=None, post_only=None, price=None,

@@ -146,6 +146,18 @@ def test_the_order_rows_of_amend_events(instruments: Instruments) -> None:
     assert rows[4] is None  # amend_rejected leaves the order's row alone
 
 
+def test_a_cancelled_event_that_carries_the_order_gives_its_whole_row(instruments: Instruments) -> None:
+    """match.lua's disconnect sweep cancels an order still `accepted` with a first event that carries the
+    order (its new command is skipped later): the row gets every field from it, not NULLs forever."""
+    fields = dict(scenario().events[0])  # o1's accepted event, with every field of the order
+    fields.update(event="cancelled", status="cancelled", reason="disconnect")
+    row = decode(_entries(instruments, [fields])[0]).order
+    assert row is not None
+    assert (row.side, row.type, row.time_in_force, row.price, row.quantity, row.status, row.reason) == (
+        "buy", "limit", "GTC", D("100.00"), D(1), "cancelled", "disconnect")
+    assert row.created_at is not None and row.queued_seq is None and row.self_trade_prevention == "decrement"
+
+
 @pytest.mark.parametrize(("change", "error"), [
     ({"requeued": "2"}, "has requeued='2'"),
     ({"requeued": ""}, "has requeued=''"),
