@@ -205,10 +205,17 @@ local function leave_indexes(o)
   if o.session ~= '' then note_gone('SREM', KEY.session_orders(o.session), o.order_id) end
 end
 
--- Open-order counts (the cap's): a client's resting orders, changed here as orders rest and leave the book and
--- written once per client at the end of the call (HINCRBY). The count read for the cap is the stored one (read once
--- per client per call) plus this call's changes.
+-- Open-order counts (the cap's): a client's resting orders, changed here as orders rest and leave the book. Stored
+-- counts are read in one HMGET for the clients of the call's GTC limit orders, and the new counts written in one
+-- HSET at the end (a call touches a few dozen clients: one command each would cost more than the rest of the check).
+-- The count the cap reads is the stored one plus this call's changes.
 local open_delta, open_clients, open_stored = {}, {}, {}
+
+-- Reads the stored counts of clients[from..to] into open_stored.
+local function load_open_counts(clients, from, to)
+  local values = redis.call('HMGET', K_OPEN_COUNTS, unpack(clients, from, to))
+  for i = from, to do open_stored[clients[i]] = tonumber(values[i - from + 1]) or 0 end
+end
 
 local function count_open(client_id, delta)
   local d = open_delta[client_id]
@@ -220,12 +227,8 @@ local function count_open(client_id, delta)
 end
 
 local function open_orders_of(client_id)
-  local stored = open_stored[client_id]
-  if stored == nil then
-    stored = tonumber(redis.call('HGET', K_OPEN_COUNTS, client_id)) or 0
-    open_stored[client_id] = stored
-  end
-  return stored + (open_delta[client_id] or 0)
+  if open_stored[client_id] == nil then load_open_counts({client_id}, 1, 1) end
+  return open_stored[client_id] + (open_delta[client_id] or 0)
 end
 
 -- Book ------------------------------------------------------------------------------------------
@@ -851,12 +854,30 @@ end
 
 sweep()
 
-local last_id = '0-0'
-for _, entry in ipairs(entries) do
-  last_id = entry[1]
-  command_id = last_id
+local commands = {}
+for n, entry in ipairs(entries) do
   local raw, f = entry[2], {}
   for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
+  commands[n] = f
+end
+if MAX_OPEN > 0 then
+  -- The stored counts of the clients whose orders the cap may refuse, in one read.
+  local wanted, seen = {}, {}
+  for _, f in ipairs(commands) do
+    local client = f.client_id
+    if f.cmd == 'new' and f.type == 'limit' and f.time_in_force == 'GTC' and client and not seen[client] then
+      seen[client] = true
+      wanted[#wanted + 1] = client
+    end
+  end
+  if #wanted > 0 then load_open_counts(wanted, 1, #wanted) end
+end
+
+local last_id = '0-0'
+for n, entry in ipairs(entries) do
+  last_id = entry[1]
+  command_id = last_id
+  local f = commands[n]
   if f.cmd == 'new' then
     apply_new(f)
   elseif f.cmd == 'cancel' then
@@ -892,12 +913,30 @@ for _, key in ipairs(gone_keys) do
   end
 end
 
--- The clients' open-order counts: this call's change, once per client (a client with none has no field).
+-- The clients' open-order counts: stored + this call's change, in one HSET (a client with none has no field).
+local changed, unread = {}, {}
 for _, client in ipairs(open_clients) do
-  local delta = open_delta[client]
-  if delta ~= 0 and redis.call('HINCRBY', K_OPEN_COUNTS, client, delta) <= 0 then
-    redis.call('HDEL', K_OPEN_COUNTS, client)
+  if open_delta[client] ~= 0 then
+    changed[#changed + 1] = client
+    if open_stored[client] == nil then unread[#unread + 1] = client end
   end
+end
+for from = 1, #unread, 400 do load_open_counts(unread, from, math.min(from + 399, #unread)) end
+local counts, emptied = {}, {}
+for _, client in ipairs(changed) do
+  local count = open_stored[client] + open_delta[client]
+  if count > 0 then
+    counts[#counts + 1] = client
+    counts[#counts + 1] = int_text(count)
+  else
+    emptied[#emptied + 1] = client
+  end
+end
+for from = 1, #counts, 400 do
+  redis.call('HSET', K_OPEN_COUNTS, unpack(counts, from, math.min(from + 399, #counts)))
+end
+for from = 1, #emptied, 400 do
+  redis.call('HDEL', K_OPEN_COUNTS, unpack(emptied, from, math.min(from + 399, #emptied)))
 end
 
 if #level_changes > 0 then
