@@ -32,6 +32,11 @@ bench_engine_env() {
   unset CIRCUS_ENDPOINT CIRCUS_PUBSUB_ENDPOINT
   # A capacity test: the per-client and per-key rate limits are off.
   export RATE_LIMIT_PER_SEC=0 API_KEY_RATE_LIMIT_PER_SEC=0
+  # The shipped risk limits but an open-order cap the k6 flow never reaches (it never cancels: see the file). A tree
+  # without the file (an older revision under scripts/ab_bench.py) runs with its own instruments.toml.
+  if [[ -z ${INSTRUMENTS_FILE:-} && -f $ENGINE_TREE/load-test/instruments.toml ]]; then
+    export INSTRUMENTS_FILE="$ENGINE_TREE/load-test/instruments.toml"
+  fi
   export INGEST_URL="http://127.0.0.1:$INGEST_PORT" BROADCASTER_URL="ws://127.0.0.1:$BROADCASTER_PORT/stream"
   CIRCUSCTL=("$ROOT/.venv/bin/circusctl" --endpoint "ipc://$ENGINE_RUN_DIR/control/circus.sock" --timeout 15)
 }
