@@ -153,7 +153,8 @@ async def drive_traffic(engine: Engine) -> None:
         cancel = await http.post(f"/orders/{facts['buy']}/cancel", headers=A)
         assert cancel.status_code == 200 and cancel.json()["status"] == "cancelled"
 
-        statuses = [(await http.post("/orders", headers=B, json=order("client-B", "sell", "90000.00", "0.001")))
+        # Far above the book, but within the shipped 10% price band around the trade at 50,000.00: they rest.
+        statuses = [(await http.post("/orders", headers=B, json=order("client-B", "sell", "54000.00", "0.001")))
                     .status_code for _ in range(RATE_LIMIT_BURST + 5)]
         assert 429 in statuses and 201 in statuses, statuses
         facts["burst_accepted"] = str(statuses.count(201))
