@@ -79,7 +79,7 @@ async def load_halts(db: AsyncEngine) -> list[Halt]:
         if getattr(exc.orig, "sqlstate", None) in _NOTHING_PERSISTED:
             return []
         raise
-    return [Halt(row.scope, row.target, int(row.halted_at.timestamp() * 1000)) for row in rows]
+    return [Halt(row.scope, row.target, round(row.halted_at.timestamp() * 1000)) for row in rows]
 
 
 async def restore_halts(redis: Redis, keys: InstrumentKeys, database_url: str, *,
@@ -110,3 +110,24 @@ async def restore_halts(redis: Redis, keys: InstrumentKeys, database_url: str, *
         logger.info("halts restored from postgresql", extra={
             "event": "halts_restored", "instrument": keys.symbol, "halts": sorted(fields)})
     return len(fields)
+
+
+async def sync_halts(redis: Redis, keys: InstrumentKeys, db: AsyncEngine) -> int:
+    """Make the instrument's halts hash exactly what PostgreSQL holds, for a heal of a Redis restored from an older
+    backup (it may hold halts lifted since, and lack halts set since). How many fields it holds after.
+
+    An admin endpoint writes PostgreSQL first, then Redis: a halt set while this runs is read back by the second
+    load and added; a lift racing it can leave the halt in Redis (the safe side) until the lift is repeated."""
+    first = {h.field: str(h.halted_at_ms) for h in await load_halts(db) if h.applies_to(keys.symbol)}
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.delete(keys.halts)
+        if first:
+            pipe.hset(keys.halts, mapping=first)  # type: ignore[arg-type]
+        await pipe.execute()
+    later = {h.field: str(h.halted_at_ms) for h in await load_halts(db)
+             if h.applies_to(keys.symbol) and h.field not in first}
+    if later:
+        await redis.hset(keys.halts, mapping=later)  # type: ignore[arg-type]
+    logger.info("halts synced from postgresql", extra={
+        "event": "halts_synced", "instrument": keys.symbol, "halts": sorted({**first, **later})})
+    return len(first) + len(later)

@@ -40,6 +40,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.groups import group_info
+from services.common.halts import sync_halts
 from services.common.instruments import Instrument
 from services.common.keys import MATCHER_GROUP, InstrumentKeys
 from services.common.stream_ids import ZERO, StreamId, format_stream_id, parse_stream_id
@@ -159,6 +160,8 @@ class _Heal:
 
         book = await self._reconcile_records(book, healed)
         await write_book(self.redis, keys, book)
+        # The backup's halts may be lifted since, or lack newer ones: PostgreSQL holds the ones in force.
+        await self._db("syncing the halts", lambda: sync_halts(self.redis, keys, self.engine))
         await self._move_group(position)
         sequences = Sequences(
             max(stored.trade_seq, restored.trade_seq, book.sequences.trade_seq),
