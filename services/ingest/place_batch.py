@@ -24,8 +24,8 @@ from services.ingest.accept import Outcome, Placement, accept_orders
 from services.ingest.context import IngestContext
 from services.ingest.errors import ApiError, ErrorDetail, invalid, raw_json_response, too_large
 from services.ingest.handling import redis_unavailable
-from services.ingest.place_order import checked_order, limits_of, log_order, placement_of, refusal, settle
-from services.ingest.validation import IDEMPOTENCY_HEADER, decode_object
+from services.ingest.place_order import answer_timed, checked_order, limits_of, log_order, placement_of, refusal, settle
+from services.ingest.validation import decode_object
 
 
 class BatchRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -64,16 +64,7 @@ _RETRY_STATUSES = (429, 503)
 
 async def answer_batch(ctx: IngestContext, headers: Headers, body: Callable[[], Awaitable[bytes]]) -> Response:
     """Answer one POST /orders/batch and record its latency and each order's outcome."""
-    started = time.perf_counter()
-    try:
-        raw = await body()  # first: 413 comes before 401
-        principal = ctx.authenticate(headers)
-    except ApiError as err:
-        response = refusal(ctx, err, None)
-    else:
-        response = await place_batch(ctx, principal, raw, headers.get(IDEMPOTENCY_HEADER))
-    ctx.metrics.batch_latency.observe(time.perf_counter() - started)
-    return response
+    return await answer_timed(ctx, headers, body, place_batch, ctx.metrics.batch_latency)
 
 
 async def place_batch(ctx: IngestContext, principal: Principal, body: bytes, idempotency_header: str | None,

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from services.common.db import drop_database, with_database
+from tests.e2e.engine import RunningEngine, engine_env, running_engine
 
 
 @pytest.fixture
@@ -32,3 +33,20 @@ async def engine_db(postgres_server_url: str) -> AsyncIterator[str]:
     url = with_database(postgres_server_url, f"test_e2e_{uuid.uuid4().hex[:10]}")
     yield url
     await drop_database(url)
+
+
+@pytest.fixture
+def engine_instruments() -> Path | None:
+    """The instruments file of the engine `running` starts (None: the repo's instruments.toml); modules override it."""
+    return None
+
+
+@pytest.fixture
+def running(key_prefix: str, redis_url: str, engine_db: str, tmp_path: Path,
+            engine_instruments: Path | None) -> Iterator[RunningEngine]:
+    """A whole engine through `make run` on the test's Redis prefix and a database of its own."""
+    env = engine_env(key_prefix, redis_url, engine_db, tmp_path)
+    if engine_instruments is not None:
+        env["INSTRUMENTS_FILE"] = str(engine_instruments)
+    with running_engine(env, tmp_path) as engine:
+        yield engine

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +15,8 @@ import pytest
 from redis.asyncio import Redis
 
 from services.common.keys import deadline_of_client, instrument_keys
-from tests.e2e.engine import RunningEngine, engine_env, running_engine
-from tests.processes import REPO_ROOT
+from tests.conftest import TWO_INSTRUMENTS
+from tests.e2e.engine import RunningEngine
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -26,11 +25,8 @@ SWEEP_BOUND_MS = 2000  # the contract: cancelled within 2 s after the deadline
 
 
 @pytest.fixture
-def running(key_prefix: str, redis_url: str, engine_db: str, tmp_path: Path) -> Iterator[RunningEngine]:
-    env = engine_env(key_prefix, redis_url, engine_db, tmp_path)
-    env["INSTRUMENTS_FILE"] = str(REPO_ROOT / "tests" / "data" / "two_instruments.toml")
-    with running_engine(env, tmp_path) as engine:
-        yield engine
+def engine_instruments() -> Path:
+    return TWO_INSTRUMENTS
 
 
 def _ms(iso: str) -> int:

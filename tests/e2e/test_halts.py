@@ -8,15 +8,14 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.e2e.engine import RunningEngine, engine_env, http_ok, running_engine
-from tests.processes import REPO_ROOT
+from tests.conftest import TWO_INSTRUMENTS
+from tests.e2e.engine import RunningEngine, http_ok
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -25,11 +24,8 @@ ADMIN = {"Authorization": "Bearer demo-admin"}
 
 
 @pytest.fixture
-def running(key_prefix: str, redis_url: str, engine_db: str, tmp_path: Path) -> Iterator[RunningEngine]:
-    env = engine_env(key_prefix, redis_url, engine_db, tmp_path)
-    env["INSTRUMENTS_FILE"] = str(REPO_ROOT / "tests" / "data" / "two_instruments.toml")
-    with running_engine(env, tmp_path) as engine:
-        yield engine
+def engine_instruments() -> Path:
+    return TWO_INSTRUMENTS
 
 
 def _order(client_id: str, instrument: str = "BTC-USD") -> dict[str, Any]:

@@ -9,7 +9,6 @@ import signal
 import stat
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,19 +16,13 @@ import pytest
 from redis.asyncio import Redis
 
 from services.common.keys import PERSISTER_GROUP, instrument_keys
-from tests.e2e.engine import RunningEngine, alive, engine_env, http_ok, running_engine
+from tests.e2e.engine import RunningEngine, alive, engine_env, http_ok
 from tests.processes import REPO_ROOT
 
 pytestmark = pytest.mark.timeout(240)
 
 A = {"Authorization": "Bearer demo-key-A"}
 B = {"Authorization": "Bearer demo-key-B"}
-
-
-@pytest.fixture
-def running(key_prefix: str, redis_url: str, engine_db: str, tmp_path: Path) -> Iterator[RunningEngine]:
-    with running_engine(engine_env(key_prefix, redis_url, engine_db, tmp_path), tmp_path) as engine:
-        yield engine
 
 
 async def active_consumers(redis: Redis, stream: str, idle_ms: int = 3000) -> int:

@@ -10,8 +10,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -21,17 +20,11 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from services.common.keys import instrument_keys
 from services.common.wire import decode_record
-from tests.e2e.engine import RunningEngine, engine_env, http_ok, running_engine
+from tests.e2e.engine import RunningEngine, http_ok
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 KEY_A = {"Authorization": "Bearer demo-key-A"}
-
-
-@pytest.fixture
-def running(key_prefix: str, redis_url: str, engine_db: str, tmp_path: Path) -> Iterator[RunningEngine]:
-    with running_engine(engine_env(key_prefix, redis_url, engine_db, tmp_path), tmp_path) as engine:
-        yield engine
 
 
 def order(price: str, **fields: Any) -> dict[str, Any]:

@@ -9,13 +9,12 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.engine import RunningEngine, engine_env, running_engine
-from tests.processes import REPO_ROOT
+from tests.conftest import TWO_INSTRUMENTS
+from tests.e2e.engine import RunningEngine
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -25,11 +24,8 @@ EXCLUDED_CHECKS = "positive_data_acceptance,use_after_free"
 
 
 @pytest.fixture
-def running(key_prefix: str, redis_url: str, engine_db: str, tmp_path: Path) -> Iterator[RunningEngine]:
-    env = engine_env(key_prefix, redis_url, engine_db, tmp_path)
-    env["INSTRUMENTS_FILE"] = str(REPO_ROOT / "tests" / "data" / "two_instruments.toml")
-    with running_engine(env, tmp_path) as engine:
-        yield engine
+def engine_instruments() -> Path:
+    return TWO_INSTRUMENTS
 
 
 def test_schemathesis_finds_nothing(running: RunningEngine) -> None:

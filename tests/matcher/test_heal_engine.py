@@ -94,14 +94,19 @@ class Traders:
             self.commands += answer.status_code == 200
 
 
-async def settled(redis: Redis, instruments: Instruments, prefix: str) -> None:
-    """The matcher has applied every command and the persister has written every trade and event."""
+async def matched(redis: Redis, prefix: str) -> None:
+    """The matcher has applied every command on the orders stream."""
     keys = instrument_keys(prefix, SYMBOL)
     for _ in range(300):
         if await group_lag(redis, keys.orders, MATCHER_GROUP) == (0, 0):
             break
         await asyncio.sleep(0.05)
     assert await group_lag(redis, keys.orders, MATCHER_GROUP) == (0, 0)
+
+
+async def settled(redis: Redis, instruments: Instruments, prefix: str) -> None:
+    """The matcher has applied every command and the persister has written every trade and event."""
+    await matched(redis, prefix)
     await wait_until_read(redis, instruments, prefix, 30)
 
 
@@ -132,6 +137,9 @@ async def test_an_older_redis_restored_under_the_engine_is_healed(
             # The copy is taken while trades and events wait for the persister and commands for the matcher.
             await engine.stop("persister")
             await traders.place(40)
+            # Applied before the stop: a command still unread when the matcher stops sits after the copy's position
+            # too, and would count among the skipped ones below (seen once in CI: 16 for 15).
+            await matched(redis, key_prefix)
             await engine.stop("matcher")
             await traders.place(15)
             older = await backup(redis, key_prefix, SYMBOL)
