@@ -14,6 +14,8 @@ OrderType = Literal["limit", "market"]
 TimeInForce = Literal["GTC", "IOC", "FOK"]
 Status = Literal["accepted", "open", "partially_filled", "filled", "cancelled", "rejected"]
 FINAL_STATUSES = frozenset({"filled", "cancelled", "rejected"})
+# An order in the book: in its level's time queue.
+RESTING_STATUSES: tuple[Status, ...] = ("open", "partially_filled")
 # The incoming order's self-trade prevention mode (docs/order-management.md): under `none` a client's orders
 # may trade with each other.
 SelfTradePrevention = Literal["none", "cancel_taker", "cancel_maker", "cancel_both", "decrement"]
@@ -94,6 +96,20 @@ class CancelAllOutcome(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 decode_amend_outcome = msgspec.json.Decoder(AmendOutcome).decode
 decode_cancel_all_outcome = msgspec.json.Decoder(CancelAllOutcome).decode
 
+
+
+def command_fields(command: Command) -> list[str]:
+    """An inbound command as its orders-stream entry's field/value strings, flat: the tag (`cmd`), then each field;
+    a field with a default only when its value differs from it (an entry without it means the default)."""
+    config = command.__struct_config__
+    fields = [str(config.tag_field), str(config.tag)]
+    names, defaults = command.__struct_fields__, command.__struct_defaults__
+    required = len(names) - len(defaults)
+    for at, name in enumerate(names):
+        value = getattr(command, name)
+        if at < required or value != defaults[at - required]:
+            fields += [name, value]
+    return fields
 
 class OrderRecord(msgspec.Struct, frozen=True, array_like=True):
     """An order's live state, msgpack-encoded in the `os:{I}` hash (written by accept.lua and match.lua).

@@ -13,7 +13,7 @@ from redis.typing import EncodableT
 from services.common.keys import HALT_INSTRUMENT, InstrumentKeys, halt_of_client
 from services.common.redis_batch import CommandBatcher, pack_args
 from services.common.scripts import ACCEPT_SCRIPT, AcceptArgv, AcceptKeys, AcceptOrderArgv, AcceptOrderKeys, astuple
-from services.common.wire import NewOrderCommand, OrderRecord, encode_record
+from services.common.wire import NewOrderCommand, OrderRecord, command_fields, encode_record
 from services.ingest.validation import ValidOrder
 
 
@@ -77,22 +77,13 @@ def accepted_record(order: ValidOrder, order_id: str, created_ms: int, *, sessio
 def _command_fields(record: OrderRecord) -> list[str]:
     """The orders-stream entry of a new order: NewOrderCommand's fields, flat, integers as text; a field with a
     default only when the order's value differs from it (packed_script_args writes the same)."""
-    command = NewOrderCommand(
+    return command_fields(NewOrderCommand(
         order_id=record.order_id, client_id=record.client_id, client_order_id=record.client_order_id,
         side=record.side, type=record.type, time_in_force=record.time_in_force,
         post_only="1" if record.post_only else "0", price_ticks=str(record.price_ticks),
         quantity_lots=str(record.quantity_lots), created_at=str(record.created_at),
         self_trade_prevention=record.self_trade_prevention, session=record.session,
-    )
-    fields = ["cmd", "new"]
-    for name in _COMMAND_REQUIRED:
-        fields.append(name)
-        fields.append(getattr(command, name))
-    for name, default in _COMMAND_OPTIONAL:
-        if getattr(command, name) != default:
-            fields.append(name)
-            fields.append(getattr(command, name))
-    return fields
+    ))
 
 
 class Placement(msgspec.Struct, frozen=True):
@@ -146,15 +137,17 @@ def script_args(keys: InstrumentKeys, placements: Sequence[Placement], limits: L
         overloaded="1" if limits.overloaded else "0", ttl_s=limits.idempotency_ttl_s,
         halt_instrument=HALT_INSTRUMENT))]
     for placement in placements:
-        order_keys, order_argv = _order_args(keys, placement)
+        command = _command_fields(placement.record)
+        order_keys, order_argv = _order_args(keys, placement, len(command))
         script_keys += order_keys
         argv += order_argv
-        argv += _command_fields(placement.record)
+        argv += command
     return script_keys, argv
 
 
-def _order_args(keys: InstrumentKeys, placement: Placement) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
-    """One order's AcceptOrderKeys and AcceptOrderArgv (the command's values follow that block)."""
+def _order_args(keys: InstrumentKeys, placement: Placement, command_values: int
+                ) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """One order's AcceptOrderKeys and AcceptOrderArgv; the command's `command_values` values follow that block."""
     order, record = placement.order, placement.record
     client_id = order.client_id
     keyed = order.idempotency_key is not None
@@ -170,7 +163,7 @@ def _order_args(keys: InstrumentKeys, placement: Placement) -> tuple[tuple[Any, 
         order_id=record.order_id, record=encode_record(record), has_idempotency_key="1" if keyed else "0",
         has_client_order_id="1" if order.client_order_id else "0", created_at=record.created_at,
         has_session="1" if record.session else "0", halt_client=halt_of_client(client_id),
-        command_fields=_command_count(record)))
+        command_fields=command_values))
     return order_keys, order_argv
 
 
@@ -194,15 +187,6 @@ _KEYS_SHARED = len(AcceptKeys.__struct_fields__)
 _ARGV_SHARED = len(AcceptArgv.__struct_fields__)
 
 
-def _command_count(record: OrderRecord) -> int:
-    """How many values the order's orders-stream entry has (its tag and field pairs)."""
-    count = _COMMAND_VALUES
-    for name, default in _COMMAND_OPTIONAL:
-        if getattr(record, name) != default:
-            count += 2
-    return count
-
-
 def packed_script_args(keys: InstrumentKeys, placements: Sequence[Placement], limits: Limits
                        ) -> tuple[int, bytes, int]:
     """script_args as CommandBatcher.evalsha_packed takes them: (KEYS count, KEYS then ARGV in RESP, count).
@@ -213,22 +197,25 @@ def packed_script_args(keys: InstrumentKeys, placements: Sequence[Placement], li
                                "1" if limits.overloaded else "0", limits.idempotency_ttl_s)]
     optional_values = 0
     for placement in placements:
-        order_keys, order_argv = _order_args(keys, placement)
-        key_parts.append(pack_args(order_keys))
-        argv_parts.append(pack_args(order_argv))
-        argv_parts.append(_COMMAND_HEAD)
         record = placement.record
-        for name, value in zip(_COMMAND_NAMES, _command_values(record), strict=True):
-            data = value.encode() if type(value) is str else b"%d" % value
-            argv_parts.append(name)
-            argv_parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+        # The fields that differ from their defaults, packed: one part per value (its name, then its value).
+        optional: list[bytes] = []
         for attribute, name, default in _OPTIONAL_NAMES:
             text = getattr(record, attribute)
             if text != default:
                 data = text.encode()
-                argv_parts.append(name)
-                argv_parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
-                optional_values += 2
+                optional.append(name)
+                optional.append(b"$%d\r\n%b\r\n" % (len(data), data))
+        order_keys, order_argv = _order_args(keys, placement, _COMMAND_VALUES + len(optional))
+        key_parts.append(pack_args(order_keys))
+        argv_parts.append(pack_args(order_argv))
+        argv_parts.append(_COMMAND_HEAD)
+        for name, value in zip(_COMMAND_NAMES, _command_values(record), strict=True):
+            data = value.encode() if type(value) is str else b"%d" % value
+            argv_parts.append(name)
+            argv_parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+        argv_parts += optional
+        optional_values += len(optional)
     key_count = _KEYS_SHARED + _KEYS_EACH * len(placements)
     key_parts += argv_parts
     argv_count = _ARGV_SHARED + _ARGV_EACH * len(placements) + optional_values

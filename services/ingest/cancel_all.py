@@ -24,6 +24,7 @@ from services.common.wire import (
     CancelAllReason,
     CancelAllSide,
     Side,
+    command_fields,
     decode_cancel_all_outcome,
 )
 from services.ingest.answers import Answer, answered
@@ -58,7 +59,6 @@ class CancelAllPending(msgspec.Struct, frozen=True):
 
 _decoder = msgspec.json.Decoder(CancelAllRequest)
 _encode = msgspec.json.Encoder().encode
-_TAG = CancelAllCommand.__struct_config__
 
 
 def decode_cancel_all(body: bytes) -> CancelAllRequest:
@@ -78,13 +78,6 @@ async def cancel_all(ctx: IngestContext, principal: Principal, request: CancelAl
     """POST /orders/cancel-all's (status, body) past its 413, 401, 400 (the order-entry socket's `cancel_all`):
     every refusal as its error body, never an exception."""
     return await answered(cancel_all_orders(ctx, principal, request))
-
-
-def _command_fields(command: CancelAllCommand) -> list[str]:
-    fields = [_TAG.tag_field or "", str(_TAG.tag)]
-    for name in command.__struct_fields__:
-        fields += [name, getattr(command, name)]
-    return fields
 
 
 async def cancel_all_orders(ctx: IngestContext, principal: Principal, request: CancelAllRequest) -> Answer:
@@ -111,7 +104,7 @@ async def enqueue_and_wait(ctx: IngestContext, client_id: str, symbols: list[str
     requests = {symbol: uuid.uuid4().hex for symbol in symbols}
     # One XADD per instrument, in one pipeline: each is one instrument's slot.
     await asyncio.gather(*(
-        ctx.batcher.execute("XADD", ctx.keys[symbol].orders, "*", *_command_fields(CancelAllCommand(
+        ctx.batcher.execute("XADD", ctx.keys[symbol].orders, "*", *command_fields(CancelAllCommand(
             client_id=client_id, side=side, reason=reason, request_id=requests[symbol],
             requester=requester, ts=ts)))
         for symbol in symbols))

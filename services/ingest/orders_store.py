@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import msgspec
 
@@ -15,6 +17,7 @@ from services.common.scripts import AMEND_SCRIPT, CANCEL_SCRIPT, AmendArgv, Amen
 from services.common.wire import FINAL_STATUSES, OrderRecord, decode_record
 
 _MAX_POLL_S = 0.01
+T = TypeVar("T")
 
 
 class Found(msgspec.Struct, frozen=True):
@@ -85,28 +88,29 @@ class OrderStore:
     async def wait_result(self, key: str, deadline: float) -> bytes | None:
         """Poll a command's outcome key until the matcher stored it or time.monotonic() passes `deadline`; the
         outcome, taken (GETDEL: only its one asker reads it), or None."""
-        delay = 0.001
-        while (found := await self._batcher.execute("GETDEL", key)) is None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            await asyncio.sleep(min(delay, left))
-            delay = min(delay * 2, _MAX_POLL_S)
-        return bytes(found)
+        found = await _poll(lambda: self._batcher.execute("GETDEL", key), lambda found: found is not None, deadline)
+        return None if found is None else bytes(found)
 
     async def wait_final(self, keys: InstrumentKeys, order_id: str, timeout_s: float) -> OrderRecord | None:
         """Poll the record until its status is final; the last record seen, final or not."""
-        deadline = time.monotonic() + timeout_s
-        delay = 0.001
-        record = await self.get(keys, order_id)
-        while record is not None and record.status not in FINAL_STATUSES:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            await asyncio.sleep(min(delay, left))
-            delay = min(delay * 2, _MAX_POLL_S)
-            record = await self.get(keys, order_id)
-        return record
+        return await _poll(lambda: self.get(keys, order_id),
+                           lambda record: record is None or record.status in FINAL_STATUSES,
+                           time.monotonic() + timeout_s)
+
+
+async def _poll(read: Callable[[], Awaitable[T]], done: Callable[[T], bool], deadline: float) -> T:
+    """read() until done(value) or time.monotonic() passes `deadline`, backing off from 1 ms to _MAX_POLL_S; the
+    last value read."""
+    delay = 0.001
+    value = await read()
+    while not done(value):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        await asyncio.sleep(min(delay, left))
+        delay = min(delay * 2, _MAX_POLL_S)
+        value = await read()
+    return value
 
 
 def _only_client(principal: Principal) -> str:

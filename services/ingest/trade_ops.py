@@ -86,7 +86,7 @@ def order_id_field(fields: Fields) -> str:
 
 async def cancel_op(ctx: IngestContext, principal: Principal, fields: Fields, session: str) -> Answer:
     """POST /orders/{order_id}/cancel (an id that cannot be one: 404, as the path answers)."""
-    details = _unknown(fields, _CANCEL)
+    details = _unknown(fields, _WITH_ORDER_ID)
     if details:
         raise invalid(details)
     return _answer(await cancel(ctx, principal, checked_order_id(order_id_field(fields))))
@@ -95,7 +95,7 @@ async def cancel_op(ctx: IngestContext, principal: Principal, fields: Fields, se
 async def amend_op(ctx: IngestContext, principal: Principal, fields: Fields, session: str) -> Answer:
     """PATCH /orders/{order_id} with the other fields (`quantity`, `price`) as its body."""
     order_id = order_id_field(fields)
-    request = decode_amend(_body(ctx, fields, _AMEND_PATH))
+    request = decode_amend(_body(ctx, fields, _WITH_ORDER_ID))
     # In PATCH's order: the body decoded (400, 422 for an unknown field), then the path's 404, then the values.
     return await amend(ctx, principal, checked_order_id(order_id), request)
 
@@ -116,8 +116,8 @@ def _body(ctx: IngestContext, fields: Fields, outside: frozenset[str]) -> bytes:
 
 _PLACE = ENVELOPE | {"order"}
 _PLACE_BATCH = ENVELOPE | {"orders"}
-_CANCEL = ENVELOPE | {"order_id"}
-_AMEND_PATH = ENVELOPE | {"order_id"}
+# cancel's fields, and amend's that are not its body (the HTTP path's id)
+_WITH_ORDER_ID = ENVELOPE | {"order_id"}
 
 OPS: dict[str, Op] = {
     "place": place,

@@ -285,15 +285,16 @@ end
 -- whether that limit stopped it.
 local market_limit, protection_stopped = nil, false
 
+-- Whether a maker at maker_ticks is within a `side` taker's limit price.
+local function within(side, limit, maker_ticks)
+  if side == 'buy' then return maker_ticks <= limit end
+  return maker_ticks >= limit
+end
+
 -- Whether a maker at maker_ticks may trade with taker o.
 local function crosses(o, maker_ticks)
-  if o.type == 'market' then
-    if market_limit == nil then return true end
-    if o.side == 'buy' then return maker_ticks <= market_limit end
-    return maker_ticks >= market_limit
-  end
-  if o.side == 'buy' then return maker_ticks <= o.price_ticks end
-  return maker_ticks >= o.price_ticks
+  if o.type == 'market' then return market_limit == nil or within(o.side, market_limit, maker_ticks) end
+  return within(o.side, o.price_ticks, maker_ticks)
 end
 
 -- Resting quantity the taker could trade against, counting no further than `needed`.
@@ -427,6 +428,15 @@ local function emit_with_reason(kind, o, with_order, reason, extra)
   o.reason = saved
 end
 
+-- cancel_rejected / amend_rejected of a command naming an order this instrument does not hold: no record to report.
+local function emit_unknown_order(kind, order_id, client_id)
+  event_seq = event_seq + 1
+  redis.call('XADD', K_EVENTS, '*', 'event', kind, 'seq', int_text(event_seq),
+    'instrument', SYMBOL, 'order_id', order_id, 'client_id', client_id,
+    'status', 'rejected', 'filled_quantity', '0', 'remaining_quantity', '0',
+    'filled_quote', '0', 'reason', 'unknown_order', 'ts', now_text, 'command_id', command_id)
+end
+
 -- A command's outcome for the ingest waiting on it (wire.AmendOutcome / wire.CancelAllOutcome).
 local function set_result(request_id, json)
   redis.call('SET', KEY.result(request_id), json, 'PX', RESULT_TTL_MS)
@@ -510,28 +520,23 @@ end
 -- Self-trade prevention ------------------------------------------------------------------------
 -- The taker's mode decides, before each fill with a maker of the same client (docs/order-management.md).
 
--- Cancels the maker for STP (cancel_maker, cancel_both, decrement of the smaller).
-local function stp_cancel_maker(maker)
-  cancel_resting(maker, 'self_trade_prevented')
-end
-
 -- Applies the taker's mode to one own maker; true when the taker stops here (its remainder is then cancelled
 -- by the caller, reason self_trade_prevented).
 local function prevent_self_trade(o, maker)
   local mode = o.self_trade_prevention
   if mode == 'cancel_taker' then return true end
   if mode == 'cancel_maker' then
-    stp_cancel_maker(maker)
+    cancel_resting(maker, 'self_trade_prevented')
     return false
   end
   if mode == 'cancel_both' then
-    stp_cancel_maker(maker)
+    cancel_resting(maker, 'self_trade_prevented')
     return true
   end
   -- decrement: the smaller remaining is cancelled, the other reduced by as much; equal, both go.
   local maker_left, taker_left = maker.quantity_lots - maker.filled_lots, o.quantity_lots - o.filled_lots
   if maker_left <= taker_left then
-    stp_cancel_maker(maker)
+    cancel_resting(maker, 'self_trade_prevented')
     if maker_left == taker_left then return true end
     o.quantity_lots = o.quantity_lots - maker_left
     emit_with_reason('amended', o, true, 'self_trade_prevented', {'requeued', '0'})
@@ -683,11 +688,7 @@ local function apply_cancel(f)
   local o = nil
   if f.order_id and f.order_id ~= '' then o = load_order(f.order_id) end
   if o == nil then
-    event_seq = event_seq + 1
-    redis.call('XADD', K_EVENTS, '*', 'event', 'cancel_rejected', 'seq', int_text(event_seq),
-      'instrument', SYMBOL, 'order_id', f.order_id or '', 'client_id', f.client_id or '',
-      'status', 'rejected', 'filled_quantity', '0', 'remaining_quantity', '0',
-      'filled_quote', '0', 'reason', 'unknown_order', 'ts', now_text, 'command_id', command_id)
+    emit_unknown_order('cancel_rejected', f.order_id or '', f.client_id or '')
     return
   end
   if not is_resting(o) then
@@ -721,11 +722,7 @@ end
 
 local function reject_amend(a, o, reason)
   if o == nil then
-    event_seq = event_seq + 1
-    redis.call('XADD', K_EVENTS, '*', 'event', 'amend_rejected', 'seq', int_text(event_seq),
-      'instrument', SYMBOL, 'order_id', a.order_id, 'client_id', a.client_id,
-      'status', 'rejected', 'filled_quantity', '0', 'remaining_quantity', '0',
-      'filled_quote', '0', 'reason', reason, 'ts', now_text, 'command_id', command_id)
+    emit_unknown_order('amend_rejected', a.order_id, a.client_id)
   else
     emit_with_reason('amend_rejected', o, false, reason)
   end
@@ -765,7 +762,7 @@ local function apply_amend(f)
   end
   if price ~= o.price_ticks and o.post_only == 1 then
     local best = best_opposite_ticks(o)
-    if best ~= nil and (o.side == 'buy' and best <= price or o.side == 'sell' and best >= price) then
+    if best ~= nil and within(o.side, price, best) then
       return reject_amend(a, o, 'post_only_would_cross')
     end
   end
@@ -957,11 +954,10 @@ end
 if #entries > 0 then
   meta[#meta + 1] = 'last_id'
   meta[#meta + 1] = last_id
-  redis.call('HSET', K_META, unpack(meta))
   stats.applied, stats.last_id = #entries, last_id
 else
   -- Only the sweep ran: the counters moved, the group's position did not.
-  redis.call('HSET', K_META, unpack(meta))
   stats.last_id = group_last_id() or '0-0'
 end
+redis.call('HSET', K_META, unpack(meta))
 return reply_of(stats)

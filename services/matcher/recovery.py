@@ -43,13 +43,13 @@ from services.common.instruments import NOTIONAL_LIMB, Instrument
 from services.common.keys import CLIENT_ORDERS, InstrumentKeys
 from services.common.scripts import book_member
 from services.common.urls import mask_url
-from services.common.wire import OrderRecord, SelfTradePrevention, decode_record, encode_record
+from services.common.wire import RESTING_STATUSES, OrderRecord, SelfTradePrevention, decode_record, encode_record
 from services.matcher.risk_state import COUNTS_BUILT, REFERENCE, open_counts, write_open_counts
 
 logger = logging.getLogger(__name__)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-RESTING = ("open", "partially_filled")
+RESTING = RESTING_STATUSES  # heal.py's name too
 LIVE = frozenset({"accepted", *RESTING})  # the orders the per-client index holds
 GLOB_SPECIAL = frozenset("*?[]\\")
 SELF_TRADE_MODES = frozenset(get_args(SelfTradePrevention))

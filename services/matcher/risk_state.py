@@ -24,13 +24,12 @@ from redis.asyncio import Redis
 from services.common.instruments import Instrument
 from services.common.keys import InstrumentKeys
 from services.common.scripts import MEMBER_ID_AT
-from services.common.wire import OrderRecord, decode_record, fields_to_dict
+from services.common.wire import RESTING_STATUSES, OrderRecord, decode_record, fields_to_dict
 
 logger = logging.getLogger(__name__)
 
 REFERENCE = "ref_ticks"  # meta field: the last trade price in ticks (match.lua's name)
 COUNTS_BUILT = "open_counts"  # meta field: oc:{I} was built for the orders resting then, and kept since
-RESTING = frozenset({"open", "partially_filled"})
 CHUNK = 500
 
 
@@ -38,7 +37,7 @@ def open_counts(records: Iterable[OrderRecord]) -> dict[str, int]:
     """Resting orders per client among `records`."""
     counts: dict[str, int] = {}
     for record in records:
-        if record.status in RESTING:
+        if record.status in RESTING_STATUSES:
             counts[record.client_id] = counts.get(record.client_id, 0) + 1
     return counts
 

@@ -13,7 +13,7 @@ import msgspec
 from services.common.instruments import Instrument, Instruments
 from services.common.keys import instrument_keys
 from services.common.money import EXACT
-from services.common.wire import EventEntry, TradeEntry
+from services.common.wire import RESTING_STATUSES, EventEntry, TradeEntry
 from services.persister.rows import STATIC_FIELDS, EventRow, OrderRow, TradeRow
 
 StreamKind = Literal["trades", "events"]
@@ -22,8 +22,6 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ORDER_CHANGING = frozenset({"accepted", "rejected", "partially_filled", "filled", "cancelled", "amended"})
 # Events that carry every field of the order (an amended one its new price and quantity).
 CARRIES_ORDER = frozenset({"accepted", "rejected", "amended"})
-# The statuses of an order that holds a place in a level's queue (an accepted event says `open`).
-QUEUED = frozenset({"open", "partially_filled"})
 
 
 class MalformedEntry(ValueError):
@@ -192,7 +190,7 @@ def decode_event(entry: Entry) -> Decoded:
         # The amend's reason (self_trade_prevented for an STP decrement) says why it happened, not the
         # order's: a resting order has none, as its record says (match.lua keeps the record's).
         reason = None
-    elif e.event == "accepted" and e.status in QUEUED:
+    elif e.event == "accepted" and e.status in RESTING_STATUSES:  # holds a place in a level's queue
         queued = seq
     order = OrderRow(
         order_id=e.order_id, client_order_id=e.client_order_id or None, client_id=e.client_id,
