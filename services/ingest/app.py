@@ -11,6 +11,8 @@ from contextlib import asynccontextmanager
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
@@ -96,9 +98,21 @@ def create_app(settings: IngestSettings) -> Starlette:
         Route("/metrics", bind(health.metrics), methods=["GET"]),
         WebSocketRoute("/trade", TradeEndpoint(ctx)),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error},
+                    middleware=[cors(settings)])
     app.state.ctx = ctx
     return app
+
+
+def cors(settings: IngestSettings) -> Middleware:
+    """Cross-origin reads for the market page (the broadcaster's origin): exactly CORS_ORIGINS, never "*".
+
+    Reads only (GET, no credentials): the page places no orders. An order needs an Authorization header,
+    which a browser sends across origins only after a preflight, and the /orders fast path outside this app
+    answers OPTIONS with 405.
+    """
+    return Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET"],
+                      allow_credentials=False, max_age=600)
 
 
 def serving_app(app: Starlette) -> ASGIApp:

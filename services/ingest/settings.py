@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.auth import AuthMode, allow_demo_keys_from_env, auth_mode_from_env
 from services.common.db import DEFAULT_DATABASE_URL, database_url
 from services.common.env import (
+    SettingsError,
     env_bool,
     env_float,
     env_int,
@@ -64,6 +66,9 @@ class IngestSettings:
     read_db_pool_size: int = 2
     # The order-entry socket (ws://…/trade): requests one connection may have in flight at once.
     trade_max_in_flight: int = 64
+    # Browser origins allowed to read this API across origins: the market page the broadcaster serves.
+    # Exact origins only, never "*": a wildcard would let any site a user visits read through their browser.
+    cors_origins: tuple[str, ...] = ("http://127.0.0.1:3001", "http://localhost:3001")
 
     @classmethod
     def from_env(cls) -> IngestSettings:
@@ -96,4 +101,18 @@ class IngestSettings:
             read_timeout_ms=env_int("READ_TIMEOUT_MS", 2000, minimum=1, maximum=MAX_READ_TIMEOUT_MS),
             read_db_pool_size=env_int("INGEST_READ_DB_POOL", 2, minimum=1),
             trade_max_in_flight=env_int("TRADE_MAX_IN_FLIGHT", 64, minimum=1),
+            cors_origins=cors_origins_from_env(),
         )
+
+
+def cors_origins_from_env() -> tuple[str, ...]:
+    """CORS_ORIGINS, comma-separated; by default the broadcaster's origins on BROADCASTER_PORT (3001)."""
+    port = env_int("BROADCASTER_PORT", 3001, minimum=0)
+    raw = env_str("CORS_ORIGINS", f"http://127.0.0.1:{port},http://localhost:{port}")
+    origins = tuple(origin.strip().rstrip("/") for origin in raw.split(",") if origin.strip())
+    for origin in origins:
+        # A browser sends scheme://host[:port] and nothing else; anything more would never match.
+        if "*" in origin or not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise SettingsError(f"CORS_ORIGINS: {origin!r} is not an origin such as http://127.0.0.1:3001 "
+                                "(exact origins only, no '*')")
+    return origins
