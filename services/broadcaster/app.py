@@ -1,4 +1,4 @@
-"""The broadcaster's ASGI app: WebSocket /stream, /healthz, /readyz, /metrics; and its uvicorn config."""
+"""The broadcaster's ASGI app: WebSocket /stream, the market page, /healthz, /readyz, /metrics; its uvicorn config."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from services.broadcaster.context import BroadcasterContext
+from services.broadcaster.page import page_routes
 from services.broadcaster.session import SERVER_SEND, Session
 from services.broadcaster.settings import BroadcasterSettings
 from services.common.runner import Server
@@ -56,7 +57,7 @@ def create_app(settings: BroadcasterSettings) -> Starlette:
 
     app = Starlette(
         routes=[WebSocketRoute("/stream", stream), Route("/healthz", healthz), Route("/readyz", readyz),
-                Route("/metrics", metrics)],
+                Route("/metrics", metrics), *page_routes(settings)],
         lifespan=lifespan,
         middleware=[Middleware(KeepServerSend)],
     )

@@ -63,6 +63,9 @@ class BroadcasterSettings:
     close_timeout_s: float = 5.0  # how long a dropped client gets to take its 1013 close frame
     shutdown_timeout_s: int = 5
     log_level: str = "INFO"
+    # Where the market page's browser reaches ingest's read API (book, trades, candles, ticker): a URL as the
+    # browser sees it, which is why it is a setting and not derived from INGEST_HOST.
+    ingest_public_url: str = "http://127.0.0.1:3000"
 
     def __post_init__(self) -> None:
         if not self.stall_s > 0:
@@ -107,4 +110,6 @@ class BroadcasterSettings:
             close_timeout_s=env_float("BROADCASTER_CLOSE_TIMEOUT_S", 5.0),
             shutdown_timeout_s=env_int("BROADCASTER_SHUTDOWN_TIMEOUT_S", 5, minimum=1),
             log_level=env_str("LOG_LEVEL", "INFO").upper(),
+            ingest_public_url=env_str("INGEST_PUBLIC_URL",
+                                      f"http://127.0.0.1:{env_int('INGEST_PORT', 3000, minimum=1)}").rstrip("/"),
         )
