@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from services.common.redis_conn import MAX_BLOCK_MS, REDIS_SOCKET_TIMEOUT_S
+from redis.asyncio.connection import parse_url
+
+from services.common.redis_conn import MAX_BLOCK_MS, REDIS_MODES, REDIS_SOCKET_TIMEOUT_S, RedisMode
+from services.common.urls import mask_url
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -75,6 +78,24 @@ def env_path(name: str, default: str) -> Path:
 
 def redis_url() -> str:
     return env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def redis_mode() -> RedisMode:
+    """REDIS_MODE: `single` (default) or `cluster`; in cluster mode REDIS_URL names a node, database 0 only."""
+    mode = env_str("REDIS_MODE", "") or "single"
+    if mode == "single":
+        return "single"
+    if mode != "cluster":
+        raise SettingsError(f"REDIS_MODE={mode!r} must be one of {', '.join(REDIS_MODES)}")
+    url = redis_url()
+    try:
+        db = int(parse_url(url).get("db") or 0)
+    except ValueError as exc:
+        raise SettingsError(f"REDIS_URL={mask_url(url)!r} is not a Redis URL: {exc}") from None
+    if db != 0:
+        raise SettingsError(f"REDIS_URL={mask_url(url)!r} selects database {db}: a Redis Cluster has database 0 "
+                            "only (REDIS_MODE=cluster)")
+    return "cluster"
 
 
 def redis_key_prefix() -> str:

@@ -37,6 +37,7 @@ from typing import Any, cast
 import hiredis
 from redis._parsers.base import BaseParser
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.connection import SSLConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, NoScriptError
@@ -123,8 +124,9 @@ class _RespProtocol(asyncio.Protocol):
 class CommandBatcher:
     """Sends the commands submitted during one event-loop tick as one pipeline."""
 
-    def __init__(self, redis: Redis, *, max_batch: int = 1000, max_in_flight: int = 4) -> None:
-        pool = redis.connection_pool
+    def __init__(self, redis: Redis | ClusterNode, *, max_batch: int = 1000, max_in_flight: int = 4) -> None:
+        # A cluster node (ClusterBatcher: one batcher per master) has the connection settings a pool has.
+        pool = redis.connection_pool if isinstance(redis, Redis) else redis
         kwargs = pool.connection_kwargs
         # rediss://: redis-py's own reading of the URL's ssl_* parameters builds the context, once, so the
         # batcher verifies exactly as the client it was made from. TLS costs the handshake at connect only.

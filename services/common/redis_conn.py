@@ -1,8 +1,12 @@
-"""The one way services open Redis connections."""
+"""The one way services open Redis connections: one server (REDIS_MODE=single) or a Redis Cluster (cluster)."""
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+from collections import deque
+from typing import Any, Literal, TypeAlias, overload
+
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -11,16 +15,68 @@ REDIS_SOCKET_TIMEOUT_S = 10.0
 # The longest BLOCK of a blocking read: its reply must be back before the socket times out.
 MAX_BLOCK_MS = int(REDIS_SOCKET_TIMEOUT_S * 1000) - 1000
 
+RedisMode: TypeAlias = Literal["single", "cluster"]
+REDIS_MODES: tuple[RedisMode, ...] = ("single", "cluster")
+# Every service's client: both have the same commands; a cluster routes each by its first key's slot.
+AnyRedis: TypeAlias = Redis | RedisCluster
 
-def connect(url: str, *, socket_timeout: float = REDIS_SOCKET_TIMEOUT_S, max_connections: int = 64) -> Redis:
-    # No automatic retries (redis-py 8 retries 3 times by default): a command whose connection broke
-    # may have run already, and resending an XADD or a script would do it twice. Callers decide.
-    return Redis.from_url(
-        url,
+
+@overload
+def connect(url: str, *, mode: Literal["single"] = "single", socket_timeout: float = REDIS_SOCKET_TIMEOUT_S,
+            max_connections: int = 64) -> Redis: ...
+@overload
+def connect(url: str, *, mode: Literal["cluster"], socket_timeout: float = REDIS_SOCKET_TIMEOUT_S,
+            max_connections: int = 64) -> RedisCluster: ...
+@overload
+def connect(url: str, *, mode: RedisMode, socket_timeout: float = REDIS_SOCKET_TIMEOUT_S,
+            max_connections: int = 64) -> AnyRedis: ...
+def connect(url: str, *, mode: RedisMode = "single", socket_timeout: float = REDIS_SOCKET_TIMEOUT_S,
+            max_connections: int = 64) -> AnyRedis:
+    """A client of the server at `url`, or of the cluster `url` names a node of; it never resends after a
+    connection error (a command may have run already, and resending an XADD or a script would do it twice)."""
+    options: dict[str, Any] = dict(
         socket_timeout=socket_timeout,
         socket_connect_timeout=3.0,
         health_check_interval=0,
-        max_connections=max_connections,
+        max_connections=max_connections,  # a cluster client: per node
         decode_responses=False,
+        # No automatic retries (redis-py 8 retries 3 times by default). Callers decide.
         retry=Retry(NoBackoff(), 0),
     )
+    if mode == "cluster":
+        return _Cluster.from_url(url, **options)
+    if mode != "single":
+        raise ValueError(f"unknown Redis mode {mode!r}: single or cluster")
+    return Redis.from_url(url, **options)
+
+
+class _Cluster(RedisCluster):
+    """redis-py's cluster client, with retry=0 (no resend after a connection error, which the outer loop of
+    RedisCluster.execute_command would do) and two repairs of its redirections (redis-py 8.1):
+
+    - ASK: it sends ASKING and then the command as two pool checkouts on the named node. The pool hands out
+      its oldest free connection, so with two or more free the command goes out on another connection than
+      ASKING, meets MOVED back to the source, which asks again... until "TTL exhausted". Nodes reached by an
+      ASK (`get_node`) hand out their newest free connection instead: the one ASKING was just answered on.
+    - TRYAGAIN (a multi-key command, or a guarded script, on a slot being migrated) is retried 16 times, the
+      last 8 after 50 ms, then "TTL exhausted" (0.4 s). A migration under flow takes longer: 100 tries, the
+      last 50 after 50 ms, about 2.5 s, as the ClusterBatcher's few seconds.
+
+    MOVED, ASK and TRYAGAIN all mean the command did not run, so following them cannot apply it twice.
+    """
+
+    RedisClusterRequestTTL = 100
+
+    def get_node(self, host: str | None = None, port: int | None = None,
+                 node_name: str | None = None) -> ClusterNode | None:
+        node = super().get_node(host, port, node_name)
+        if node is not None and not isinstance(node._free, _NewestFirst):
+            node._free = _NewestFirst(node._free)
+        return node
+
+
+class _NewestFirst(deque[Any]):
+    """A node's free connections, handed out newest first (ClusterNode.acquire_connection calls popleft)."""
+
+    def popleft(self) -> Any:
+        return self.pop()
