@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from redis.asyncio import Redis
-
 from services.broadcaster.entries import trade_message
 from services.broadcaster.protocol import OrderbookSnapshot, Trade
 from services.common.book import read_book
 from services.common.instruments import Instrument
 from services.common.keys import InstrumentKeys
+from services.common.redis_conn import AnyRedis
 
 FIRST_PAGE = 16
 MAX_PAGE = 1000
 
 
-async def read_snapshot(redis: Redis, instrument: Instrument, keys: InstrumentKeys, levels: int) -> OrderbookSnapshot:
+async def read_snapshot(redis: AnyRedis, instrument: Instrument, keys: InstrumentKeys,
+                        levels: int) -> OrderbookSnapshot:
     """The whole book and its seq, read in one atomic book.lua call."""
     book = await read_book(redis, instrument, keys, levels)
     return OrderbookSnapshot(
@@ -35,7 +35,7 @@ class Replay:
         self.truncated_before = truncated_before  # oldest replayed seq when trades after since_seq are missing
 
 
-async def replay_trades(redis: Redis, stream: str, since_seq: int, max_replay: int) -> Replay:
+async def replay_trades(redis: AnyRedis, stream: str, since_seq: int, max_replay: int) -> Replay:
     """Walk the stream back from its end until seq <= since_seq: cost grows with what was missed, not the stream."""
     newest_first: list[Trade] = []
     top_seq = 0

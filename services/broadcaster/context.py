@@ -7,7 +7,6 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from services.broadcaster.client import Client
@@ -22,7 +21,7 @@ from services.broadcaster.stall import watch_stalls
 from services.common.auth import ADMIN, KeyTable, Principal
 from services.common.key_watch import KeyFile, open_key_file
 from services.common.keys import InstrumentKeys, keys_by_symbol
-from services.common.redis_conn import connect
+from services.common.redis_conn import AnyRedis, connect
 from services.common.urls import mask_url
 
 logger = logging.getLogger(__name__)
@@ -41,7 +40,7 @@ class BroadcasterContext:
         self._by_key: dict[str, set[Callable[[], None]]] = {}
         if self.key_file is not None:
             self.key_file.on_revoke(self._revoked)
-        self.redis: Redis = connect(settings.redis_url)
+        self.redis: AnyRedis = connect(settings.redis_url, mode=settings.redis_mode)
         self.metrics = BroadcasterMetrics()
         self.hub = Hub()
         self.reader = StreamReader(self.redis, self.keys, self.hub, self.metrics, settings.read_count,

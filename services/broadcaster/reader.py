@@ -1,7 +1,8 @@
 """The process's one Redis reader: plain XREAD over every instrument's trades, events and book streams.
 
 No consumer group: each broadcaster process reads the streams for itself (several can run side by
-side), starting from the streams' ends at start and following the last id of each.
+side), starting from the streams' ends at start and following the last id of each. On a Redis Cluster a read
+names one slot only: one XREAD loop per instrument, its three streams sharing its hash tag.
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from services.broadcaster.entries import MalformedEntry, delta_message, order_message, trade_message
 from services.broadcaster.hub import Hub
 from services.broadcaster.metrics import BroadcasterMetrics
 from services.broadcaster.protocol import encode
 from services.common.keys import InstrumentKeys
+from services.common.redis_conn import AnyRedis
+from services.common.slots import is_cluster
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +34,7 @@ StreamReply = list[tuple[bytes, Entries]] | None
 class StreamReader:
     """Follows the streams and hands each entry to the hub, encoded once, only if someone listens."""
 
-    def __init__(self, redis: Redis, keys: dict[str, InstrumentKeys], hub: Hub, metrics: BroadcasterMetrics,
+    def __init__(self, redis: AnyRedis, keys: dict[str, InstrumentKeys], hub: Hub, metrics: BroadcasterMetrics,
                  count: int, block_ms: int, linger_ms: int = 0) -> None:
         self.redis = redis
         self.hub = hub
@@ -45,6 +47,10 @@ class StreamReader:
             for stream, dispatch in ((k.trades, self._trade), (k.events, self._event), (k.book, self._delta)):
                 self._routes[stream.encode()] = (symbol, dispatch, metrics.events_read.labels(stream))
         self.ids: dict[str, str] = {}
+        # The streams of each XREAD: all of them on one server, an instrument's on a cluster.
+        self._reads = ([[k.trades, k.events, k.book] for k in keys.values()] if is_cluster(redis)
+                       else [[s for k in keys.values() for s in (k.trades, k.events, k.book)]])
+        self._starting = asyncio.Lock()
         self.last_read = 0.0  # monotonic time of the last XREAD that answered
         self.connected = False
 
@@ -64,14 +70,29 @@ class StreamReader:
 
     async def run(self) -> None:
         """Read until cancelled; survive Redis outages by retrying from the same ids."""
+        if len(self._reads) == 1:
+            await self._follow(self._reads[0])
+            return
+        loops = [asyncio.create_task(self._follow(streams)) for streams in self._reads]
+        try:
+            await asyncio.gather(*loops)
+        finally:
+            for loop in loops:
+                loop.cancel()
+
+    async def _follow(self, streams: list[str]) -> None:
+        """Read `streams` (one slot's, or all on one server) until cancelled."""
         backoff = 0.05
         while True:
             try:
                 if not self.ids:
-                    await self.start_ids()
+                    async with self._starting:  # one loop fixes every stream's start, once
+                        if not self.ids:
+                            await self.start_ids()
+                ids = self.ids if len(self._reads) == 1 else {s: self.ids[s] for s in streams}
                 reply = cast(StreamReply, await self.redis.xread(
-                    self.ids, count=self.count, block=self.block_ms))  # type: ignore[arg-type]
-            except (RedisError, OSError) as exc:
+                    ids, count=self.count, block=self.block_ms))  # type: ignore[arg-type]
+            except (RedisError, RedisClusterException, OSError) as exc:  # a cluster's slot map in flux too
                 self.metrics.read_errors.inc()
                 if self.connected:
                     logger.error("stream read failed, retrying: %r", exc, extra={"event": "redis_lost"})

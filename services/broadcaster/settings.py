@@ -15,9 +15,11 @@ from services.common.env import (
     env_str,
     instruments_file,
     redis_key_prefix,
+    redis_mode,
     redis_url,
 )
 from services.common.instruments import Instruments, load_instruments
+from services.common.redis_conn import RedisMode
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +65,7 @@ class BroadcasterSettings:
     close_timeout_s: float = 5.0  # how long a dropped client gets to take its 1013 close frame
     shutdown_timeout_s: int = 5
     log_level: str = "INFO"
+    redis_mode: RedisMode = "single"  # on a cluster, the reader follows each instrument in an XREAD of its own
     # Where the market page's browser reaches ingest's read API (book, trades, candles, ticker): a URL as the
     # browser sees it, which is why it is a setting and not derived from INGEST_HOST.
     ingest_public_url: str = "http://127.0.0.1:3000"
@@ -84,6 +87,7 @@ class BroadcasterSettings:
         """Build the settings from the environment (see CONTRACT.md and the README for the variables)."""
         return cls(
             redis_url=redis_url(),
+            redis_mode=redis_mode(),
             key_prefix=redis_key_prefix(),
             instruments=load_instruments(instruments_file()),
             api_keys_file=env_path("API_KEYS_FILE", "config/demo_api_keys.toml"),

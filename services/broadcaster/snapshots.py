@@ -12,14 +12,13 @@ from __future__ import annotations
 import asyncio
 import time
 
-from redis.asyncio import Redis
-
 from services.broadcaster.catchup import read_snapshot
 from services.broadcaster.hub import Hub
 from services.broadcaster.metrics import BroadcasterMetrics
 from services.broadcaster.protocol import encode
 from services.common.instruments import Instruments
 from services.common.keys import InstrumentKeys
+from services.common.redis_conn import AnyRedis
 
 
 class CachedSnapshot:
@@ -37,7 +36,7 @@ class CachedSnapshot:
 class SnapshotCache:
     """get() returns the instrument's shared snapshot, reading a new one only when it is older than ttl_s."""
 
-    def __init__(self, redis: Redis, instruments: Instruments, keys: dict[str, InstrumentKeys], hub: Hub,
+    def __init__(self, redis: AnyRedis, instruments: Instruments, keys: dict[str, InstrumentKeys], hub: Hub,
                  metrics: BroadcasterMetrics, levels: int, ttl_s: float) -> None:
         self._redis = redis
         self._instruments = instruments

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from redis.asyncio import Redis
 
 from services.common.instruments import Instrument
 from services.common.keys import InstrumentKeys
+from services.common.redis_conn import AnyRedis
 from services.common.scripts import BOOK_SCRIPT, BookArgv, BookKeys, astuple
 from services.common.wire import text
 
@@ -56,7 +56,7 @@ def parse_book(instrument: Instrument, reply: list[Any]) -> BookSnapshot:
     )
 
 
-async def read_book(redis: Redis, instrument: Instrument, keys: InstrumentKeys, levels: int) -> BookSnapshot:
+async def read_book(redis: AnyRedis, instrument: Instrument, keys: InstrumentKeys, levels: int) -> BookSnapshot:
     """The best `levels` levels per side (1..MAX_LEVELS) and the book seq, read in one atomic call."""
     reply = await BOOK_SCRIPT(redis, astuple(BookKeys.of(keys)), astuple(BookArgv(levels=str(levels))))
     return parse_book(instrument, reply)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from services.common.redis_conn import AnyRedis
 from services.common.wire import text
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def classify(appendonly: str, appendfsync: str, save: str) -> Durability:
     return Durability(appendonly, appendfsync, save, aof == "yes" and fsync == "always", exposure)
 
 
-async def read_durability(redis: Redis) -> Durability:
+async def read_durability(redis: AnyRedis) -> Durability:
     """CONFIG GET appendonly, appendfsync and save, classified; `unknown` for what Redis does not tell."""
     found: dict[str, str] = {}
     for name in ("appendonly", "appendfsync", "save"):
@@ -78,7 +78,7 @@ async def read_durability(redis: Redis) -> Durability:
     return classify(found.get("appendonly", UNKNOWN), found.get("appendfsync", UNKNOWN), found.get("save", UNKNOWN))
 
 
-async def report_durability(redis: Redis) -> Durability:
+async def report_durability(redis: AnyRedis) -> Durability:
     """Log one `redis_durability` line: INFO when fully durable, else a WARNING naming the exposure."""
     durability = await read_durability(redis)
     level = logging.INFO if durability.durable else logging.WARNING

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from services.common.redis_conn import AnyRedis
 from services.common.stream_ids import StreamId, parse_stream_id
 from services.common.wire import text
 
 
-async def ensure_group(redis: Redis, stream: str, group: str) -> None:
+async def ensure_group(redis: AnyRedis, stream: str, group: str) -> None:
     """Create `group` on `stream` from id 0 (never `$`: a group sees every entry since the stream began)."""
     try:
         await redis.xgroup_create(stream, group, id="0", mkstream=True)
@@ -20,7 +20,7 @@ async def ensure_group(redis: Redis, stream: str, group: str) -> None:
             raise
 
 
-async def group_lag(redis: Redis, stream: str, group: str) -> tuple[int, int] | None:
+async def group_lag(redis: AnyRedis, stream: str, group: str) -> tuple[int, int] | None:
     """(lag, pending) of `group` on `stream`, or None when the group does not exist."""
     info = await group_info(redis, stream, group)
     if info is None:
@@ -32,7 +32,7 @@ async def group_lag(redis: Redis, stream: str, group: str) -> tuple[int, int] | 
     return int(lag), int(info["pending"])
 
 
-async def needed_from(redis: Redis, stream: str, info: dict[str, Any]) -> StreamId:
+async def needed_from(redis: AnyRedis, stream: str, info: dict[str, Any]) -> StreamId:
     """The lowest id the group `info` (an XINFO GROUPS row) still needs on `stream`: its oldest pending
     entry, else the one after its last-delivered id."""
     ms, seq = parse_stream_id(text(info["last-delivered-id"]))
@@ -44,7 +44,7 @@ async def needed_from(redis: Redis, stream: str, info: dict[str, Any]) -> Stream
     return floor
 
 
-async def group_info(redis: Redis, stream: str, group: str) -> dict[str, Any] | None:
+async def group_info(redis: AnyRedis, stream: str, group: str) -> dict[str, Any] | None:
     """The XINFO GROUPS row of `group` on `stream`; None when the stream or the group does not exist."""
     try:
         groups = await redis.xinfo_groups(stream)

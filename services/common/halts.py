@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from typing import Literal
 
 import asyncpg
-from redis.asyncio import Redis
 from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
@@ -25,6 +24,8 @@ from sqlalchemy.pool import NullPool
 
 from services.common.db import halts
 from services.common.keys import HALT_INSTRUMENT, InstrumentKeys, halt_of_client
+from services.common.redis_conn import AnyRedis
+from services.common.slots import AnyPipeline, transaction
 from services.common.urls import mask_url
 
 logger = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ async def load_halts(db: AsyncEngine) -> list[Halt]:
     return [Halt(row.scope, row.target, round(row.halted_at.timestamp() * 1000)) for row in rows]
 
 
-async def restore_halts(redis: Redis, keys: InstrumentKeys, database_url: str, *,
+async def restore_halts(redis: AnyRedis, keys: InstrumentKeys, database_url: str, *,
                         backoff_initial_s: float = 0.1, backoff_max_s: float = 5.0) -> int:
     """Put the halts PostgreSQL holds for the instrument (its own, and every client's) into its halts hash, for a
     rebuild of a Redis that lost its state; retried until PostgreSQL answers. Only adds: a halt written meanwhile
@@ -112,18 +113,20 @@ async def restore_halts(redis: Redis, keys: InstrumentKeys, database_url: str, *
     return len(fields)
 
 
-async def sync_halts(redis: Redis, keys: InstrumentKeys, db: AsyncEngine) -> int:
+async def sync_halts(redis: AnyRedis, keys: InstrumentKeys, db: AsyncEngine) -> int:
     """Make the instrument's halts hash exactly what PostgreSQL holds, for a heal of a Redis restored from an older
     backup (it may hold halts lifted since, and lack halts set since). How many fields it holds after.
 
     An admin endpoint writes PostgreSQL first, then Redis: a halt set while this runs is read back by the second
     load and added; a lift racing it can leave the halt in Redis (the safe side) until the lift is repeated."""
     first = {h.field: str(h.halted_at_ms) for h in await load_halts(db) if h.applies_to(keys.symbol)}
-    async with redis.pipeline(transaction=True) as pipe:
+
+    def replace(pipe: AnyPipeline) -> None:
         pipe.delete(keys.halts)
         if first:
             pipe.hset(keys.halts, mapping=first)  # type: ignore[arg-type]
-        await pipe.execute()
+
+    await transaction(redis, replace)
     later = {h.field: str(h.halted_at_ms) for h in await load_halts(db)
              if h.applies_to(keys.symbol) and h.field not in first}
     if later:

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
+
+from services.common.redis_conn import AnyRedis
 
 
 class LuaScript:
@@ -24,13 +25,13 @@ class LuaScript:
         self.source = prelude + resources.files(package).joinpath(filename).read_text()
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
-    async def load(self, redis: Redis) -> None:
+    async def load(self, redis: AnyRedis) -> None:
         await redis.script_load(self.source)
 
-    async def is_loaded(self, redis: Redis) -> bool:
+    async def is_loaded(self, redis: AnyRedis) -> bool:
         return bool((await redis.script_exists(self.sha))[0])
 
-    async def __call__(self, redis: Redis, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    async def __call__(self, redis: AnyRedis, keys: Sequence[str], args: Sequence[Any]) -> Any:
         try:
             return await redis.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 
 import msgspec
-from redis.asyncio import Redis
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -13,6 +12,7 @@ from services.common.book import read_book
 from services.common.db import orderbook_snapshots
 from services.common.instruments import Instrument
 from services.common.keys import InstrumentKeys
+from services.common.redis_conn import AnyRedis
 from services.common.times import iso
 
 # book.lua reads this many levels per side: in effect the whole book.
@@ -30,7 +30,7 @@ class SnapshotInfo(msgspec.Struct, frozen=True):
     asks: list[tuple[str, str]] = []
 
 
-async def take_snapshot(redis: Redis, db: AsyncEngine, instrument: Instrument,
+async def take_snapshot(redis: AnyRedis, db: AsyncEngine, instrument: Instrument,
                         keys: InstrumentKeys) -> SnapshotInfo:
     """Read the instrument's whole book with its seq in one atomic call and store it; the stored row."""
     book = await read_book(redis, instrument, keys, WHOLE_BOOK)

@@ -36,13 +36,14 @@ from functools import partial
 from typing import Any, cast
 
 import msgspec
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.groups import group_info
 from services.common.halts import sync_halts
 from services.common.instruments import Instrument
 from services.common.keys import MATCHER_GROUP, InstrumentKeys
+from services.common.redis_conn import AnyRedis
+from services.common.slots import AnyPipeline, transaction
 from services.common.stream_ids import ZERO, StreamId, format_stream_id, parse_stream_id
 from services.common.wire import decode_record, encode_record, fields_to_dict, text
 from services.matcher.heal_state import (
@@ -121,7 +122,7 @@ class Healed:
 class _Heal:
     """One heal of one instrument (see the module docstring for the steps)."""
 
-    def __init__(self, redis: Redis, instrument: Instrument, keys: InstrumentKeys, engine: AsyncEngine,
+    def __init__(self, redis: AnyRedis, instrument: Instrument, keys: InstrumentKeys, engine: AsyncEngine,
                  backoff_initial_s: float, backoff_max_s: float) -> None:
         self.redis = redis
         self.instrument = instrument
@@ -168,13 +169,15 @@ class _Heal:
             max(stored.event_seq, restored.event_seq, book.sequences.event_seq),
             max(book.sequences.book_seq, stored.snapshot_book_seq, restored.book_seq))
         last_id = format_stream_id(position)
-        async with self.redis.pipeline(transaction=True) as pipe:
+
+        def mark_healed(pipe: AnyPipeline) -> None:
             pipe.hset(keys.meta, mapping=meta_fields(sequences, len(book.records), last_id, "healed_at",
                                                      book.reference_ticks))
             if book.reference_ticks is None:
                 pipe.hdel(keys.meta, REFERENCE)  # PostgreSQL, with the restored streams merged, holds no trade
             pipe.hdel(keys.meta, HEALING)
-            await pipe.execute()
+
+        await transaction(self.redis, mark_healed)
 
         healed.trade_seq, healed.event_seq, healed.book_seq = (
             sequences.trade_seq, sequences.event_seq, sequences.book_seq)
@@ -273,7 +276,7 @@ class _Heal:
         if position > end:
             # A clock behind the restored ids would otherwise hand new commands ids at or below the
             # position, and the group would never read them.
-            await self.redis.execute_command("XSETID", keys.orders, target)  # type: ignore[no-untyped-call]
+            await self.redis.execute_command("XSETID", keys.orders, target)
         if info is None:
             await self.redis.xgroup_create(keys.orders, MATCHER_GROUP, id=target, mkstream=True,
                                            entries_read=entries_read)
@@ -294,7 +297,7 @@ class _Heal:
 
 # The whole heal --------------------------------------------------------------------------------
 
-async def heal_if_behind(redis: Redis, instrument: Instrument, keys: InstrumentKeys, database_url: str, *,
+async def heal_if_behind(redis: AnyRedis, instrument: Instrument, keys: InstrumentKeys, database_url: str, *,
                          backoff_initial_s: float = 0.1, backoff_max_s: float = 5.0,
                          connect_timeout_s: float = 2.0) -> Healed | None:
     """Heal the instrument when PostgreSQL holds sequences beyond its Redis state (or a heal was cut

@@ -7,7 +7,6 @@ from decimal import Decimal
 from typing import Any
 
 import msgspec
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 from sqlalchemy import BigInteger, Text, all_, bindparam, func, select, tuple_
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -18,6 +17,7 @@ from services.common.db import order_events, orders, trades
 from services.common.groups import group_info
 from services.common.instruments import NOTIONAL_LIMB, Instrument
 from services.common.keys import MATCHER_GROUP, InstrumentKeys
+from services.common.redis_conn import AnyRedis
 from services.common.stream_ids import ZERO, StreamId, is_stream_id, parse_stream_id
 from services.common.wire import OrderRecord, text
 from services.matcher.recovery import NOTHING_PERSISTED, epoch_ms, sequences_query
@@ -53,7 +53,7 @@ class Stored:
 
 # Reading Redis ---------------------------------------------------------------------------------
 
-async def read_redis_state(redis: Redis, keys: InstrumentKeys) -> RedisState | None:
+async def read_redis_state(redis: AnyRedis, keys: InstrumentKeys) -> RedisState | None:
     """The instrument's sequences and position; None when meta is missing (recovery.py's case)."""
     trade, event, book, last_id, healing = await redis.hmget(
         keys.meta, ["trade_seq", "event_seq", "book_seq", "last_id", HEALING])
@@ -66,7 +66,7 @@ async def read_redis_state(redis: Redis, keys: InstrumentKeys) -> RedisState | N
     return RedisState(int(trade or 0), int(event or 0), int(book or 0), position, healing is not None)
 
 
-async def stream_end(redis: Redis, key: str) -> tuple[StreamId, int]:
+async def stream_end(redis: AnyRedis, key: str) -> tuple[StreamId, int]:
     """(last generated id, entries ever added) of a stream; zeros when it does not exist."""
     try:
         info = await redis.xinfo_stream(key)

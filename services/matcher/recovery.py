@@ -30,7 +30,6 @@ from decimal import Decimal
 from typing import Any, TypeVar, cast, get_args
 
 import asyncpg
-from redis.asyncio import Redis
 from redis.typing import EncodableT, FieldT
 from sqlalchemy import and_, func, select
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
@@ -41,6 +40,7 @@ from services.common.db import order_events, orderbook_snapshots, orders, trades
 from services.common.halts import restore_halts
 from services.common.instruments import NOTIONAL_LIMB, Instrument
 from services.common.keys import CLIENT_ORDERS, InstrumentKeys
+from services.common.redis_conn import AnyRedis
 from services.common.scripts import book_member
 from services.common.urls import mask_url
 from services.common.wire import RESTING_STATUSES, OrderRecord, SelfTradePrevention, decode_record, encode_record
@@ -101,7 +101,7 @@ class Recovered:
     seconds: float
 
 
-async def state_lost(redis: Redis, keys: InstrumentKeys) -> bool:
+async def state_lost(redis: AnyRedis, keys: InstrumentKeys) -> bool:
     """True when the instrument's meta hash is missing: Redis lost its state, or nothing was ever matched."""
     trade_seq, last_id = await redis.hmget(keys.meta, ["trade_seq", "last_id"])
     return trade_seq is None and last_id is None
@@ -233,7 +233,8 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start:start + size]
 
 
-async def write_book(redis: Redis, keys: InstrumentKeys, book: PersistedBook, chunk: int | None = None) -> None:
+async def write_book(redis: AnyRedis, keys: InstrumentKeys, book: PersistedBook,
+                     chunk: int | None = None) -> None:
     """Replace the instrument's book with `book` (its orders' records included), bring the per-client index
     to the records (index_clients) and write the open-order counts of `book`; meta is the caller's."""
     chunk = chunk or CHUNK
@@ -268,7 +269,7 @@ def client_index_pattern(keys: InstrumentKeys) -> str:
     return "".join(f"\\{c}" if c in GLOB_SPECIAL else c for c in head) + "*"
 
 
-async def index_clients(redis: Redis, keys: InstrumentKeys, chunk: int | None = None) -> tuple[int, int]:
+async def index_clients(redis: AnyRedis, keys: InstrumentKeys, chunk: int | None = None) -> tuple[int, int]:
     """Make the per-client index say what the order records say: every live record's id in its client's
     zset (score created_at), no other member in any of the instrument's zsets; (indexed, removed).
 
@@ -351,7 +352,7 @@ async def _load_with_retry(database_url: str, instrument: Instrument, backoff_in
         await engine.dispose()
 
 
-async def recover_instrument(redis: Redis, instrument: Instrument, keys: InstrumentKeys, database_url: str, *,
+async def recover_instrument(redis: AnyRedis, instrument: Instrument, keys: InstrumentKeys, database_url: str, *,
                              backoff_initial_s: float = 0.1, backoff_max_s: float = 5.0) -> Recovered | None:
     """Rebuild the book from PostgreSQL if Redis lost it; None when there was nothing to do.
 

@@ -19,11 +19,11 @@ import logging
 from collections.abc import Iterable
 from typing import cast
 
-from redis.asyncio import Redis
-
 from services.common.instruments import Instrument
 from services.common.keys import InstrumentKeys
+from services.common.redis_conn import AnyRedis
 from services.common.scripts import MEMBER_ID_AT
+from services.common.slots import AnyPipeline, transaction
 from services.common.wire import RESTING_STATUSES, OrderRecord, decode_record, fields_to_dict
 
 logger = logging.getLogger(__name__)
@@ -42,23 +42,25 @@ def open_counts(records: Iterable[OrderRecord]) -> dict[str, int]:
     return counts
 
 
-async def write_open_counts(redis: Redis, keys: InstrumentKeys, counts: dict[str, int]) -> None:
+async def write_open_counts(redis: AnyRedis, keys: InstrumentKeys, counts: dict[str, int]) -> None:
     """Replace the instrument's open-order counts with `counts` (one MULTI: never half written)."""
     items = sorted(counts.items())
-    async with redis.pipeline(transaction=True) as pipe:
+
+    def replace(pipe: AnyPipeline) -> None:
         pipe.delete(keys.open_counts)
         for start in range(0, len(items), CHUNK):
             pipe.hset(keys.open_counts, mapping=dict(items[start:start + CHUNK]))
-        await pipe.execute()
+
+    await transaction(redis, replace)
 
 
-async def read_open_counts(redis: Redis, keys: InstrumentKeys) -> dict[str, int]:
+async def read_open_counts(redis: AnyRedis, keys: InstrumentKeys) -> dict[str, int]:
     """The open-order counts as match.lua keeps them."""
     counts = cast(dict[bytes, bytes], await redis.hgetall(keys.open_counts))
     return {k: int(v) for k, v in fields_to_dict(counts).items()}
 
 
-async def resting_records(redis: Redis, keys: InstrumentKeys) -> list[OrderRecord]:
+async def resting_records(redis: AnyRedis, keys: InstrumentKeys) -> list[OrderRecord]:
     """The records of every order in the book's zsets."""
     records: list[OrderRecord] = []
     for side_key in (keys.bid_orders, keys.ask_orders):
@@ -70,7 +72,7 @@ async def resting_records(redis: Redis, keys: InstrumentKeys) -> list[OrderRecor
     return records
 
 
-async def last_trade_ticks(redis: Redis, instrument: Instrument, keys: InstrumentKeys) -> int | None:
+async def last_trade_ticks(redis: AnyRedis, instrument: Instrument, keys: InstrumentKeys) -> int | None:
     """The price of the newest entry of the trades stream, in ticks (None when the stream is empty)."""
     newest = cast(list[tuple[bytes, dict[bytes, bytes]]], await redis.xrevrange(keys.trades, count=1))
     if not newest:
@@ -78,7 +80,7 @@ async def last_trade_ticks(redis: Redis, instrument: Instrument, keys: Instrumen
     return instrument.price_ticks_of(fields_to_dict(newest[0][1])["price"])
 
 
-async def ensure_risk_state(redis: Redis, instrument: Instrument, keys: InstrumentKeys) -> bool:
+async def ensure_risk_state(redis: AnyRedis, instrument: Instrument, keys: InstrumentKeys) -> bool:
     """Build the open-order counts (and the reference price, where meta has none) when meta does not say they
     were built; True when it built them. Run before the instrument's first match.lua call of a process."""
     if await redis.hexists(keys.meta, COUNTS_BUILT):

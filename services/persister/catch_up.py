@@ -12,12 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import cast
 
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.groups import group_info, needed_from
 from services.common.instruments import Instrument, Instruments
 from services.common.keys import PERSISTER_GROUP
+from services.common.redis_conn import AnyRedis
 from services.common.stream_ids import ZERO, format_stream_id
 from services.common.wire import fields_to_dict, text
 from services.persister.records import Decoded, Entry, MalformedEntry, WriteSet, decode, stream_refs
@@ -35,7 +35,7 @@ class CaughtUp:
     failed: int  # malformed or refused by PostgreSQL: left to the persister group, which dead-letters them
 
 
-async def persist_unacknowledged(redis: Redis, engine: AsyncEngine, prefix: str, instrument: Instrument,
+async def persist_unacknowledged(redis: AnyRedis, engine: AsyncEngine, prefix: str, instrument: Instrument,
                                  page: int = PAGE) -> CaughtUp:
     """Write every entry of the instrument's trades and events streams from the oldest one the persister
     group has not acknowledged (all of them when the group does not exist); DatabaseUnavailable when

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from services.common.activity import ActivityLog
 from services.common.groups import group_lag
@@ -136,7 +136,7 @@ class Persister:
                 if redis_down:
                     redis_down = False
                     logger.info("redis regained", extra={"event": "redis_regained"})
-            except RedisError as exc:
+            except (RedisError, RedisClusterException) as exc:  # the latter: a cluster's slot map in flux
                 # An XREADGROUP that ran just before the connection died delivered entries whose reply was
                 # lost: they are pending for this consumer, and '>' never returns them. Read own pending
                 # again first, rather than leave them to XAUTOCLAIM after claim_idle_ms.

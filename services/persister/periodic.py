@@ -11,18 +11,18 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
 from services.common.keys import InstrumentKeys
+from services.common.redis_conn import AnyRedis
 
 logger = logging.getLogger(__name__)
 
 Job = Callable[[str, InstrumentKeys], Awaitable[None]]
 
 
-async def every_instrument(name: str, redis: Redis, keys: dict[str, InstrumentKeys], lock_of: Callable[
+async def every_instrument(name: str, redis: AnyRedis, keys: dict[str, InstrumentKeys], lock_of: Callable[
         [InstrumentKeys], str], job: Job, interval_s: float, consumer: str, stop: asyncio.Event) -> None:
     """Run `job(symbol, keys)` for every instrument every interval_s until `stop`; failures wait a turn."""
     lock_ms = max(1, int(interval_s * 800))

@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import cast
 
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -21,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.common.db import orders
 from services.common.groups import needed_from
 from services.common.keys import InstrumentKeys
+from services.common.redis_conn import AnyRedis
 from services.common.stream_ids import StreamId, format_stream_id
 from services.common.wire import FINAL_STATUSES, decode_record, text
 from services.persister.metrics import PersisterMetrics
@@ -47,13 +47,13 @@ class RetentionResult:
     evicted: int
 
 
-async def redis_now_ms(redis: Redis) -> int:
+async def redis_now_ms(redis: AnyRedis) -> int:
     """Redis's own clock: it is the clock that stamped the stream ids."""
     seconds, micros = await redis.time()
     return int(seconds) * 1000 + int(micros) // 1000
 
 
-async def stream_floor(redis: Redis, stream: str, age_floor: StreamId) -> StreamId:
+async def stream_floor(redis: AnyRedis, stream: str, age_floor: StreamId) -> StreamId:
     """The lowest id any group of `stream` still needs, capped at `age_floor` (entries below it may go)."""
     floor = age_floor
     try:
@@ -65,7 +65,7 @@ async def stream_floor(redis: Redis, stream: str, age_floor: StreamId) -> Stream
     return floor
 
 
-async def trim_stream(redis: Redis, stream: str, age_floor: StreamId) -> int:
+async def trim_stream(redis: AnyRedis, stream: str, age_floor: StreamId) -> int:
     """XTRIM `stream` exactly to its floor; the number of entries removed."""
     floor = await stream_floor(redis, stream, age_floor)
     if floor <= (0, 0):
@@ -85,7 +85,7 @@ async def persisted_final(db: AsyncEngine, candidates: dict[str, str]) -> list[s
     return [order_id for order_id, status in rows if candidates.get(order_id) == status]
 
 
-async def evict_orders(redis: Redis, db: AsyncEngine, key: str, before_ms: int, page: int) -> int:
+async def evict_orders(redis: AnyRedis, db: AsyncEngine, key: str, before_ms: int, page: int) -> int:
     """HDEL the final records of `key` last updated before `before_ms` that PostgreSQL holds."""
     evicted = 0
     cursor = 0
@@ -105,7 +105,7 @@ async def evict_orders(redis: Redis, db: AsyncEngine, key: str, before_ms: int, 
             return evicted
 
 
-async def apply_retention(redis: Redis, db: AsyncEngine, keys: InstrumentKeys,
+async def apply_retention(redis: AnyRedis, db: AsyncEngine, keys: InstrumentKeys,
                           policy: RetentionPolicy) -> RetentionResult:
     """One retention pass over one instrument's streams and order records."""
     now = await redis_now_ms(redis)
@@ -117,7 +117,7 @@ async def apply_retention(redis: Redis, db: AsyncEngine, keys: InstrumentKeys,
     return RetentionResult(trimmed, evicted)
 
 
-def retention_job(redis: Redis, db: AsyncEngine, policy: RetentionPolicy, metrics: PersisterMetrics
+def retention_job(redis: AnyRedis, db: AsyncEngine, policy: RetentionPolicy, metrics: PersisterMetrics
                   ) -> Callable[[str, InstrumentKeys], Awaitable[None]]:
     """One instrument's retention pass, counted and logged (run by periodic.every_instrument)."""
 

@@ -15,8 +15,10 @@ from services.common.env import (
     env_str,
     instruments_file,
     redis_key_prefix,
+    redis_mode,
     redis_url,
 )
+from services.common.redis_conn import RedisMode
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +54,8 @@ class PersisterSettings:
     # line of counts every LOG_ACTIVITY_S (0: none): the rows themselves are the audit trail.
     log_orders: bool = False
     log_activity_s: float = 10.0
+    # REDIS_MODE: on a cluster each instrument's streams are read by a loop of their own (one slot per read).
+    redis_mode: RedisMode = "single"
 
     @classmethod
     def from_env(cls) -> PersisterSettings:
@@ -70,6 +74,7 @@ class PersisterSettings:
                                 f"PERSISTER_BACKOFF_MAX_S={backoff_max}")
         return cls(
             redis_url=redis_url(),
+            redis_mode=redis_mode(),
             key_prefix=redis_key_prefix(),
             database_url=database_url(),
             instruments_file=instruments_file(),

@@ -14,6 +14,8 @@ from redis.typing import StreamIdT
 
 from services.common.groups import ensure_group
 from services.common.keys import PERSISTER_GROUP
+from services.common.redis_conn import AnyRedis
+from services.common.slots import AnyPipeline, transaction
 from services.persister.records import Entry, StreamRef
 
 # The replies of the group reads, as Redis sent them: redis-py's callbacks would build a dict per entry
@@ -34,19 +36,35 @@ def _fields(raw: list[bytes] | None) -> dict[str, str] | None:
     return dict(zip(values, values, strict=False))
 
 
-class GroupStreams:
-    """The persister group on every configured trades and events stream, as one consumer."""
+def raw_replies(redis: AnyRedis, cluster_twin: AnyRedis | None = None) -> AnyRedis:
+    """A client whose XREADGROUP and XAUTOCLAIM replies come as Redis sent them (GroupStreams reads with it):
+    on one server it shares `redis`'s pool; a cluster client's callbacks are shared by all its nodes, so there it is
+    `cluster_twin`, a client of its own (connect() again) given to this use."""
+    raw: AnyRedis
+    if isinstance(redis, Redis):
+        # Same pool and connections, its own response callbacks.
+        raw = Redis(connection_pool=redis.connection_pool)
+    elif cluster_twin is None or cluster_twin is redis:
+        raise ValueError("a cluster client needs a twin of its own for raw replies")
+    else:
+        raw = cluster_twin
+    for command in RAW_REPLIES:
+        raw.set_response_callback(command, _as_sent)
+    return raw
 
-    def __init__(self, redis: Redis, refs: list[StreamRef], consumer: str,
-                 group: str = PERSISTER_GROUP) -> None:
+
+class GroupStreams:
+    """The persister group on the trades and events streams of `refs`, as one consumer (on a cluster, the refs of
+    one instrument: a group read is one slot's)."""
+
+    def __init__(self, redis: AnyRedis, refs: list[StreamRef], consumer: str,
+                 group: str = PERSISTER_GROUP, raw: AnyRedis | None = None) -> None:
         self.redis = redis
         self.refs = {ref.key: ref for ref in refs}
         self.consumer = consumer
         self.group = group
-        # Same pool and connections, its own response callbacks.
-        self._raw = Redis(connection_pool=redis.connection_pool)
-        for command in RAW_REPLIES:
-            self._raw.set_response_callback(command, _as_sent)
+        # `raw`: raw_replies' client, shared by the GroupStreams of one process.
+        self._raw = raw if raw is not None else raw_replies(redis)
 
     async def ensure(self) -> None:
         """Create the group on every stream, from id 0 with MKSTREAM."""
@@ -74,7 +92,7 @@ class GroupStreams:
         if block_ms is not None:
             args += ["BLOCK", block_ms]
         args += ["STREAMS", *cursors, *cursors.values()]
-        reply = await self._raw.execute_command(*args, **{NEVER_DECODE: True})  # type: ignore[no-untyped-call]
+        reply = await self._raw.execute_command(*args, **{NEVER_DECODE: True})
         return self._entries(reply)
 
     async def autoclaim(self, ref: StreamRef, min_idle_ms: int, start: str, count: int) -> tuple[
@@ -82,7 +100,7 @@ class GroupStreams:
         """One XAUTOCLAIM page: (next cursor, entries now ours). Deleted ids leave the PEL by themselves."""
         reply = await self._raw.execute_command("XAUTOCLAIM", ref.key, self.group, self.consumer, min_idle_ms,
                                                 start, "COUNT", count,
-                                                **{NEVER_DECODE: True})  # type: ignore[no-untyped-call]
+                                                **{NEVER_DECODE: True})
         entries = [Entry(ref, i.decode(), f) for i, raw in reply[1] if raw and (f := _fields(raw))]
         return reply[0].decode(), entries
 
@@ -114,12 +132,16 @@ class GroupStreams:
         return int(rows[0]["times_delivered"]) if rows else 0
 
     async def dead_letter(self, entry: Entry, error: str, deliveries: int) -> None:
-        """Move `entry` to its instrument's dead-letter stream and ack it, atomically."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(entry.stream.deadletter, {
-                "stream": entry.stream.key, "id": entry.id, "fields": json.dumps(entry.fields),
-                "error": error, "deliveries": str(deliveries), "group": self.group,
-                "consumer": self.consumer, "ts": str(int(time.time() * 1000)),
-            })
+        """Move `entry` to its instrument's dead-letter stream and ack it, atomically (one MULTI: both keys carry
+        the instrument's hash tag)."""
+        fields = {
+            "stream": entry.stream.key, "id": entry.id, "fields": json.dumps(entry.fields),
+            "error": error, "deliveries": str(deliveries), "group": self.group,
+            "consumer": self.consumer, "ts": str(int(time.time() * 1000)),
+        }
+
+        def queue(pipe: AnyPipeline) -> None:
+            pipe.xadd(entry.stream.deadletter, fields)  # type: ignore[arg-type]
             pipe.xack(entry.stream.key, self.group, entry.id)
-            await pipe.execute()
+
+        await transaction(self.redis, queue)
