@@ -11,7 +11,8 @@ const RETRY_MAX_MS = 5000;
 export class Feed {
   /**
    * handlers: { trade(message), snapshot(message), delta(message) -> "applied"|"stale"|"waiting"|"gap",
-   *             resync() (the book is wrong until the next snapshot), status(text, live), error(text) }
+   *             resync() (a delta was missed: the book is wrong until the next snapshot),
+   *             disconnected() (the same until the new connection's snapshot), status(text, live), error(text) }
    * sinceSeq: the last trade seq already shown (null: none known, only live trades are wanted).
    */
   constructor(instrument, handlers, sinceSeq) {
@@ -58,7 +59,7 @@ export class Feed {
       this.socket = null;
       if (this.closed) return;
       // The book is rebuilt from the snapshot the next subscribe brings; trades resume after lastTradeSeq.
-      this.handlers.resync();
+      this.handlers.disconnected();
       this.handlers.status(`reconnecting (closed ${event.code})`, false);
       this.retryTimer = setTimeout(() => this.connect(), this.retryMs);
       this.retryMs = Math.min(RETRY_MAX_MS, this.retryMs * 2);

@@ -17,7 +17,7 @@ const TICKER_REFRESH_MS = 10_000;
 const $ = (selector) => document.querySelector(selector);
 
 // What tests and the curious can read: how often the page redrew and what the feed did.
-const stats = { redraws: 0, messages: 0, trades: 0, resyncs: 0, connects: 0, errors: [] };
+const stats = { redraws: 0, messages: 0, trades: 0, snapshots: 0, resyncs: 0, connects: 0, errors: [] };
 window.marketPage = stats;
 
 let config = null;
@@ -117,7 +117,12 @@ function onTrade(trade) {
 function handlers() {
   return {
     trade: (message) => { stats.messages += 1; onTrade(message); },
-    snapshot: (message) => { stats.messages += 1; state.book.applySnapshot(message); invalidate(); },
+    snapshot: (message) => {
+      stats.messages += 1;
+      stats.snapshots += 1;
+      state.book.applySnapshot(message);
+      invalidate();
+    },
     delta: (message) => {
       stats.messages += 1;
       const outcome = state.book.applyDelta(message);
@@ -125,6 +130,7 @@ function handlers() {
       return outcome;
     },
     resync: () => { stats.resyncs += 1; state.book.reset(); invalidate(); },
+    disconnected: () => { state.book.reset(); invalidate(); },
     status: (text, live) => { if (live) stats.connects += 1; setStatus(text, live); },
     error: reportError,
   };
@@ -184,6 +190,7 @@ async function show(instrument) {
   const [sinceSeq] = await Promise.all([loadHistory(current), loadTicker(current)]);
   if (state !== current) return;
   current.feed = new Feed(instrument, handlers(), sinceSeq);
+  stats.feed = current.feed; // for tests: they feed it a delta out of sequence to check the resync
   current.feed.start();
   current.timers.push(setInterval(() => loadTicker(current), TICKER_REFRESH_MS));
   invalidate();
