@@ -87,6 +87,9 @@ class InstrumentKeys(msgspec.Struct, frozen=True):
     open_counts: str  # hash: client id -> its resting orders (the open-order cap's count; match.lua keeps it)
     # hash: the admin halts in force (HALT_INSTRUMENT, HALT_CLIENT + client id), checked by accept.lua and amend.lua
     halts: str
+    matcher_lease: str  # string: the id of the matcher applying this instrument's commands, PX MATCHER_LEASE_MS
+    # never written: the last KEY of every instrument script, so that none runs while the slot migrates (TRYAGAIN)
+    migration_guard: str
     prefix: str
 
     # The client's own string is length-prefixed wherever another client-chosen string follows it: ids may
@@ -146,4 +149,6 @@ def instrument_keys(prefix: str, symbol: str) -> InstrumentKeys:
         open_counts=f"{prefix}oc:{tag}",
         prefix=prefix,
         halts=f"{prefix}halts:{tag}",
+        matcher_lease=f"{prefix}lease:{tag}",
+        migration_guard=f"{prefix}guard:{tag}",
     )

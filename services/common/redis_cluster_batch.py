@@ -25,7 +25,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
@@ -368,3 +368,7 @@ def make_batcher(redis: AnyRedis, mode: RedisMode) -> CommandBatcher | ClusterBa
     if not isinstance(redis, Redis):
         raise TypeError(f"REDIS_MODE=single needs a single-server client, not {type(redis).__name__}")
     return CommandBatcher(redis)
+
+
+# What ingest's modules take: either batcher, the same interface.
+AnyBatcher: TypeAlias = CommandBatcher | ClusterBatcher

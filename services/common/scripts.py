@@ -103,6 +103,7 @@ class MatchKeys(InstrumentScriptKeys, frozen=True):
     meta: str
     deadlines: str  # swept at the start of every call
     open_counts: str  # client id -> resting orders: the open-order cap's count
+    migration_guard: str  # never written, never read: TRYAGAIN while the slot migrates (docs/scale-out.md)
 
 
 class MatchArgv(ScriptArgs, frozen=True):
@@ -142,6 +143,7 @@ class AcceptKeys(ScriptArgs, frozen=True):
     order_state: str
     key_rate_bucket: str  # the API key's, in this instrument's slot
     halts: str  # the admin halts in force (issue 16), read once per call
+    migration_guard: str  # never written, never read: TRYAGAIN while the slot migrates (docs/scale-out.md)
 
 
 class AcceptOrderKeys(ScriptArgs, frozen=True):
@@ -188,6 +190,7 @@ class CancelKeys(InstrumentScriptKeys, frozen=True):
 
     orders: str
     order_state: str
+    migration_guard: str  # never written, never read: TRYAGAIN while the slot migrates (docs/scale-out.md)
 
 
 class CancelArgv(ScriptArgs, frozen=True):
@@ -209,6 +212,7 @@ class BookKeys(InstrumentScriptKeys, frozen=True):
     bid_depth: str
     ask_depth: str
     meta: str
+    migration_guard: str  # never written, never read: TRYAGAIN while the slot migrates (docs/scale-out.md)
 
 
 class BookArgv(ScriptArgs, frozen=True):
@@ -372,6 +376,7 @@ class AmendKeys(InstrumentScriptKeys, frozen=True):
     orders: str
     order_state: str
     halts: str  # the admin halts in force (issue 16)
+    migration_guard: str  # never written, never read: TRYAGAIN while the slot migrates (docs/scale-out.md)
 
 
 class AmendArgv(ScriptArgs, frozen=True):

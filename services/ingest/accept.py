@@ -11,7 +11,8 @@ import msgspec
 from redis.typing import EncodableT
 
 from services.common.keys import HALT_INSTRUMENT, InstrumentKeys, halt_of_client
-from services.common.redis_batch import CommandBatcher, pack_args
+from services.common.redis_batch import pack_args
+from services.common.redis_cluster_batch import AnyBatcher
 from services.common.scripts import ACCEPT_SCRIPT, AcceptArgv, AcceptKeys, AcceptOrderArgv, AcceptOrderKeys, astuple
 from services.common.wire import NewOrderCommand, OrderRecord, command_fields, encode_record
 from services.ingest.validation import ValidOrder
@@ -106,7 +107,7 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     idempotency_ttl_s: int
 
 
-async def accept_orders(batcher: CommandBatcher, keys: InstrumentKeys, placements: Sequence[Placement],
+async def accept_orders(batcher: AnyBatcher, keys: InstrumentKeys, placements: Sequence[Placement],
                         limits: Limits) -> list[Outcome]:
     """Rate-limit (the client's bucket and the API key's), deduplicate and enqueue each of `placements` (orders
     of `keys`' instrument) atomically in one accept.lua call, in order; one outcome each. No key id
@@ -117,7 +118,7 @@ async def accept_orders(batcher: CommandBatcher, keys: InstrumentKeys, placement
     return [_outcome(reply) for reply in replies]
 
 
-async def accept_order(batcher: CommandBatcher, keys: InstrumentKeys, placement: Placement,
+async def accept_order(batcher: AnyBatcher, keys: InstrumentKeys, placement: Placement,
                        limits: Limits) -> Outcome:
     """accept_orders of one order (POST /orders), without the list around it."""
     (outcome,) = await accept_orders(batcher, keys, (placement,), limits)
@@ -131,7 +132,7 @@ def script_args(keys: InstrumentKeys, placements: Sequence[Placement], limits: L
     key_rate = limits.key_rate_per_sec if limits.key_id else 0
     script_keys: list[str] = [*astuple(AcceptKeys(
         orders=keys.orders, order_state=keys.order_state, key_rate_bucket=keys.key_rate_bucket(limits.key_id),
-        halts=keys.halts))]
+        halts=keys.halts, migration_guard=keys.migration_guard))]
     argv: list[EncodableT] = [*astuple(AcceptArgv(
         rate=limits.rate_per_sec, burst=limits.burst, key_rate=key_rate, key_burst=limits.key_burst,
         overloaded="1" if limits.overloaded else "0", ttl_s=limits.idempotency_ttl_s,
@@ -192,7 +193,8 @@ def packed_script_args(keys: InstrumentKeys, placements: Sequence[Placement], li
     """script_args as CommandBatcher.evalsha_packed takes them: (KEYS count, KEYS then ARGV in RESP, count).
     What every order of every call shares is packed once (per instrument and API key, per settings)."""
     key_rate = limits.key_rate_per_sec if limits.key_id else 0
-    key_parts = [_shared_keys(keys.orders, keys.order_state, keys.key_rate_bucket(limits.key_id), keys.halts)]
+    key_parts = [_shared_keys(keys.orders, keys.order_state, keys.key_rate_bucket(limits.key_id), keys.halts,
+                              keys.migration_guard)]
     argv_parts = [_shared_argv(limits.rate_per_sec, limits.burst, key_rate, limits.key_burst,
                                "1" if limits.overloaded else "0", limits.idempotency_ttl_s)]
     optional_values = 0
@@ -223,9 +225,9 @@ def packed_script_args(keys: InstrumentKeys, placements: Sequence[Placement], li
 
 
 @functools.lru_cache(maxsize=1024)
-def _shared_keys(orders: str, order_state: str, key_rate_bucket: str, halts: str) -> bytes:
+def _shared_keys(orders: str, order_state: str, key_rate_bucket: str, halts: str, migration_guard: str) -> bytes:
     return pack_args(astuple(AcceptKeys(orders=orders, order_state=order_state, key_rate_bucket=key_rate_bucket,
-                                        halts=halts)))
+                                        halts=halts, migration_guard=migration_guard)))
 
 
 @functools.lru_cache(maxsize=256)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from services.common.groups import group_lag
 from services.common.keys import MATCHER_GROUP, InstrumentKeys
+from services.common.redis_conn import AnyRedis
 
 logger = logging.getLogger(__name__)
 
@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 class LagMonitor:
     """Which instruments' matcher groups lag more than `max_lag` entries behind their orders stream."""
 
-    def __init__(self, redis: Redis, keys: dict[str, InstrumentKeys], max_lag: int,
+    def __init__(self, redis: AnyRedis, keys: dict[str, InstrumentKeys], max_lag: int,
                  interval_s: float) -> None:
         self._redis = redis
         self._keys = keys

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.datastructures import Headers
@@ -18,8 +17,8 @@ from services.common.db import make_engine
 from services.common.key_watch import KeyFile, open_key_file
 from services.common.keys import InstrumentKeys, keys_by_symbol
 from services.common.lua import LuaScript
-from services.common.redis_batch import CommandBatcher
-from services.common.redis_conn import connect
+from services.common.redis_cluster_batch import make_batcher
+from services.common.redis_conn import AnyRedis, connect
 from services.common.scripts import ACCEPT_SCRIPT, AMEND_SCRIPT, BOOK_SCRIPT, CANCEL_SCRIPT
 from services.common.urls import mask_url
 from services.ingest.backpressure import LagMonitor
@@ -47,8 +46,9 @@ class IngestContext:
                                                       settings.allow_demo_keys)
         # connect() never resends a command after a connection error (accept.lua without an idempotency
         # key would place the order twice): the client gets a 503 instead.
-        self.redis: Redis = connect(settings.redis_url)
-        self.batcher = CommandBatcher(self.redis)
+        self.redis: AnyRedis = connect(settings.redis_url, mode=settings.redis_mode)
+        # One pipeline per tick, to the server or to each master of a cluster (docs/scale-out.md).
+        self.batcher = make_batcher(self.redis, settings.redis_mode)
         # Connects lazily: ingest starts, places and cancels orders while PostgreSQL is down.
         # Order reads (GET /orders/{id} of orders Redis no longer holds) and admin work (snapshots, settlement):
         # no statement timeout, as a settlement may rightly run long.

@@ -12,7 +12,7 @@ import msgspec
 from services.common.auth import Principal
 from services.common.instruments import Instrument
 from services.common.keys import HALT_INSTRUMENT, InstrumentKeys, halt_of_client
-from services.common.redis_batch import CommandBatcher
+from services.common.redis_cluster_batch import AnyBatcher
 from services.common.scripts import AMEND_SCRIPT, CANCEL_SCRIPT, AmendArgv, AmendKeys, CancelArgv, CancelKeys, astuple
 from services.common.wire import FINAL_STATUSES, OrderRecord, decode_record
 
@@ -37,7 +37,7 @@ class CancelOutcome(msgspec.Struct, frozen=True):
 class OrderStore:
     """Order records of every configured instrument."""
 
-    def __init__(self, batcher: CommandBatcher, instruments: dict[str, Instrument],
+    def __init__(self, batcher: AnyBatcher, instruments: dict[str, Instrument],
                  keys: dict[str, InstrumentKeys]) -> None:
         self._batcher = batcher
         self._instruments = instruments

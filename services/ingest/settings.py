@@ -17,9 +17,11 @@ from services.common.env import (
     env_str,
     instruments_file,
     redis_key_prefix,
+    redis_mode,
     redis_url,
 )
 from services.common.instruments import Instruments, load_instruments
+from services.common.redis_conn import RedisMode
 
 # One accept.lua call holds Redis while it runs (about 20-40 µs per order): a batch's orders of one instrument
 # are one call, so this bounds how long one request can keep every other client waiting.
@@ -36,6 +38,7 @@ class IngestSettings:
     key_prefix: str
     instruments: Instruments
     api_keys_file: Path
+    redis_mode: RedisMode = "single"  # cluster: a ClusterBatcher, one pipeline per master per tick
     auth_mode: AuthMode = "on"
     # False (ALLOW_DEMO_KEYS=0, the Docker image): refuse to start with a key of the public demo set.
     allow_demo_keys: bool = True
@@ -76,6 +79,7 @@ class IngestSettings:
         return cls(
             redis_url=redis_url(),
             key_prefix=redis_key_prefix(),
+            redis_mode=redis_mode(),
             instruments=load_instruments(instruments_file()),
             api_keys_file=env_path("API_KEYS_FILE", "config/demo_api_keys.toml"),
             auth_mode=auth_mode_from_env(),

@@ -17,7 +17,8 @@ import uuid
 from redis.exceptions import RedisError
 
 from services.common.keys import InstrumentKeys, deadline_of_session
-from services.common.redis_batch import BatcherClosed, CommandBatcher
+from services.common.redis_batch import BatcherClosed
+from services.common.redis_cluster_batch import AnyBatcher
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ REFRESH_S = 1.0  # how often: a refresh may fail twice (Redis slow) before the d
 class CodSessions:
     """The live cancel-on-disconnect sessions of this process, their deadlines refreshed by one task."""
 
-    def __init__(self, batcher: CommandBatcher, keys: dict[str, InstrumentKeys]) -> None:
+    def __init__(self, batcher: AnyBatcher, keys: dict[str, InstrumentKeys]) -> None:
         self._batcher = batcher
         self._deadline_keys = [k.deadlines for k in keys.values()]
         self._live: set[str] = set()

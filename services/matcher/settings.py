@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from services.common import env
 from services.common.db import database_url
 from services.common.instruments import Instruments, load_instruments
+from services.common.redis_conn import RedisMode
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,12 +33,14 @@ class MatcherSettings:
     # have passed (dead man's switch, cancel-on-disconnect; docs/order-management.md), so one is applied
     # within this period plus one call. An idle instrument costs one XREAD and one script call per period.
     sweep_ms: int = 250
+    redis_mode: RedisMode = "single"  # REDIS_MODE (docs/scale-out.md)
 
     @classmethod
     def from_env(cls) -> MatcherSettings:
         """Read MATCHER_* and the engine-wide variables; SettingsError when one is unusable."""
         return cls(
             redis_url=env.redis_url(),
+            redis_mode=env.redis_mode(),
             key_prefix=env.redis_key_prefix(),
             instruments=load_instruments(env.instruments_file()),
             consumer=env.env_str("MATCHER_CONSUMER", "matcher-1"),

@@ -13,6 +13,7 @@ import msgspec
 import pytest
 from redis.asyncio import Redis
 
+from services.common import scripts
 from services.common.instruments import Instruments
 from services.common.keys import (
     DEADLINE_CLIENT,
@@ -92,7 +93,8 @@ def test_the_script_numbers_no_position_of_keys_or_argv(interface: ScriptInterfa
 @pytest.mark.parametrize("interface", INTERFACES, ids=lambda i: i.filename)
 def test_the_script_uses_exactly_the_declared_keys_and_argv(interface: ScriptInterface) -> None:
     code = _code(interface)
-    keys = {f"K_{n.upper()}" for n in interface.keys}
+    # The migration guard is declared for Redis Cluster alone (test below): no script reads or writes it.
+    keys = {f"K_{n.upper()}" for n in interface.keys if n != "migration_guard"}
     declared = {f"A_{n.upper()}" for n in interface.argv}
     if interface.argv_rest is not None:
         declared.add(f"A_{interface.argv_rest.upper()}_FROM")
@@ -116,6 +118,26 @@ def test_instrument_script_keys_are_instrument_keys(keys: type[InstrumentScriptK
     assert astuple(keys.of(instrument)) == tuple(getattr(instrument, n) for n in keys.__struct_fields__)
 
 
+INSTRUMENT_KEY_NAMES = set(InstrumentKeys.__struct_fields__) - {"symbol", "prefix"}
+# Every script of services/common/scripts.py that touches several keys of an instrument (a script of one key
+# cannot be half-applied: it runs where its key is, following ASK).
+INSTRUMENT_SCRIPTS = [v for v in vars(scripts).values() if isinstance(v, ScriptInterface)
+                      and set(v.keys) & INSTRUMENT_KEY_NAMES and len(v.keys) + len(v.keys_each) > 1]
+
+
+def test_every_script_of_several_instrument_keys_is_in_this_list() -> None:
+    assert {i.filename for i in INSTRUMENT_SCRIPTS} >= {i.filename for i in INTERFACES} | {"amend.lua"}
+
+
+@pytest.mark.parametrize("interface", INSTRUMENT_SCRIPTS, ids=lambda i: i.filename)
+def test_every_instrument_script_declares_the_migration_guard_last(interface: ScriptInterface) -> None:
+    # docs/scale-out.md: a key no one writes makes a multi-key call on a migrating slot TRYAGAIN before it
+    # runs, so no script is half-applied on a moving instrument.
+    assert interface.keys[-1] == "migration_guard"
+    assert "K_MIGRATION_GUARD" not in _code(interface)
+    assert instrument_keys("p:", "BTC-USD").migration_guard == "p:guard:{BTC-USD}"
+
+
 @pytest.mark.parametrize("interface", INTERFACES, ids=lambda i: i.filename)
 def test_what_a_script_writes_is_under_its_declared_keys(interface: ScriptInterface) -> None:
     assert {key for key, _ in interface.writes} <= set(interface.keys)
@@ -127,9 +149,9 @@ def test_the_prelude_is_one_line_and_the_sha_covers_it() -> None:
         assert prelude.count("\n") == 1 and prelude.endswith("\n")
         script = interface.script()
         assert script.source.startswith(prelude) and script.sha == interface.script().sha
-    assert "local K_ORDERS, K_ORDER_STATE, K_KEY_RATE_BUCKET, K_HALTS = KEYS[1], KEYS[2], KEYS[3], KEYS[4]" \
-        in ACCEPT.prelude()
-    assert "local K_EACH_FROM, K_EACH_SIZE = 5, 5 local KE_RATE_BUCKET, KE_IDEMPOTENCY, KE_CLIENT_ORDER_ID, " \
+    assert "local K_ORDERS, K_ORDER_STATE, K_KEY_RATE_BUCKET, K_HALTS, K_MIGRATION_GUARD = KEYS[1], KEYS[2], " \
+           "KEYS[3], KEYS[4], KEYS[5]" in ACCEPT.prelude()
+    assert "local K_EACH_FROM, K_EACH_SIZE = 6, 5 local KE_RATE_BUCKET, KE_IDEMPOTENCY, KE_CLIENT_ORDER_ID, " \
            "KE_CLIENT_ORDERS, KE_SESSION_ORDERS = 0, 1, 2, 3, 4" in ACCEPT.prelude()
     assert f"local A_EACH_FROM, A_EACH_SIZE = {len(AcceptArgv.__struct_fields__) + 1}, " \
            f"{len(AcceptOrderArgv.__struct_fields__)}" in ACCEPT.prelude()
@@ -325,7 +347,8 @@ async def test_accept_lua_writes_a_new_order_command_and_the_record(redis: Redis
     keys = _keys(key_prefix)
     record = msgspec.structs.replace(RECORD, status="accepted", filled_lots=0, arrival_seq=0)
     second = msgspec.structs.replace(record, order_id="second", client_id="c2", quantity_lots=5)
-    script_keys = [*astuple(AcceptKeys(keys.orders, keys.order_state, keys.key_rate_bucket("k"), keys.halts))]
+    script_keys = [*astuple(AcceptKeys(keys.orders, keys.order_state, keys.key_rate_bucket("k"), keys.halts,
+                                       keys.migration_guard))]
     argv: list[object] = [*astuple(AcceptArgv(rate=0, burst=0, key_rate=0, key_burst=0, overloaded="0", ttl_s=60,
                                               halt_instrument=HALT_INSTRUMENT))]
     second = msgspec.structs.replace(second, self_trade_prevention="decrement", session="sess-1")
