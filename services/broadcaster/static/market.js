@@ -49,9 +49,17 @@ function setStatus(text, live) {
   element.className = live ? "live" : "down";
 }
 
-function reportError(text) {
-  stats.errors.push(text);
-  $("#notice").textContent = text;
+// Problems shown to the user, one line per source (ticker, candles, trades, feed), each cleared by the next
+// success of that source: a 503 under load should not stay on screen once ingest answers again.
+const notices = new Map();
+
+function notice(source, text) {
+  if (text === null) notices.delete(source);
+  else {
+    stats.errors.push(`${source}: ${text}`);
+    notices.set(source, `${source}: ${text}`);
+  }
+  $("#notice").textContent = [...notices.values()].join(" · ");
 }
 
 // Redraws ----------------------------------------------------------------------------------------
@@ -132,7 +140,7 @@ function handlers() {
     resync: () => { stats.resyncs += 1; state.book.reset(); invalidate(); },
     disconnected: () => { state.book.reset(); invalidate(); },
     status: (text, live) => { if (live) stats.connects += 1; setStatus(text, live); },
-    error: reportError,
+    error: (text) => notice("feed", text),
   };
 }
 
@@ -143,9 +151,10 @@ async function loadTicker(current) {
     const ticker = await getJson(`/analytics/${encodeURIComponent(current.instrument)}/ticker`);
     if (state !== current) return;
     current.ticker = ticker;
+    notice("ticker", null);
     invalidate();
   } catch (error) {
-    reportError(`ticker: ${error.message}`);
+    notice("ticker", error.message);
   }
 }
 
@@ -157,7 +166,7 @@ async function loadHistory(current) {
     const candles = await getJson(`/analytics/${symbol}/candles?interval=1m&start=${Date.now() - HISTORY_MS}`);
     if (state === current) current.candles.load(candles);
   } catch (error) {
-    reportError(`candles: ${error.message}`);
+    notice("candles", error.message);
   }
   try {
     const trades = await getJson(`/trades?instrument=${symbol}&limit=${TAPE_SIZE}`);
@@ -167,7 +176,7 @@ async function loadHistory(current) {
     current.previousPrice = trades[1]?.price ?? null;
     return trades[0]?.seq ?? 0; // replay whatever the stream has beyond what PostgreSQL had
   } catch (error) {
-    reportError(`trades: ${error.message}`);
+    notice("trades", error.message);
     return null; // live trades only
   }
 }
@@ -182,6 +191,7 @@ async function show(instrument) {
   const spec = config.instruments.find((i) => i.symbol === instrument);
   document.title = `${instrument} · market`;
   $("#instrument").value = instrument;
+  notices.clear();
   $("#notice").textContent = "";
   const container = $("#candles");
   container.replaceChildren();
@@ -215,4 +225,4 @@ async function main() {
   await show(chosen());
 }
 
-main().catch((error) => reportError(`the page could not start: ${error.message}`));
+main().catch((error) => notice("page", `could not start: ${error.message}`));

@@ -2,42 +2,57 @@
 // wrote it (or as decimal.js computed it exactly); Number() only sizes the depth bars.
 import { compare, sub } from "./decimal.js";
 
-function cell(className, text) {
-  const element = document.createElement("span");
+function row(className, classes) {
+  const element = document.createElement("div");
   element.className = className;
-  element.textContent = text;
+  for (const name of classes) {
+    const span = document.createElement("span");
+    span.className = name;
+    element.append(span);
+  }
   return element;
 }
 
-function row(className, ...cells) {
-  const element = document.createElement("div");
-  element.className = className;
-  element.append(...cells);
-  return element;
+/**
+ * Make `container` hold one row per item, changing only what differs from the last draw: at a few redraws a
+ * second, rebuilding every row would make the browser lay the page out again for rows that did not move.
+ */
+function patch(container, items, className, classes, fill) {
+  while (container.children.length > items.length) container.lastElementChild.remove();
+  while (container.children.length < items.length) container.append(row(className, classes));
+  items.forEach((item, index) => fill(container.children[index], item));
+}
+
+function setText(element, text) {
+  if (element.textContent !== text) element.textContent = text;
 }
 
 /** One side of the ladder: one child per level (CONTRACT.md), bars scaled to the deeper side's total. */
 export function renderLadder(container, levels, side, maxCumulative) {
-  const rows = levels.map((level) => {
-    const element = row(`level ${side}`, cell("price", level.price), cell("qty", level.quantity),
-      cell("cum", level.cumulative));
+  // Asks are listed highest first, so both sides meet at the spread in the middle.
+  const rows = side === "ask" ? [...levels].reverse() : levels;
+  patch(container, rows, `level ${side}`, ["price", "qty", "cum"], (element, level) => {
+    const [price, quantity, cumulative] = element.children;
+    setText(price, level.price);
+    setText(quantity, level.quantity);
+    setText(cumulative, level.cumulative);
     element.dataset.price = level.price;
     const width = maxCumulative > 0 ? (100 * Number(level.cumulative)) / maxCumulative : 0;
     element.style.setProperty("--depth", `${width.toFixed(1)}%`);
-    return element;
   });
-  // Asks are listed highest first, so both sides meet at the spread in the middle.
-  container.replaceChildren(...(side === "ask" ? rows.reverse() : rows));
 }
 
 /** The tape: one child per trade, newest first. */
 export function renderTrades(container, trades) {
-  container.replaceChildren(...trades.map((trade) => {
-    const element = row(`trade ${trade.taker_side}`, cell("time", trade.executed_at.slice(11, 19)),
-      cell("price", trade.price), cell("qty", trade.quantity));
+  patch(container, trades, "trade", ["time", "price", "qty"], (element, trade) => {
+    if (element.dataset.seq === String(trade.seq)) return;
+    const [time, price, quantity] = element.children;
+    element.className = `trade ${trade.taker_side}`;
+    setText(time, trade.executed_at.slice(11, 19));
+    setText(price, trade.price);
+    setText(quantity, trade.quantity);
     element.dataset.seq = String(trade.seq);
-    return element;
-  }));
+  });
 }
 
 /** The 24 h ticker as GET /analytics/{instrument}/ticker answers it ("-" where there was no trade). */
