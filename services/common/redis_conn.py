@@ -44,7 +44,9 @@ def connect(url: str, *, mode: RedisMode = "single", socket_timeout: float = RED
         retry=Retry(NoBackoff(), 0),
     )
     if mode == "cluster":
-        return _Cluster.from_url(url, **options)
+        # reinitialize_steps=0: a MOVED patches the slot map; redis-py's default (a full reinitialisation every
+        # 5th MOVED) closes every connection of the client, failing the commands other tasks have in flight.
+        return _Cluster.from_url(url, reinitialize_steps=0, **options)
     if mode != "single":
         raise ValueError(f"unknown Redis mode {mode!r}: single or cluster")
     return Redis.from_url(url, **options)
@@ -62,10 +64,19 @@ class _Cluster(RedisCluster):
       last 8 after 50 ms, then "TTL exhausted" (0.4 s). A migration under flow takes longer: 100 tries, the
       last 50 after 50 ms, about 2.5 s, as the ClusterBatcher's few seconds.
 
+    - First use by many tasks at once: a command that starts before the slot map is read is routed as if it had
+      no key, meets MOVED, and the MOVED storm's reinitialisations close the connections of the others
+      (ConnectionError, "'NoneType' object has no attribute 'writelines'"). The map is read first.
+
     MOVED, ASK and TRYAGAIN all mean the command did not run, so following them cannot apply it twice.
     """
 
     RedisClusterRequestTTL = 100
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        if self._initialize:
+            await self.initialize()
+        return await super().execute_command(*args, **kwargs)
 
     def get_node(self, host: str | None = None, port: int | None = None,
                  node_name: str | None = None) -> ClusterNode | None:

@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis import Redis as SyncRedis
@@ -66,7 +67,7 @@ class Move:
         moved = 0
         source = self.cluster.client(self.source)
         while keys := source.cluster("GETKEYSINSLOT", self.slot, batch):
-            source.execute_command("MIGRATE", "127.0.0.1", self.target, "", 0, 5000, "REPLACE", "KEYS", *keys)
+            _command(source, "MIGRATE", "127.0.0.1", self.target, "", 0, 5000, "REPLACE", "KEYS", *keys)
             moved += len(keys)
         return moved
 
@@ -99,7 +100,7 @@ class LocalCluster:
 
     def owner_of_slot(self, slot: int) -> int:
         """The port of the master serving `slot` (as the first node sees it)."""
-        for start, end, master, *_ in self.client(self.nodes[0]).execute_command("CLUSTER SLOTS", NEVER_DECODE=True):
+        for start, end, master, *_ in _command(self.client(self.nodes[0]), "CLUSTER SLOTS", NEVER_DECODE=True):
             if start <= slot <= end:
                 return int(master[1])
         raise LookupError(f"slot {slot} is served by no master")
@@ -164,6 +165,11 @@ class LocalCluster:
                 process.wait(10)
 
 
+def _command(client: SyncRedis, *args: Any, **options: Any) -> Any:
+    """A raw command (redis-py's execute_command is untyped)."""
+    return client.execute_command(*args, **options)  # type: ignore[no-untyped-call]
+
+
 def _state(info: object) -> str:
     if isinstance(info, dict):
         return str(info.get("cluster_state"))
@@ -175,7 +181,7 @@ def _state(info: object) -> str:
 
 
 def _slot_view(client: SyncRedis) -> list[tuple[int, int, int]]:
-    reply = client.execute_command("CLUSTER SLOTS", NEVER_DECODE=True)
+    reply = _command(client, "CLUSTER SLOTS", NEVER_DECODE=True)
     return sorted((int(start), int(end), int(master[1])) for start, end, master, *_ in reply)
 
 

@@ -118,3 +118,44 @@ async def test_nothing_is_resent_after_a_connection_error(redis_cluster: LocalCl
     await asyncio.sleep(0.1)
     assert master.get(counter) == b"0"  # never run, and not sent again
     assert await client.incr(counter) == 1  # the next command reconnects
+
+
+async def test_many_tasks_at_once_on_a_fresh_client(redis_cluster: LocalCluster, cluster_symbols: list[str],
+                                                   prefix: str) -> None:
+    # redis-py 8.1 alone fails this ("'NoneType' object has no attribute 'writelines'", or ConnectionError).
+    client = connect(redis_cluster.url, mode="cluster")
+    try:
+        async def task(n: int) -> None:
+            key = f"{prefix}k{n}:{{{cluster_symbols[n % 3]}}}"
+            for i in range(20):
+                await client.set(key, i)
+                assert await client.get(key) == str(i).encode()
+
+        await asyncio.gather(*(task(n) for n in range(50)))
+    finally:
+        await client.aclose()
+
+
+async def test_a_slot_moved_under_flow_fails_no_other_command(redis_cluster: LocalCluster, client: RedisCluster,
+                                                              cluster_symbols: list[str], prefix: str) -> None:
+    # Every 5th MOVED, redis-py's default reinitialisation closed every connection of the client, failing what
+    # other tasks had in flight (connect() sets reinitialize_steps=0: a MOVED patches its slot only).
+    symbol = cluster_symbols[0]
+    source = redis_cluster.master_of(symbol)
+    stop = asyncio.Event()
+
+    async def task(n: int) -> int:
+        key, done = f"{prefix}k{n}:{{{cluster_symbols[n % 3]}}}", 0
+        while not stop.is_set():
+            done = int(await client.incr(key))
+        return done
+
+    tasks = [asyncio.ensure_future(task(n)) for n in range(30)]
+    await asyncio.sleep(0.2)
+    await asyncio.to_thread(redis_cluster.move_slot, symbol, _other_master(redis_cluster, symbol))
+    await asyncio.sleep(0.2)
+    await asyncio.to_thread(redis_cluster.move_slot, symbol, source)
+    await asyncio.sleep(0.2)
+    stop.set()
+    counts = await asyncio.gather(*tasks)
+    assert all(count > 0 for count in counts)
