@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import cast
 
+from redis.asyncio import RedisCluster
 from redis.exceptions import ResponseError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -47,9 +48,14 @@ class RetentionResult:
     evicted: int
 
 
-async def redis_now_ms(redis: AnyRedis) -> int:
-    """Redis's own clock: it is the clock that stamped the stream ids."""
-    seconds, micros = await redis.time()
+async def redis_now_ms(redis: AnyRedis, key: str) -> int:
+    """Redis's own clock, that of the master holding `key`: it is the clock that stamped its stream ids (on a
+    cluster of several hosts, each master's)."""
+    if isinstance(redis, RedisCluster):
+        await redis.initialize()  # the slot map (once; the client is lazy)
+        seconds, micros = await redis.time(target_nodes=redis.get_node_from_key(key))
+    else:
+        seconds, micros = await redis.time()
     return int(seconds) * 1000 + int(micros) // 1000
 
 
@@ -108,7 +114,7 @@ async def evict_orders(redis: AnyRedis, db: AsyncEngine, key: str, before_ms: in
 async def apply_retention(redis: AnyRedis, db: AsyncEngine, keys: InstrumentKeys,
                           policy: RetentionPolicy) -> RetentionResult:
     """One retention pass over one instrument's streams and order records."""
-    now = await redis_now_ms(redis)
+    now = await redis_now_ms(redis, keys.orders)
     age_floor = (max(0, now - int(policy.stream_retention_s * 1000)), 0)
     trimmed = {stream: await trim_stream(redis, stream, age_floor)
                for stream in (keys.orders, keys.trades, keys.events, keys.book)}

@@ -159,8 +159,8 @@ class RunningEngine:
 def running_engine(env: dict[str, str], run_dir: Path, timeout: float = 60) -> Iterator[RunningEngine]:
     """`make run` started and ready; stopped (or killed) at the end whatever the test left behind."""
     engine = RunningEngine(env, run_dir)
-    engine.start(timeout)
     try:
+        engine.start(timeout)  # an engine that never became ready is stopped too
         yield engine
     finally:
         engine.kill_group()
