@@ -229,6 +229,19 @@ async def order_flow(base: str, flow: Flow, rate: float) -> None:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
 
+async def follow_trades(url: str, symbol: str, seqs: list[int]) -> None:
+    """A WebSocket client of the instrument's trades from its first one (since_seq 0), until cancelled."""
+    async with websockets.connect(url, open_timeout=5) as ws:
+        await ws.send(json.dumps({"op": "subscribe", "channels": ["trades"], "instruments": [symbol],
+                                  "since_seq": 0}))
+        async for frame in ws:
+            decoded = json.loads(frame)
+            for message in decoded if isinstance(decoded, list) else [decoded]:
+                if message["type"] == "trade":
+                    seqs.append(int(message["seq"]))
+                assert message["type"] != "error", message
+
+
 def paced_move(cluster: LocalCluster, symbol: str, target: int, batch: int = 10, pause_s: float = 0.05) -> None:
     """Move `symbol`'s slot as `redis-cli --cluster reshard` does (IMPORTING/MIGRATING, MIGRATE 10 keys at a time,
     SETSLOT NODE everywhere), pausing between batches as a slot of many keys would take: the instrument's scripts
@@ -259,6 +272,9 @@ async def move_under_flow(engine: RunningEngine, redis_cluster: LocalCluster, pr
                           client: RedisCluster, symbol: str, target: int) -> None:
     source = redis_cluster.master_of(symbol)
     flow = Flow(symbol)
+    followed: list[int] = []
+    follower = asyncio.create_task(follow_trades(f"ws://127.0.0.1:{engine.env['BROADCASTER_PORT']}/stream", symbol,
+                                                 followed))
     senders = [asyncio.create_task(order_flow(engine.ingest, flow, 50)) for _ in range(4)]  # ~200/s
     try:
         await asyncio.sleep(3)
@@ -295,4 +311,15 @@ async def move_under_flow(engine: RunningEngine, redis_cluster: LocalCluster, pr
     assert in_db.trades[symbol] == on_stream
     assert len(on_stream) > 0 and after_move > 100  # it kept trading after the move
     assert not [r for r in flow.refused if r[1] != 503], flow.refused  # no other refusal, no 500
+    # The broadcaster followed the instrument across the move: every trade once, in order.
+    async def all_followed() -> bool:
+        if follower.done():
+            follower.result()  # its error, if it failed
+        return len(followed) >= len(on_stream)
+
+    try:
+        await wait_for(all_followed, 15, "every trade on the WebSocket")
+    finally:
+        follower.cancel()
+    assert followed == [seq for _, seq in on_stream]
     assert all(started - 0.5 <= at <= ended + 1 for at, _, _ in flow.refused), flow.refused  # only during the move
