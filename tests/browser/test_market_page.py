@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import TWO_INSTRUMENTS
 from tests.e2e.engine import RunningEngine, http_ok
 from tests.processes import REPO_ROOT
 
@@ -24,6 +25,12 @@ pytestmark = pytest.mark.slow
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 # MARKET_PAGE_SCREENSHOT=1 also writes the README's picture; by default a run leaves the working tree alone.
 DOCS_SCREENSHOT = REPO_ROOT / "docs" / "market-page.png"
+
+
+@pytest.fixture
+def engine_instruments() -> Path:
+    """BTC-USD and ETH-USD, so the picker has a choice."""
+    return TWO_INSTRUMENTS
 
 
 def place(engine: RunningEngine, key: str, **order: str) -> dict[str, Any]:
@@ -65,7 +72,9 @@ def requested_urls(performance_log: list[dict[str, Any]]) -> list[str]:
     return urls
 
 
-def test_the_page_follows_the_market_live(running: RunningEngine, browser: Any, tmp_path: Path) -> None:
+def test_the_page_follows_the_market_live(browser: Any, running: RunningEngine, tmp_path: Path) -> None:
+    from selenium.webdriver.support.select import Select  # installed: the browser fixture skips otherwise
+
     page = f"http://127.0.0.1:{running.env['BROADCASTER_PORT']}/"
     running.wait_until(lambda: http_ok(f"{page}readyz"), 20, "broadcaster ready")
     browser.get(page)
@@ -132,6 +141,21 @@ def test_the_page_follows_the_market_live(running: RunningEngine, browser: Any, 
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"
               and "WebSocket connection to" not in entry["message"]]
     assert errors == []
+
+    # The picker: another instrument's book and tape, then back, each from its own snapshot and history.
+    assert [o.get_attribute("value") for o in browser.find_elements("css selector", "#instrument option")] \
+        == ["BTC-USD", "ETH-USD"]
+    Select(browser.find_element("id", "instrument")).select_by_value("ETH-USD")
+    place(running, "demo-key-A", client_id="client-A", instrument="ETH-USD", side="buy", price="2000.05",
+          quantity="0.5")
+    wait_for(lambda: texts(browser, "#book-bids") == ["2000.05 0.5 0.5"], "the ETH-USD book")
+    assert (texts(browser, "#trades"), browser.find_element("id", "last-price").text) == ([], "-")
+    assert browser.current_url.endswith("#ETH-USD")
+    browser.execute_script("location.hash = 'BTC-USD'")
+    wait_for(lambda: len(texts(browser, "#trades")) == 3 and texts(browser, "#book-bids")[:1]
+             == ["49990.00 0.05 0.05"], "the BTC-USD book and tape again")
+    assert browser.find_element("id", "last-price").text == "49990.00"
+    assert [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"] == []
 
     urls = requested_urls(browser.get_log("performance"))
     assert any(url.endswith("/stream") for url in urls)
