@@ -154,6 +154,7 @@ echo "engine:"
 echo "  ingest       http://${INGEST_HOST:-127.0.0.1}:${INGEST_PORT:-3000}   (orders API, /metrics, /healthz, /readyz)"
 echo "  matcher      http://127.0.0.1:${MATCHER_METRICS_PORT:-9101}/metrics"
 echo "  broadcaster  ws://${BROADCASTER_HOST:-127.0.0.1}:${BROADCASTER_PORT:-3001}/stream   (/metrics, /healthz, /readyz)"
+echo "  market page  http://${BROADCASTER_HOST:-127.0.0.1}:${BROADCASTER_PORT:-3001}/   (book, depth, tape, candles, ticker; live)"
 echo "  persister    http://127.0.0.1:${PERSISTER_METRICS_PORT:-9102}/metrics   (worker N: port +N-1; make scale-workers N=4)"
 # Only the engine's own servers' URLs: an operator's may carry a password.
 if [[ $ENGINE_DATA_WATCHERS == *redis* ]]; then echo "  redis        $REDIS_URL   (the engine's own: make redis-cli)"; fi
