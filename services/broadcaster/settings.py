@@ -73,6 +73,9 @@ class BroadcasterSettings:
     def __post_init__(self) -> None:
         if not self.stall_s > 0:
             raise SettingsError(f"BROADCASTER_STALL_S={self.stall_s} must be above 0")
+        if not self.ingest_public_url.startswith(("http://", "https://")):
+            raise SettingsError(f"INGEST_PUBLIC_URL={self.ingest_public_url!r} must be an http:// or https:// URL "
+                                "(ingest's address as the market page's browser reaches it)")
         if self.queue_bound < 2 * self.read_count:
             raise SettingsError(f"BROADCASTER_QUEUE_BOUND={self.queue_bound} must be at least twice "
                                 f"BROADCASTER_READ_COUNT={self.read_count}: one read may queue that many at once")

@@ -6,8 +6,11 @@ from __future__ import annotations
 import re
 
 import httpx
+import pytest
 
 from services.broadcaster.page import STATIC_DIR
+from services.broadcaster.settings import BroadcasterSettings
+from services.common.env import SettingsError
 from tests.broadcaster.conftest import BroadcasterFactory
 
 
@@ -44,3 +47,14 @@ async def test_the_page_its_assets_and_its_configuration(make_broadcaster: Broad
                  "price_places": 2},
             ],
         }
+
+
+def test_ingest_public_url_must_be_a_web_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INGEST_PORT", "4000")
+    monkeypatch.delenv("INGEST_PUBLIC_URL", raising=False)
+    assert BroadcasterSettings.from_env().ingest_public_url == "http://127.0.0.1:4000"
+    monkeypatch.setenv("INGEST_PUBLIC_URL", "https://api.example.com/")
+    assert BroadcasterSettings.from_env().ingest_public_url == "https://api.example.com"
+    monkeypatch.setenv("INGEST_PUBLIC_URL", "127.0.0.1:3000")
+    with pytest.raises(SettingsError, match="INGEST_PUBLIC_URL"):
+        BroadcasterSettings.from_env()
