@@ -51,6 +51,7 @@ async def measure(batch: int, commands: list[dict[str, str]], instrument: Instru
     matcher = InstrumentMatcher(redis, instrument, keys, "bench", batch)
     try:
         await matcher.prepare()
+        await matcher.take_lease()
         for start in range(0, len(commands), 1000):
             async with redis.pipeline(transaction=False) as pipe:
                 for fields in commands[start:start + 1000]:

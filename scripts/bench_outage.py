@@ -45,6 +45,7 @@ async def order_flow(prefix: str, rate: int, stop: asyncio.Event) -> None:
     keys = instrument_keys(prefix, "BTC-USD")
     matcher = InstrumentMatcher(redis, instrument, keys, "bench", 500)
     await matcher.prepare()
+    await matcher.take_lease()
     n, started = 0, time.monotonic()
     try:
         while not stop.is_set():

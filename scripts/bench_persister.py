@@ -44,6 +44,7 @@ async def fill_streams(prefix: str, trades: int) -> tuple[int, int]:
     keys = instrument_keys(prefix, "BTC-USD")
     matcher = InstrumentMatcher(redis, instrument, keys, "bench", 500)
     await matcher.prepare()
+    await matcher.take_lease()
     now = str(int(time.time() * 1000))
     for start in range(0, trades, 1000):
         async with redis.pipeline(transaction=False) as pipe:

@@ -35,6 +35,8 @@ for endpoint in "$CIRCUS_ENDPOINT" "$CIRCUS_PUBSUB_ENDPOINT"; do
   fi
 done
 export PERSISTER_WORKERS=${PERSISTER_WORKERS:-1}
+# Matchers holding instrument leases (docs/scale-out.md): matcher N on MATCHER_METRICS_PORT + 100 x (N - 1).
+export MATCHER_WORKERS=${MATCHER_WORKERS:-1}
 SERVICES=(ingest matcher persister broadcaster)
 CIRCUSCTL=("$ROOT/$VENV/bin/circusctl" --endpoint "$CIRCUS_ENDPOINT" --timeout 30)
 
@@ -152,7 +154,8 @@ for service in "${SERVICES[@]}"; do "${CIRCUSCTL[@]}" start "$service" >/dev/nul
 
 echo "engine:"
 echo "  ingest       http://${INGEST_HOST:-127.0.0.1}:${INGEST_PORT:-3000}   (orders API, /metrics, /healthz, /readyz)"
-echo "  matcher      http://127.0.0.1:${MATCHER_METRICS_PORT:-9101}/metrics"
+echo "  matcher      http://127.0.0.1:${MATCHER_METRICS_PORT:-9101}/metrics   (/healthz lists its leases;" \
+  "$MATCHER_WORKERS matcher(s), matcher N: port +100 x (N-1))"
 echo "  broadcaster  ws://${BROADCASTER_HOST:-127.0.0.1}:${BROADCASTER_PORT:-3001}/stream   (/metrics, /healthz, /readyz)"
 echo "  market page  http://${BROADCASTER_HOST:-127.0.0.1}:${BROADCASTER_PORT:-3001}/   (book, depth, tape, candles, ticker; live)"
 echo "  persister    http://127.0.0.1:${PERSISTER_METRICS_PORT:-9102}/metrics   (worker N: port +N-1; make scale-workers N=4)"

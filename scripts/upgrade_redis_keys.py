@@ -70,7 +70,9 @@ async def _upgrade_kind(redis: Redis, keys: InstrumentKeys, kind: str, counts: C
     head = f"{keys.prefix}{kind}:{{{keys.symbol}}}:"
     build = keys.idempotency if kind == "idem" else keys.client_order_id
     owner_of = _idempotency_owner if kind == "idem" else _client_order_id_owner
-    async for raw in redis.scan_iter(match=_GLOB_SPECIAL.sub(r"\\\1", head) + "*", count=1000):
+    # Listed before any rename: SCAN may or may not return a key renamed during the scan (its new name matches).
+    found = [raw async for raw in redis.scan_iter(match=_GLOB_SPECIAL.sub(r"\\\1", head) + "*", count=1000)]
+    for raw in found:
         name = raw.decode()
         value = await redis.get(raw)
         client_id = None if value is None else await owner_of(redis, keys, _raw(value))

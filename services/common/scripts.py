@@ -103,6 +103,7 @@ class MatchKeys(InstrumentScriptKeys, frozen=True):
     meta: str
     deadlines: str  # swept at the start of every call
     open_counts: str  # client id -> resting orders: the open-order cap's count
+    matcher_lease: str  # must hold `holder` (ARGV), else the call returns NOLEASE having done nothing
     migration_guard: str  # never written, never read: TRYAGAIN while the slot migrates (docs/scale-out.md)
 
 
@@ -126,6 +127,7 @@ class MatchArgv(ScriptArgs, frozen=True):
     market_protection_bp: str
     max_open_orders: str
     risk_scale: str
+    holder: str  # the calling matcher's lease-holder id (MATCHER_CONSUMER)
 
 
 RISK_SCALE = 100 * PCT_SCALE  # a percentage of pct_bp is the fraction pct_bp / RISK_SCALE
@@ -399,3 +401,49 @@ AMEND = ScriptInterface(
 )
 AMEND_SCRIPT = AMEND.script()
 # ==== end of amend.lua ==========================================================================================
+
+
+# ==== lease_renew.lua, lease_release.lua, matcher_registry.lua (issue 17: services/matcher/lease.py) ==========
+
+class LeaseKeys(InstrumentScriptKeys, frozen=True):
+    """KEYS of lease_renew.lua and lease_release.lua."""
+
+    matcher_lease: str
+
+
+class LeaseRenewArgv(ScriptArgs, frozen=True):
+    """ARGV of lease_renew.lua: PEXPIRE the lease only while its value is the holder's."""
+
+    holder: str
+    lease_ms: str
+
+
+class LeaseReleaseArgv(ScriptArgs, frozen=True):
+    """ARGV of lease_release.lua: DEL the lease only while its value is the holder's."""
+
+    holder: str
+
+
+class RegistryKeys(ScriptArgs, frozen=True):
+    """KEYS of matcher_registry.lua."""
+
+    matchers: str  # zset: member a live matcher's id, score the ms (Redis's clock) its entry expires
+
+
+class RegistryArgv(ScriptArgs, frozen=True):
+    """ARGV of matcher_registry.lua."""
+
+    holder: str
+    ttl_ms: str
+
+
+LEASE_RENEW = ScriptInterface("services.matcher", "lease_renew.lua", LeaseKeys.__struct_fields__,
+                              LeaseRenewArgv.__struct_fields__)
+LEASE_RELEASE = ScriptInterface("services.matcher", "lease_release.lua", LeaseKeys.__struct_fields__,
+                                LeaseReleaseArgv.__struct_fields__)
+MATCHER_REGISTRY = ScriptInterface("services.matcher", "matcher_registry.lua", RegistryKeys.__struct_fields__,
+                                   RegistryArgv.__struct_fields__)
+LEASE_RENEW_SCRIPT = LEASE_RENEW.script()
+LEASE_RELEASE_SCRIPT = LEASE_RELEASE.script()
+MATCHER_REGISTRY_SCRIPT = MATCHER_REGISTRY.script()
+# ==== end of the lease scripts ==================================================================================

@@ -21,21 +21,24 @@ async def serve(settings: MatcherSettings, stop: asyncio.Event) -> None:
     redis = connect(settings.redis_url)
     metrics = MatcherMetrics()
     matcher = Matcher(settings, redis, metrics)
-    ops = ops_server(metrics.registry, matcher.is_alive, settings.metrics_host, settings.metrics_port)
-    # /healthz answers "stalled" until every instrument's loop runs, e.g. while a book is rebuilt.
+    ops = ops_server(metrics.registry, matcher.is_alive, settings.metrics_host, settings.metrics_port,
+                     matcher.health)
+    # /healthz lists the leases held; it answers "stalled" until the leases were looked at and every held
+    # instrument's loop runs (not while its book is rebuilt). A standby holding none answers "ok".
     await ops.start()
 
     async def work() -> None:
         await report_durability(redis)
-        await matcher.prepare()
         logger.info("matcher started", extra={"event": "start", "consumer": settings.consumer,
                                               "instruments": list(settings.instruments),
+                                              "lease_ms": settings.lease_ms,
                                               "metrics": f"http://{settings.metrics_host}:{settings.metrics_port}"})
         await matcher.run()
 
     try:
         # Cancelling mid-call is safe: a match.lua call already sent completes atomically in Redis,
-        # and a rebuild cut short is redone at the next start (its meta hash is written last).
+        # and a rebuild cut short is redone at the next start (its meta hash is written last). The run task
+        # releases its leases as it ends, so that a standby takes the instruments over at once.
         # Python 3.11's wait_for inside redis-py can swallow a cancel; the stop flag ends the loops anyway.
         await cancel_on_stop(stop, work(), on_stop=matcher.stop)
     finally:

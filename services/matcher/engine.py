@@ -34,16 +34,23 @@ class InstrumentMatcher:
             quantity_multiplier=str(instrument.qty_mult), quantity_decimals=str(instrument.lot_places),
             key_prefix=keys.prefix, price_band_bp=str(instrument.risk.price_band_bp),
             market_protection_bp=str(instrument.risk.market_protection_bp),
-            max_open_orders=str(instrument.risk.max_open_orders), risk_scale=str(RISK_SCALE),
+            max_open_orders=str(instrument.risk.max_open_orders), risk_scale=str(RISK_SCALE), holder=consumer,
         ))
+        self.holder = consumer
 
     async def prepare(self) -> None:
         await ensure_group(self.redis, self.keys.orders, MATCHER_GROUP)
         await ensure_risk_state(self.redis, self.instrument, self.keys)
         await MATCH_SCRIPT.load(self.redis)
 
+    async def take_lease(self) -> None:
+        """Hold the instrument's lease with no expiry, whoever held it: for a driver that runs alone (tests,
+        benchmarks), never beside matcher processes, which take, renew and release leases (lease.py)."""
+        await self.redis.set(self.keys.matcher_lease, self.holder)
+
     async def step(self) -> BatchResult:
-        """Apply up to batch_size waiting commands; applied == 0 when none were waiting."""
+        """Apply up to batch_size waiting commands; applied == 0 when none were waiting. ResponseError NOLEASE
+        when this matcher does not hold the instrument's lease."""
         reply = await MATCH_SCRIPT(self.redis, self._script_keys, self._script_args)
         return batch_result(reply)
 

@@ -23,8 +23,9 @@
 -- Risk limits (issue 16; services/matcher/risk_state.py): the price band around meta's `ref_ticks` (the last trade
 -- price, set here), market protection around the best opposite price at a market order's arrival, and the open-order
 -- cap against the client's count in open_counts, kept exact here as orders rest and leave the book.
--- Returns a BatchResult (commands applied, last stream id, and what they did), or the error HEALING
--- while meta has a `healing` field (a heal is under way)
+-- Returns a BatchResult (commands applied, last stream id, and what they did), the error NOLEASE when the caller
+-- (ARGV holder) does not hold the instrument's lease, or the error HEALING while meta has a `healing` field (a heal
+-- is under way); both having done nothing.
 
 local SIDE_KEYS = {
   buy = {orders = K_BID_ORDERS, levels = K_BID_LEVELS, depth = K_BID_DEPTH, sign = -1},
@@ -49,6 +50,12 @@ local RESULT_TTL_MS = 600000
 -- ticks < 2^53 / 10^6 (the instrument loader), BAND and PROTECTION <= 100,000, RISK_SCALE = 10,000.
 local BAND, PROTECTION = tonumber(A_PRICE_BAND_BP), tonumber(A_MARKET_PROTECTION_BP)
 local MAX_OPEN, RISK_SCALE = tonumber(A_MAX_OPEN_ORDERS), tonumber(A_RISK_SCALE)
+
+-- Only the holder of the instrument's lease applies anything (docs/scale-out.md, "Matcher leases"): a matcher that
+-- was paused or cut off past its lease, while another took the instrument over, must not even read.
+if redis.call('GET', K_MATCHER_LEASE) ~= A_HOLDER then
+  return redis.error_reply('NOLEASE ' .. K_MATCHER_LEASE .. ' is not held by ' .. A_HOLDER)
+end
 
 -- A heal from PostgreSQL (services/matcher/heal.py) is rewriting this instrument's state: apply nothing
 -- until it has finished, not even reading (the read moves the group's position).

@@ -39,6 +39,8 @@ class MatcherMetrics:
             "matcher_heal_missing",
             "What the last heal could tell was lost, held by neither the restored Redis nor PostgreSQL",
             ["instrument", "kind"], registry=r)
+        self.leases = Gauge("matcher_leases_held", "1 while this matcher holds the instrument's lease, else 0",
+                            ["instrument"], registry=r)
         self.lag = Gauge("stream_group_lag", "Entries the group has not read yet", ["stream", "group"],
                          registry=r)
         self.pending = Gauge("stream_group_pending", "Entries read but not acknowledged", ["stream", "group"],

@@ -1,4 +1,5 @@
-"""The matcher process: one loop per instrument calling match.lua, plus a monitor for gauges."""
+"""The matcher process: a loop per instrument whose lease it holds calling match.lua, the lease manager that takes,
+renews and hands over those leases (lease.py), and a monitor for gauges."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from services.common.groups import group_lag
 from services.common.keys import MATCHER_GROUP, instrument_keys
 from services.matcher.engine import InstrumentMatcher
 from services.matcher.heal import heal_if_behind
+from services.matcher.lease import Decisions, LeaseKeeper, poll_interval_ms
 from services.matcher.metrics import MatcherMetrics
 from services.matcher.recovery import recover_instrument
 from services.matcher.settings import MatcherSettings
@@ -26,7 +28,7 @@ MAX_BACKOFF_S = 2.0
 
 
 class Matcher:
-    """Every configured instrument's matching loop in one process."""
+    """The matching loops of the configured instruments whose leases this process holds."""
 
     def __init__(self, settings: MatcherSettings, redis: Redis, metrics: MatcherMetrics) -> None:
         self.settings = settings
@@ -37,24 +39,46 @@ class Matcher:
                               settings.consumer, settings.batch_size)
             for symbol, instrument in settings.instruments.items()
         ]
+        self._engines = {engine.instrument.symbol: engine for engine in self.engines}
+        self.leases = LeaseKeeper(redis, settings.key_prefix, settings.consumer, settings.lease_ms,
+                                  {s: e.keys.matcher_lease for s, e in self._engines.items()})
+        self._poll_s = poll_interval_ms(settings.lease_ms) / 1000
         self._idle_wait_ms = min(settings.block_ms, settings.sweep_ms)
         self._heartbeat: dict[str, float] = {}
+        self._loops: dict[str, asyncio.Task[None]] = {}
+        self._running: set[str] = set()  # instruments whose loop should go on
+        self._prepared: set[str] = set()  # held instruments prepared since their lease was taken
+        self._looked = False  # the lease manager has looked once: a matcher holding nothing is then a standby
         self._stopping = asyncio.Event()
+        for symbol in self._engines:
+            metrics.leases.labels(symbol).set(0)
 
     def stop(self) -> None:
         """Ask every loop to end after its current call (a backstop to cancelling the run task)."""
         self._stopping.set()
 
+    def held(self) -> list[str]:
+        """The instruments whose lease this matcher holds."""
+        return sorted(self.leases.held)
+
+    def health(self) -> dict[str, object]:
+        """/healthz's details: the leases held (a standby: none)."""
+        return {"leases": self.held()}
+
     def is_alive(self) -> bool:
-        """Every instrument loop came round recently (an idle loop still wakes every block_ms)."""
+        """The leases were looked at, and every held instrument's loop came round recently (an idle loop still
+        wakes every block_ms); one being prepared (a book rebuilt) counts as stalled. A standby is alive."""
         horizon = time.monotonic() - max(5.0, 3 * self.settings.block_ms / 1000)
-        return all(self._heartbeat.get(e.instrument.symbol, 0.0) > horizon for e in self.engines)
+        return self._looked and all(self._heartbeat.get(symbol, 0.0) > horizon for symbol in self.leases.held)
 
     async def prepare(self) -> None:
-        """Rebuild every instrument's book from PostgreSQL if Redis lost it, then ensure the groups."""
+        """Take the leases this matcher should hold now and prepare those instruments (rebuild the book from
+        PostgreSQL if Redis lost it, heal, ensure the group); run() does the same as leases come and go."""
+        decisions = await self._look()
         async with asyncio.TaskGroup() as tasks:
-            for engine in self.engines:
-                tasks.create_task(self._prepare_engine(engine))
+            for symbol in decisions.acquired:
+                tasks.create_task(self._prepare_engine(self._engines[symbol]))
+        self._prepared.update(decisions.acquired)
 
     async def _prepare_engine(self, engine: InstrumentMatcher) -> None:
         # Recovery comes first: match.lua cannot read before ensure_group re-creates the group, so no
@@ -73,25 +97,93 @@ class Matcher:
         await engine.prepare()
 
     async def run(self) -> None:
-        async with asyncio.TaskGroup() as tasks:
-            for engine in self.engines:
-                tasks.create_task(self._loop(engine))
-            tasks.create_task(self._monitor())
+        """Match the held instruments, taking and handing over leases, until stopped; then release them all."""
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._manage(tasks))
+                tasks.create_task(self._monitor())
+        finally:
+            # A graceful stop hands every instrument over at once rather than after its lease expires.
+            held = self.held()
+            try:
+                await asyncio.wait_for(self.leases.release_all(), 5)
+            except (TimeoutError, *REDIS_DOWN) as exc:
+                logger.warning("leases not released: they expire by themselves", extra={"error": repr(exc)})
+            else:
+                for symbol in held:
+                    self._lease_gone(symbol, "lease_released", "lease released: the matcher stops")
+
+    async def _manage(self, tasks: asyncio.TaskGroup) -> None:
+        """Every poll: look at the leases, and run a loop for each held instrument."""
+        down = False
+        while not self._stopping.is_set():
+            try:
+                await self._look()
+                if down:
+                    logger.info("redis usable again: leases looked at", extra={"event": "redis_regained"})
+                down = False
+            except REDIS_DOWN as exc:
+                if not down:
+                    logger.error("redis connection lost: leases not renewed",
+                                 extra={"event": "redis_lost", "error": repr(exc)})
+                    down = True
+            for symbol in self.held():
+                if symbol not in self._running:
+                    self._running.add(symbol)
+                    self._loops[symbol] = tasks.create_task(self._loop(self._engines[symbol]))
+            await asyncio.sleep(self._poll_s)
+
+    async def _look(self) -> Decisions:
+        decisions = await self.leases.poll()
+        self._looked = True
+        for symbol in decisions.lost:
+            await self._stop_loop(symbol)
+            self._lease_gone(symbol, "lease_lost", "lease lost: another matcher holds the instrument, or it expired")
+        for symbol in decisions.release:
+            # Stopped first: its current call completes, and nothing is called after the lease is given up.
+            await self._stop_loop(symbol)
+            await self.leases.release(symbol)
+            self._lease_gone(symbol, "lease_released", "lease released to the instrument's preferred matcher")
+        for symbol in decisions.acquired:
+            self._prepared.discard(symbol)
+            self.metrics.leases.labels(symbol).set(1)
+            logger.info("lease acquired", extra={"event": "lease_acquired", "instrument": symbol,
+                                                 "consumer": self.settings.consumer})
+        return decisions
+
+    def _lease_gone(self, symbol: str, event: str, message: str) -> None:
+        self._prepared.discard(symbol)
+        self.metrics.leases.labels(symbol).set(0)
+        level = logging.WARNING if event == "lease_lost" else logging.INFO
+        logger.log(level, message, extra={"event": event, "instrument": symbol, "consumer": self.settings.consumer})
+
+    async def _stop_loop(self, symbol: str) -> None:
+        self._running.discard(symbol)
+        task = self._loops.pop(symbol, None)
+        if task is None or task.done():
+            return
+        task.cancel()
+        # A cancel swallowed inside redis-py ends the loop at its next turn (it checks _running) instead.
+        await asyncio.wait({task}, timeout=self.settings.block_ms / 1000 + 5)
 
     async def _loop(self, engine: InstrumentMatcher) -> None:
         symbol = engine.instrument.symbol
         backoff = 0.05
         down = False
-        while not self._stopping.is_set():
-            self._heartbeat[symbol] = time.monotonic()
+        while not self._stopping.is_set() and symbol in self._running:
+            if symbol in self._prepared:  # not alive while its first prepare (a rebuild) runs
+                self._heartbeat[symbol] = time.monotonic()
             try:
-                if down:
-                    # Redis may have restarted empty: rebuild the book if so, and re-create the group.
+                if down or symbol not in self._prepared:
+                    # Taken over, or Redis may have restarted empty: rebuild the book if so, heal, re-create the group.
                     await self._prepare_engine(engine)
-                    logger.info("redis usable again: matching resumes",
-                                extra={"event": "redis_regained", "instrument": symbol})
+                    self._prepared.add(symbol)
+                    if down:
+                        logger.info("redis usable again: matching resumes",
+                                    extra={"event": "redis_regained", "instrument": symbol})
                     down = False
                     backoff = 0.05
+                    continue
                 started = time.perf_counter()
                 result = await engine.step()
                 self.metrics.record(symbol, result, time.perf_counter() - started)
@@ -109,6 +201,13 @@ class Matcher:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
             except ResponseError as exc:
+                if str(exc).startswith("NOLEASE"):
+                    # Paused or cut off past the lease: another matcher may hold it now. match.lua applied nothing.
+                    self.leases.forget(symbol)
+                    self._running.discard(symbol)
+                    self._loops.pop(symbol, None)
+                    self._lease_gone(symbol, "lease_lost", "lease lost: match.lua refused the call (NOLEASE)")
+                    return
                 if str(exc).startswith("HEALING"):
                     # A heal of this instrument was cut short (it left meta marked): redo it first.
                     logger.error("instrument marked as being healed: healing again", extra={"instrument": symbol})
@@ -129,7 +228,7 @@ class Matcher:
                 continue
 
     async def _sample(self) -> None:
-        for engine in self.engines:
+        for engine in [self._engines[symbol] for symbol in self.held()]:
             keys, symbol = engine.keys, engine.instrument.symbol
             async with self.redis.pipeline(transaction=False) as pipe:
                 for key in (keys.bid_orders, keys.ask_orders, keys.bid_levels, keys.ask_levels):

@@ -100,6 +100,7 @@ async def make_engine(redis: Redis, ingest_settings: IngestSettings) -> AsyncIte
             if prepare:
                 for matcher in engine.matchers.values():
                     await matcher.prepare()
+                    await matcher.take_lease()
             return engine
 
         yield make

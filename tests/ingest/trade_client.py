@@ -114,6 +114,7 @@ async def make_trade_server_fixture(redis: Redis, ingest_settings: IngestSetting
             engine = Engine(app, client, redis, settings)
             for matcher in engine.matchers.values():
                 await matcher.prepare()
+                await matcher.take_lease()
             running = TradeServer(engine, server, port, stack)
             stack.push_async_callback(running.http.aclose)
             return running

@@ -37,6 +37,7 @@ class Harness:
 
     async def prepare(self) -> None:
         await self.matcher.prepare()
+        await self.matcher.take_lease()
 
     async def new(self, side: str, price: str | None, quantity: str, *, order_id: str | None = None,
                   type: str = "limit", tif: str | None = None, post_only: bool = False,

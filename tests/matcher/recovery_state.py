@@ -179,8 +179,11 @@ async def capture(redis: Redis, instrument: Instrument, keys: InstrumentKeys) ->
 
 def matcher_settings(redis_url: str, prefix: str, database_url: str, instruments: Instruments) -> MatcherSettings:
     return MatcherSettings(
-        redis_url=redis_url, key_prefix=prefix, instruments=instruments, consumer="matcher-test", batch_size=64,
+        redis_url=redis_url, key_prefix=prefix, instruments=instruments, consumer="t", batch_size=64,
         block_ms=100, metrics_host="127.0.0.1", metrics_port=0, monitor_interval_s=0.2, log_level="INFO",
         database_url=database_url, recovery_backoff_max_s=0.2,
+        # The tests' standalone matchers hold leases as "t" (take_lease); this one takes them back under the
+        # same id, for long enough that a test driving its engines after prepare() needs no renewal.
+        lease_ms=60_000,
     )
 

@@ -65,7 +65,8 @@ async def test_killed_matcher_loses_and_doubles_nothing(redis: Redis, redis_url:
     # exist holds none (never the default one, which a live engine may be using).
     absent = with_database(postgres_server_url, f"absent_{uuid.uuid4().hex[:12]}")
     env = {"REDIS_URL": redis_url, "REDIS_KEY_PREFIX": key_prefix + "crash:", "INSTRUMENTS_FILE": str(TWO_INSTRUMENTS),
-           "MATCHER_METRICS_PORT": str(port), "MATCHER_BATCH": "2", "DATABASE_URL": absent}
+           "MATCHER_METRICS_PORT": str(port), "MATCHER_BATCH": "2", "DATABASE_URL": absent,
+           "MATCHER_CONSUMER": "test"}  # the harness's holder id: it takes the harness's lease over
     kills = 0
     while True:
         lag = await group_lag(redis, crashed.keys.orders, MATCHER_GROUP)

@@ -114,6 +114,7 @@ async def test_a_requeued_order_comes_back_behind_later_ones_with_its_amended_pr
         "quantity_lots": "900000000", "created_at": str(T0 + 200)})
     matcher = InstrumentMatcher(redis, instrument, keys, "t", 64)
     await matcher.prepare()
+    await matcher.take_lease()
     await matcher.drain()
     trades = [msgspec.convert(fields_to_dict(f), TradeEntry) for _, f in await redis.xrange(keys.trades)]
     assert [(t.maker_order_id, t.price, t.quantity) for t in trades] == [

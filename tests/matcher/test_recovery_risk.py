@@ -48,6 +48,7 @@ def limited() -> Instruments:
 async def match_all(redis: Redis, instruments: Instruments, keys: InstrumentKeys) -> None:
     matcher = InstrumentMatcher(redis, instruments[keys.symbol], keys, "t", 64)
     await matcher.prepare()
+    await matcher.take_lease()
     await matcher.drain()
 
 

@@ -13,6 +13,7 @@ from services.matcher.metrics import MatcherMetrics
 from services.matcher.settings import MatcherSettings
 from services.matcher.worker import Matcher
 from tests.matcher.order_harness import OrderHarness, now_ms
+from tests.processes import free_port
 
 
 async def test_an_idle_matcher_applies_a_deadline_within_the_sweep_period(
@@ -20,17 +21,17 @@ async def test_an_idle_matcher_applies_a_deadline_within_the_sweep_period(
     btc = {"BTC-USD": instruments["BTC-USD"]}
     # The idle wait is the shorter of MATCHER_BLOCK_MS and MATCHER_SWEEP_MS: a long block must not delay a sweep.
     settings = MatcherSettings(
-        redis_url=redis_url, key_prefix=key_prefix, instruments=btc, consumer="sweep-test",  # type: ignore[arg-type]
+        redis_url=redis_url, key_prefix=key_prefix, instruments=btc, consumer="test",  # type: ignore[arg-type]
         batch_size=64, block_ms=4000, metrics_host="127.0.0.1", metrics_port=0, monitor_interval_s=60,
-        log_level="INFO", database_url="unused", recovery_backoff_max_s=0.2, sweep_ms=100)
+        log_level="INFO", database_url=f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/none",
+        recovery_backoff_max_s=0.2, sweep_ms=100)
     h = OrderHarness(redis, instruments["BTC-USD"], key_prefix)
     await h.prepare()
     await h.new("buy", "100", "1", order_id="b1")
     await h.run()
-    matcher = Matcher(settings, redis, MatcherMetrics())
-    [engine] = matcher.engines
-    await engine.prepare()
-    loop = asyncio.create_task(matcher._loop(engine))
+    matcher = Matcher(settings, redis, MatcherMetrics())  # takes the harness's lease back: the same holder id
+    await matcher.prepare()
+    loop = asyncio.create_task(matcher.run())
     try:
         await asyncio.sleep(0.3)  # idle: blocked in its wait for commands
         deadline = now_ms()

@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from services.common.env import instruments_file
+from services.common.instruments import load_instruments
 from tests.ops.conftest import Engine, EngineFactory, drive_traffic, get
 from tests.ops.test_compose import DASHBOARD
 
@@ -140,7 +142,10 @@ def test_dashboard_queries_only_metrics_the_services_serve(engine: Engine) -> No
 
 def test_health_endpoints(engine: Engine) -> None:
     """/healthz (the process is up) on all four; /readyz where a service has dependencies to check."""
-    for service in ("ingest", "broadcaster", "matcher", "persister"):
+    for service in ("ingest", "broadcaster", "persister"):
         assert get(getattr(engine, service) + "/healthz") == (200, '{"status":"ok"}'), service
+    # The matcher's lists the instruments whose lease it holds: the only matcher holds them all.
+    status, body = get(engine.matcher + "/healthz")
+    assert (status, json.loads(body)) == (200, {"status": "ok", "leases": sorted(load_instruments(instruments_file()))})
     assert get(engine.ingest + "/readyz") == (200, '{"status":"ready","missing":[]}')
     assert get(engine.broadcaster + "/readyz") == (200, '{"status":"ready"}')

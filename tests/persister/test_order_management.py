@@ -186,6 +186,7 @@ async def test_the_matchers_amends_and_stp_outcomes_give_the_rows_the_streams_st
         await enqueue(redis, keys, program(symbol, 400, seed=15 + n, tag="om", amends=0.2, stp=True))
         matcher = InstrumentMatcher(redis, instruments[symbol], keys, "t", 64)
         await matcher.prepare()
+        await matcher.take_lease()
         await matcher.drain()
     want = await expected(redis, instruments, key_prefix)
     amended = [e for e in want.events if e[2] == "amended"]

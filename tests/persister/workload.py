@@ -84,6 +84,7 @@ async def produce(redis: Redis, instruments: Instruments, prefix: str, per_instr
         await place_orders(redis, keys, per_instrument, seed * 100 + n, tag)
         matcher = InstrumentMatcher(redis, instruments[symbol], keys, "t", 200)
         await matcher.prepare()
+        await matcher.take_lease()
         await matcher.drain()
 
 

@@ -1,0 +1,182 @@
+"""Matcher failover under flow (issue 17): real matcher processes holding leases, the holder of an instrument killed
+with SIGKILL while orders keep coming, the takeover timed, and every command applied exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import random
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+
+from services.common.groups import group_info, group_lag
+from services.common.instruments import Instruments
+from services.common.keys import MATCHER_GROUP, instrument_keys
+from services.common.wire import decode_record, text
+from tests.matcher.order_harness import OrderHarness
+from tests.processes import Service, free_port
+
+LEASE_MS = 1000
+# Taken over within the lease plus 1 s (the contract), measured from the kill to the first command applied.
+TAKEOVER_LIMIT_S = LEASE_MS / 1000 + 1.0
+MID = {"BTC-USD": 100, "ETH-USD": 100, "SOL-USD": 100}
+
+
+def instruments_toml(symbols: list[str], path: Path) -> Path:
+    """An instruments file of `symbols`, tick 0.01, risk limits off."""
+    blocks = [f'[[instrument]]\nsymbol = "{s}"\nbase = "{s.split("-")[0]}"\nquote = "USD"\ntick = "0.01"\n'
+              'lot = "0.00000001"\nmin_quantity = "0.00000001"\nmax_quantity = "1000"\nmax_price = "10000000"\n'
+              "price_band_pct = 0\nmarket_protection_pct = 0\nmax_open_orders = 0\n" for s in symbols]
+    path.write_text("\n".join(blocks))
+    return path
+
+
+@dataclass
+class Matchers:
+    """`python -m services.matcher` processes matcher-1..N on one prefix, by id."""
+
+    env: dict[str, str]
+    logs: Path
+    services: dict[str, Service] = field(default_factory=dict)
+
+    def start(self, consumer: str) -> None:
+        port = free_port()
+        service = Service("matcher", {**self.env, "MATCHER_CONSUMER": consumer, "MATCHER_METRICS_PORT": str(port)},
+                          f"http://127.0.0.1:{port}/healthz", self.logs / f"{consumer}.log")
+        self.services[consumer] = service.start(30)
+
+    def kill(self, consumer: str) -> None:
+        self.services[consumer].kill()
+
+    def stop_all(self) -> None:
+        for service in self.services.values():
+            if service.process is not None and service.process.poll() is None:
+                service.stop()
+
+
+class Flow:
+    """Orders through accept.lua on every instrument, a few hundred a second in all, until stopped."""
+
+    def __init__(self, redis: Redis, instruments: Instruments, prefix: str, seed: int) -> None:
+        self.harnesses = {s: OrderHarness(redis, i, prefix) for s, i in instruments.items()}
+        self.posted: dict[str, list[str]] = {s: [] for s in instruments}
+        self.rng = random.Random(seed)
+        self._ids = itertools.count(1)
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    @property
+    def stopped(self) -> bool:
+        return self._task is None or self._task.done()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+
+    async def post(self, symbol: str) -> str:
+        """One order: mostly GTC limits a few ticks around the middle (a third cross), some IOC and market."""
+        rng, n = self.rng, next(self._ids)
+        side = rng.choice(("buy", "sell"))
+        price = str(Decimal(MID.get(symbol, 100)) + Decimal(rng.randint(-5, 5)) / 100)
+        roll = rng.random()
+        order_id = f"{symbol}-f{n}"
+        if roll < 0.05:
+            await self.harnesses[symbol].new(side, None, "0.5", order_id=order_id, type="market")
+        else:
+            await self.harnesses[symbol].new(side, price, str(rng.randint(1, 20) / 10), order_id=order_id,
+                                             tif="IOC" if roll < 0.15 else "GTC", client=f"client-{n % 7}")
+        self.posted[symbol].append(order_id)
+        return order_id
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            for symbol in self.harnesses:
+                await self.post(symbol)
+            await asyncio.sleep(0.005)
+
+    async def applied(self, symbol: str, order_id: str) -> bool:
+        packed = await self.harnesses[symbol].redis.hget(self.harnesses[symbol].keys.order_state, order_id)
+        return packed is not None and decode_record(packed).status != "accepted"
+
+
+async def holder(redis: Redis, prefix: str, symbol: str) -> str | None:
+    value = await redis.get(instrument_keys(prefix, symbol).matcher_lease)
+    return None if value is None else value.decode()
+
+
+async def wait_for(condition: Any, within: float, what: str) -> float:
+    """Seconds until the async `condition()` holds; fails after `within`."""
+    started = time.monotonic()
+    while not await condition():
+        if time.monotonic() - started > within:
+            raise AssertionError(f"not {what} within {within} s")
+        await asyncio.sleep(0.01)
+    return time.monotonic() - started
+
+
+async def kill_holder_and_time_takeover(redis: Redis, prefix: str, matchers: Matchers, flow: Flow,
+                                        symbol: str) -> tuple[str, str, float]:
+    """SIGKILL the holder of `symbol`; the seconds until another matcher applied an order posted just after the
+    kill (the holder's id, the new holder's, the seconds)."""
+    victim = await holder(redis, prefix, symbol)
+    assert victim is not None and victim in matchers.services, victim
+    matchers.kill(victim)
+    killed = time.monotonic()
+    probe = await flow.post(symbol)
+    await wait_for(lambda: flow.applied(symbol, probe), TAKEOVER_LIMIT_S + 5, f"{probe} applied after the kill")
+    took = time.monotonic() - killed
+    successor = await holder(redis, prefix, symbol)
+    assert successor is not None and successor != victim
+    return victim, successor, took
+
+
+async def assert_applied_exactly_once(redis: Redis, instruments: Instruments, prefix: str, flow: Flow) -> None:
+    """Every posted order applied once: one `accepted` event each, gapless sequences, fills that add up, and the
+    matcher group's position at the stream's end."""
+    for symbol, instrument in instruments.items():
+        keys = instrument_keys(prefix, symbol)
+        h = flow.harnesses[symbol]
+        assert await group_lag(redis, keys.orders, MATCHER_GROUP) == (0, 0), symbol
+        info = await group_info(redis, keys.orders, MATCHER_GROUP)
+        [(last_id, _)] = await redis.xrevrange(keys.orders, count=1)
+        assert info is not None and text(info["last-delivered-id"]) == text(last_id), symbol
+        events, trades = await h.events(), await h.trades()
+        assert [int(e.seq) for e in events] == list(range(1, len(events) + 1)), symbol
+        assert [int(t.seq) for t in trades] == list(range(1, len(trades) + 1)), symbol
+        assert len({t.trade_id for t in trades}) == len(trades)
+        accepted = Counter(e.order_id for e in events if e.event == "accepted")
+        assert set(accepted) == set(flow.posted[symbol]) and set(accepted.values()) == {1}, symbol
+        finals = Counter(e.order_id for e in events if e.status in ("filled", "cancelled", "rejected"))
+        assert set(finals.values()) <= {1}, symbol
+        filled: Counter[str] = Counter()
+        for t in trades:
+            lots = instrument.quantity_lots(Decimal(t.quantity))
+            filled[t.buy_order_id] += lots
+            filled[t.sell_order_id] += lots
+        for order_id in flow.posted[symbol]:
+            record = await h.order(order_id)
+            assert record.status != "accepted", order_id
+            assert record.filled_lots == filled[order_id], (order_id, record, filled[order_id])
+
+
+def times_summary(times: list[float]) -> str:
+    return (f"takeover after SIGKILL over {len(times)} kills (MATCHER_LEASE_MS={LEASE_MS}): "
+            f"min {min(times):.3f} s, median {statistics.median(times):.3f} s, max {max(times):.3f} s")
+
+
+def matcher_env(redis_url: str, prefix: str, db_url: str, instruments_file: Path, **extra: str) -> dict[str, str]:
+    return {"REDIS_URL": redis_url, "REDIS_KEY_PREFIX": prefix, "DATABASE_URL": db_url,
+            "INSTRUMENTS_FILE": str(instruments_file), "MATCHER_LEASE_MS": str(LEASE_MS), "MATCHER_BLOCK_MS": "200",
+            "LOG_LEVEL": os.environ.get("FAILOVER_LOG_LEVEL", "INFO"), **extra}
