@@ -40,7 +40,10 @@ class BroadcasterContext:
         self._by_key: dict[str, set[Callable[[], None]]] = {}
         if self.key_file is not None:
             self.key_file.on_revoke(self._revoked)
-        self.redis: AnyRedis = connect(settings.redis_url, mode=settings.redis_mode)
+        # A connection per instrument beyond connect()'s 64 (per node): on a cluster each instrument's XREAD blocks
+        # on one of its own, beside the snapshot and replay reads.
+        self.redis: AnyRedis = connect(settings.redis_url, mode=settings.redis_mode,
+                                       max_connections=64 + len(settings.instruments))
         self.metrics = BroadcasterMetrics()
         self.hub = Hub()
         self.reader = StreamReader(self.redis, self.keys, self.hub, self.metrics, settings.read_count,

@@ -46,9 +46,13 @@ async def serve(settings: PersisterSettings, stop: asyncio.Event) -> None:
 
 async def run(settings: PersisterSettings, instruments: Instruments, stop: asyncio.Event) -> None:
     """Run one persister worker on these instruments until `stop` is set."""
-    redis = connect(settings.redis_url, mode=settings.redis_mode)
+    # A connection per instrument beyond connect()'s 64 (per node): on a cluster each instrument's loop blocks in
+    # its group read on one of its own.
+    connections = 64 + len(instruments)
+    redis = connect(settings.redis_url, mode=settings.redis_mode, max_connections=connections)
     # A cluster client's reply callbacks are its nodes': the raw group reads need a client of their own.
-    twin = connect(settings.redis_url, mode=settings.redis_mode) if settings.redis_mode == "cluster" else None
+    twin = (connect(settings.redis_url, mode=settings.redis_mode, max_connections=connections)
+            if settings.redis_mode == "cluster" else None)
     engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
     metrics = PersisterMetrics()
     health = HealthState()
