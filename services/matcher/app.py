@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 async def serve(settings: MatcherSettings, stop: asyncio.Event) -> None:
     """Match every instrument's commands until `stop` is set."""
-    redis = connect(settings.redis_url)
+    redis = connect(settings.redis_url, mode=settings.redis_mode)
     metrics = MatcherMetrics()
     matcher = Matcher(settings, redis, metrics)
     ops = ops_server(metrics.registry, matcher.is_alive, settings.metrics_host, settings.metrics_port,

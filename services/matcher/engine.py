@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
-
 from services.common.groups import ensure_group
 from services.common.instruments import Instrument
 from services.common.keys import MATCHER_GROUP, InstrumentKeys
+from services.common.redis_conn import AnyRedis
 from services.common.scripts import (
     MATCH_SCRIPT,
     RISK_SCALE,
@@ -22,7 +21,7 @@ from services.matcher.risk_state import ensure_risk_state
 class InstrumentMatcher:
     """Drives match.lua for one instrument."""
 
-    def __init__(self, redis: Redis, instrument: Instrument, keys: InstrumentKeys, consumer: str,
+    def __init__(self, redis: AnyRedis, instrument: Instrument, keys: InstrumentKeys, consumer: str,
                  batch_size: int) -> None:
         self.redis = redis
         self.instrument = instrument

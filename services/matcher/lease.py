@@ -14,8 +14,7 @@ import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from redis.asyncio import Redis
-
+from services.common.redis_conn import AnyRedis
 from services.common.scripts import (
     LEASE_RELEASE_SCRIPT,
     LEASE_RENEW_SCRIPT,
@@ -39,38 +38,38 @@ def poll_interval_ms(lease_ms: int) -> float:
     return min(250.0, lease_ms / 8)
 
 
-async def acquire(redis: Redis, key: str, holder: str, lease_ms: int) -> bool:
+async def acquire(redis: AnyRedis, key: str, holder: str, lease_ms: int) -> bool:
     """Take the lease if it is free (SET NX PX), or take back one still ours (a restart under the same id)."""
     if await redis.set(key, holder, nx=True, px=lease_ms):
         return True
     return await renew(redis, key, holder, lease_ms)
 
 
-async def renew(redis: Redis, key: str, holder: str, lease_ms: int) -> bool:
+async def renew(redis: AnyRedis, key: str, holder: str, lease_ms: int) -> bool:
     """Extend the lease by lease_ms if it is still ours; False when it expired or another holds it."""
     args = astuple(LeaseRenewArgv(holder=holder, lease_ms=str(lease_ms)))
     return bool(await LEASE_RENEW_SCRIPT(redis, (key,), args))
 
 
-async def release(redis: Redis, key: str, holder: str) -> bool:
+async def release(redis: AnyRedis, key: str, holder: str) -> bool:
     """Give the lease up if it is still ours, so that another matcher takes it at once."""
     return bool(await LEASE_RELEASE_SCRIPT(redis, (key,), astuple(LeaseReleaseArgv(holder=holder))))
 
 
-async def holder_of(redis: Redis, key: str) -> str | None:
+async def holder_of(redis: AnyRedis, key: str) -> str | None:
     """Who holds the lease now (None: free)."""
     value = await redis.get(key)
     return None if value is None else text(value)
 
 
-async def register(redis: Redis, prefix: str, holder: str, ttl_ms: int) -> list[str]:
+async def register(redis: AnyRedis, prefix: str, holder: str, ttl_ms: int) -> list[str]:
     """Refresh our entry in the registry for ttl_ms (dropping expired ones); the live matchers' ids."""
     keys = astuple(RegistryKeys(matchers=registry_key(prefix)))
     live = await MATCHER_REGISTRY_SCRIPT(redis, keys, astuple(RegistryArgv(holder=holder, ttl_ms=str(ttl_ms))))
     return sorted(text(member) for member in live)
 
 
-async def unregister(redis: Redis, prefix: str, holder: str) -> None:
+async def unregister(redis: AnyRedis, prefix: str, holder: str) -> None:
     """Leave the registry (a graceful stop): the others then prefer one another at once."""
     await redis.zrem(registry_key(prefix), holder)
 
@@ -97,7 +96,7 @@ class LeaseKeeper:
     instrument's loop before `release()` of it, and stops a lost one's loop at once.
     """
 
-    def __init__(self, redis: Redis, prefix: str, holder: str, lease_ms: int, lease_keys: Mapping[str, str]) -> None:
+    def __init__(self, redis: AnyRedis, prefix: str, holder: str, lease_ms: int, lease_keys: Mapping[str, str]) -> None:
         self.redis = redis
         self.prefix = prefix
         self.holder = holder

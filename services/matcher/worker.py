@@ -7,13 +7,13 @@ import asyncio
 import logging
 import time
 
-from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisClusterException, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.common.groups import group_lag
 from services.common.keys import MATCHER_GROUP, instrument_keys
+from services.common.redis_conn import AnyRedis
 from services.matcher.engine import InstrumentMatcher
 from services.matcher.heal import heal_if_behind
 from services.matcher.lease import Decisions, LeaseKeeper, poll_interval_ms
@@ -23,14 +23,15 @@ from services.matcher.settings import MatcherSettings
 
 logger = logging.getLogger(__name__)
 
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+# RedisClusterException: a cluster client that could not reach a slot's node or gave up following redirections.
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, RedisClusterException)
 MAX_BACKOFF_S = 2.0
 
 
 class Matcher:
     """The matching loops of the configured instruments whose leases this process holds."""
 
-    def __init__(self, settings: MatcherSettings, redis: Redis, metrics: MatcherMetrics) -> None:
+    def __init__(self, settings: MatcherSettings, redis: AnyRedis, metrics: MatcherMetrics) -> None:
         self.settings = settings
         self.redis = redis
         self.metrics = metrics

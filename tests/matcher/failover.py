@@ -15,13 +15,17 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from redis.asyncio import Redis
+from sqlalchemy import text as sql
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.groups import group_info, group_lag
-from services.common.instruments import Instruments
+from services.common.instruments import Instruments, load_instruments
 from services.common.keys import MATCHER_GROUP, instrument_keys
+from services.common.redis_conn import AnyRedis, RedisMode
 from services.common.wire import decode_record, text
 from tests.matcher.order_harness import OrderHarness
+from tests.persister.runner import workers
+from tests.persister.workload import settings_for, wait_until_read
 from tests.processes import Service, free_port
 
 LEASE_MS = 1000
@@ -65,7 +69,7 @@ class Matchers:
 class Flow:
     """Orders through accept.lua on every instrument, a few hundred a second in all, until stopped."""
 
-    def __init__(self, redis: Redis, instruments: Instruments, prefix: str, seed: int) -> None:
+    def __init__(self, redis: AnyRedis, instruments: Instruments, prefix: str, seed: int) -> None:
         self.harnesses = {s: OrderHarness(redis, i, prefix) for s, i in instruments.items()}
         self.posted: dict[str, list[str]] = {s: [] for s in instruments}
         self.rng = random.Random(seed)
@@ -111,7 +115,7 @@ class Flow:
         return packed is not None and decode_record(packed).status != "accepted"
 
 
-async def holder(redis: Redis, prefix: str, symbol: str) -> str | None:
+async def holder(redis: AnyRedis, prefix: str, symbol: str) -> str | None:
     value = await redis.get(instrument_keys(prefix, symbol).matcher_lease)
     return None if value is None else value.decode()
 
@@ -126,7 +130,7 @@ async def wait_for(condition: Any, within: float, what: str) -> float:
     return time.monotonic() - started
 
 
-async def kill_holder_and_time_takeover(redis: Redis, prefix: str, matchers: Matchers, flow: Flow,
+async def kill_holder_and_time_takeover(redis: AnyRedis, prefix: str, matchers: Matchers, flow: Flow,
                                         symbol: str) -> tuple[str, str, float]:
     """SIGKILL the holder of `symbol`; the seconds until another matcher applied an order posted just after the
     kill (the holder's id, the new holder's, the seconds)."""
@@ -142,7 +146,7 @@ async def kill_holder_and_time_takeover(redis: Redis, prefix: str, matchers: Mat
     return victim, successor, took
 
 
-async def assert_applied_exactly_once(redis: Redis, instruments: Instruments, prefix: str, flow: Flow) -> None:
+async def assert_applied_exactly_once(redis: AnyRedis, instruments: Instruments, prefix: str, flow: Flow) -> None:
     """Every posted order applied once: one `accepted` event each, gapless sequences, fills that add up, and the
     matcher group's position at the stream's end."""
     for symbol, instrument in instruments.items():
@@ -180,3 +184,57 @@ def matcher_env(redis_url: str, prefix: str, db_url: str, instruments_file: Path
     return {"REDIS_URL": redis_url, "REDIS_KEY_PREFIX": prefix, "DATABASE_URL": db_url,
             "INSTRUMENTS_FILE": str(instruments_file), "MATCHER_LEASE_MS": str(LEASE_MS), "MATCHER_BLOCK_MS": "200",
             "LOG_LEVEL": os.environ.get("FAILOVER_LOG_LEVEL", "INFO"), **extra}
+
+
+async def failover(redis: AnyRedis, redis_url: str, prefix: str, db_url: str, db: AsyncEngine, tmp_path: Path,
+                   kills: int, symbols: list[str], mode: RedisMode = "single") -> list[float]:
+    """Two matchers, orders flowing on every instrument, `kills` times the holder of the next instrument killed
+    (and started again under its id); then every command applied and persisted exactly once. The takeover times."""
+    file = instruments_toml(symbols, tmp_path / "instruments.toml")
+    instruments = load_instruments(file)
+    matchers = Matchers(matcher_env(redis_url, prefix, db_url, file, REDIS_MODE=mode), tmp_path)
+    flow = Flow(redis, instruments, prefix, seed=17)
+    times: list[float] = []
+    async with workers(settings_for(redis_url, prefix, db_url, file, redis_mode=mode), instruments):
+        try:
+            for consumer in ("matcher-1", "matcher-2"):
+                await asyncio.to_thread(matchers.start, consumer)
+
+            async def all_held() -> bool:
+                return all([await holder(redis, prefix, s) for s in symbols])
+
+            await wait_for(all_held, 10, "every instrument held")
+            flow.start()
+            await asyncio.sleep(0.5)
+            for n in range(kills):
+                victim, successor, took = await kill_holder_and_time_takeover(
+                    redis, prefix, matchers, flow, symbols[n % len(symbols)])
+                times.append(took)
+                assert took < TAKEOVER_LIMIT_S, (victim, successor, took)
+                await asyncio.to_thread(matchers.start, victim)  # back under its id: takes its instruments back
+                await asyncio.sleep(0.3)
+            await flow.stop()
+
+            async def drained() -> bool:
+                return all([await group_lag(redis, instrument_keys(prefix, s).orders, MATCHER_GROUP) == (0, 0)
+                            for s in symbols])
+
+            await wait_for(drained, 15, "every command applied")
+        finally:
+            if not flow.stopped:
+                await flow.stop()
+            await asyncio.to_thread(matchers.stop_all)
+        await assert_applied_exactly_once(redis, instruments, prefix, flow)
+        await wait_until_read(redis, instruments, prefix, 60)
+    posted = sum(len(ids) for ids in flow.posted.values())
+    trades = sum([await redis.xlen(instrument_keys(prefix, s).trades) for s in symbols])
+    events = sum([await redis.xlen(instrument_keys(prefix, s).events) for s in symbols])
+    async with db.connect() as conn:
+        assert (await conn.execute(sql("SELECT count(*), count(DISTINCT order_id) FROM orders"))).one() == \
+            (posted, posted)
+        assert (await conn.execute(sql("SELECT count(*) FROM trades"))).scalar_one() == trades
+        assert (await conn.execute(sql("SELECT count(*) FROM order_events"))).scalar_one() == events
+        # Every order's row holds what its last event says (no event lost or applied twice on the way).
+        stale = (await conn.execute(sql("SELECT count(*) FROM orders WHERE status = 'accepted'"))).scalar_one()
+        assert stale == 0
+    return times

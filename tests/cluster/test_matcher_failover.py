@@ -1,0 +1,45 @@
+"""Matcher failover on the local 3-master cluster (REDIS_MODE=cluster): 3 instruments on 3 masters, two matcher
+processes, the holder of an instrument killed with SIGKILL under flow; taken over within the lease plus 1 s, every
+command applied and persisted exactly once (tests/matcher/failover.py)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import RedisCluster
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.common.redis_conn import connect
+from tests.cluster.conftest import LocalCluster
+from tests.matcher.failover import failover, times_summary
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+@pytest.fixture
+def prefix(redis_cluster: LocalCluster) -> Iterator[str]:
+    """A key prefix of this test's own; its keys are deleted from every master afterwards."""
+    prefix = f"test-{uuid.uuid4().hex[:10]}:"
+    yield prefix
+    for port in redis_cluster.nodes:
+        node = redis_cluster.client(port)
+        for key in list(node.scan_iter(match=f"{prefix}*", count=1000)):
+            node.delete(key)
+
+
+@pytest.fixture
+async def client(redis_cluster: LocalCluster) -> AsyncIterator[RedisCluster]:
+    cluster = connect(redis_cluster.url, mode="cluster")
+    yield cluster
+    await cluster.aclose()
+
+
+async def test_a_killed_holder_is_replaced_on_a_cluster(
+        redis_cluster: LocalCluster, cluster_symbols: list[str], prefix: str, client: RedisCluster, db_url: str,
+        db: AsyncEngine, tmp_path: Path) -> None:
+    assert len({redis_cluster.master_of(s) for s in cluster_symbols}) == 3
+    times = await failover(client, redis_cluster.url, prefix, db_url, db, tmp_path, 3, cluster_symbols, "cluster")
+    print(times_summary(times))
