@@ -46,8 +46,10 @@ class Matcher:
         self._poll_s = poll_interval_ms(settings.lease_ms) / 1000
         self._idle_wait_ms = min(settings.block_ms, settings.sweep_ms)
         self._heartbeat: dict[str, float] = {}
+        # The loop of each instrument whose loop should go on: a loop ends once it is no longer its symbol's.
         self._loops: dict[str, asyncio.Task[None]] = {}
-        self._running: set[str] = set()  # instruments whose loop should go on
+        self._handing_over: set[str] = set()  # held instruments whose loop is stopping before their release
+        self._group: asyncio.TaskGroup | None = None  # run()'s, while it runs
         self._prepared: set[str] = set()  # held instruments prepared since their lease was taken
         self._looked = False  # the lease manager has looked once: a matcher holding nothing is then a standby
         self._stopping = asyncio.Event()
@@ -101,9 +103,11 @@ class Matcher:
         """Match the held instruments, taking and handing over leases, until stopped; then release them all."""
         try:
             async with asyncio.TaskGroup() as tasks:
+                self._group = tasks
                 tasks.create_task(self._manage(tasks))
                 tasks.create_task(self._monitor())
         finally:
+            self._group = None
             # A graceful stop hands every instrument over at once rather than after its lease expires.
             held = self.held()
             try:
@@ -129,8 +133,7 @@ class Matcher:
                                  extra={"event": "redis_lost", "error": repr(exc)})
                     down = True
             for symbol in self.held():
-                if symbol not in self._running:
-                    self._running.add(symbol)
+                if symbol not in self._loops and symbol not in self._handing_over:
                     self._loops[symbol] = tasks.create_task(self._loop(self._engines[symbol]))
             await asyncio.sleep(self._poll_s)
 
@@ -138,19 +141,36 @@ class Matcher:
         decisions = await self.leases.poll()
         self._looked = True
         for symbol in decisions.lost:
-            await self._stop_loop(symbol)
+            # Not waited for: match.lua refuses its next call anyway, and the renewals must go on.
+            if (task := self._loops.pop(symbol, None)) is not None:
+                task.cancel()
             self._lease_gone(symbol, "lease_lost", "lease lost: another matcher holds the instrument, or it expired")
         for symbol in decisions.release:
-            # Stopped first: its current call completes, and nothing is called after the lease is given up.
-            await self._stop_loop(symbol)
-            await self.leases.release(symbol)
-            self._lease_gone(symbol, "lease_released", "lease released to the instrument's preferred matcher")
+            if symbol in self._handing_over:
+                continue
+            self._handing_over.add(symbol)
+            if self._group is None:
+                await self._hand_over(symbol)
+            else:  # in the background: the other leases are renewed meanwhile
+                self._group.create_task(self._hand_over(symbol))
         for symbol in decisions.acquired:
             self._prepared.discard(symbol)
             self.metrics.leases.labels(symbol).set(1)
             logger.info("lease acquired", extra={"event": "lease_acquired", "instrument": symbol,
                                                  "consumer": self.settings.consumer})
         return decisions
+
+    async def _hand_over(self, symbol: str) -> None:
+        """Stop the instrument's loop (its current call completes), then give its lease up to the preferred holder."""
+        try:
+            await self._stop_loop(symbol)
+            await self.leases.release(symbol)
+            self._lease_gone(symbol, "lease_released", "lease released to the instrument's preferred matcher")
+        except REDIS_DOWN as exc:
+            logger.warning("lease not released: it expires by itself",
+                           extra={"instrument": symbol, "error": repr(exc)})
+        finally:
+            self._handing_over.discard(symbol)
 
     def _lease_gone(self, symbol: str, event: str, message: str) -> None:
         self._prepared.discard(symbol)
@@ -159,19 +179,19 @@ class Matcher:
         logger.log(level, message, extra={"event": event, "instrument": symbol, "consumer": self.settings.consumer})
 
     async def _stop_loop(self, symbol: str) -> None:
-        self._running.discard(symbol)
         task = self._loops.pop(symbol, None)
         if task is None or task.done():
             return
         task.cancel()
-        # A cancel swallowed inside redis-py ends the loop at its next turn (it checks _running) instead.
+        # A cancel swallowed inside redis-py ends the loop at its next turn (no longer its symbol's) instead.
         await asyncio.wait({task}, timeout=self.settings.block_ms / 1000 + 5)
 
     async def _loop(self, engine: InstrumentMatcher) -> None:
         symbol = engine.instrument.symbol
         backoff = 0.05
         down = False
-        while not self._stopping.is_set() and symbol in self._running:
+        me = asyncio.current_task()
+        while not self._stopping.is_set() and self._loops.get(symbol) is me:
             if symbol in self._prepared:  # not alive while its first prepare (a rebuild) runs
                 self._heartbeat[symbol] = time.monotonic()
             try:
@@ -205,8 +225,8 @@ class Matcher:
                 if str(exc).startswith("NOLEASE"):
                     # Paused or cut off past the lease: another matcher may hold it now. match.lua applied nothing.
                     self.leases.forget(symbol)
-                    self._running.discard(symbol)
-                    self._loops.pop(symbol, None)
+                    if self._loops.get(symbol) is me:
+                        del self._loops[symbol]
                     self._lease_gone(symbol, "lease_lost", "lease lost: match.lua refused the call (NOLEASE)")
                     return
                 if str(exc).startswith("HEALING"):
