@@ -170,6 +170,20 @@ class CommandBatcher:
             loop.call_soon(self._flush)
         return future
 
+    def enqueue(self, command: bytes, future: asyncio.Future[Any]) -> None:
+        """Queue one command in RESP to settle `future`, a future of the caller's (ClusterBatcher: one that
+        follows redirections when its error is set)."""
+        if self._closed:
+            raise BatcherClosed("the command batcher is closed")
+        self._pending.append((command, future))
+        if not self._scheduled:
+            self._scheduled = True
+            future.get_loop().call_soon(self._flush)
+
+    def unanswered(self) -> list[asyncio.Future[Any]]:
+        """The futures of every command queued or sent and not answered yet."""
+        return [*(self._protocol.waiting if self._protocol else ()), *(f for _, f in self._pending)]
+
     async def execute(self, *args: EncodableT) -> Any:
         """Run one command within the next pipeline; its raw reply (bytes, int, list; errors raised)."""
         return await self.submit(*args)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from collections.abc import Sequence
 from typing import Any, TypeAlias
@@ -34,7 +33,7 @@ from redis.exceptions import AskError, ClusterError, MovedError, NoScriptError, 
 from redis.typing import EncodableT
 
 from services.common.lua import LuaScript
-from services.common.redis_batch import BatcherClosed, CommandBatcher, pack_args, pack_command
+from services.common.redis_batch import BatcherClosed, CommandBatcher, _evalsha_head, pack_args, pack_command
 from services.common.redis_conn import AnyRedis, RedisMode
 
 logger = logging.getLogger(__name__)
@@ -63,16 +62,16 @@ class ClusterBatcher:
         self._redis = redis
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
-        seeds = [(node.host, int(node.port)) for node in redis.startup_nodes]
-        self._seeds: list[Address] = seeds
+        self._seeds: list[Address] = [(node.host, int(node.port)) for node in redis.startup_nodes]
         self._nodes: dict[Address, CommandBatcher] = {}
         self._masters: list[Address] = []
         self._slots: list[Address] | None = None  # the master of each slot, once read
         self._tag_slots: dict[bytes, int] = {}
-        self._unrouted: list[tuple[bytes, bytes | None, asyncio.Future[Any]]] = []  # waiting for the slot map
+        self._kinds: dict[Any, str] = {}
+        self._unrouted: list[tuple[_Routed, bytes | None]] = []  # waiting for the slot map
+        self._redirected: set[_Routed] = set()  # following a MOVED, ASK or TRYAGAIN
         self._refresh: asyncio.Task[None] | None = None
         self._refresh_again = False
-        self._outstanding: set[asyncio.Future[Any]] = set()
         self._closed = False
 
     # Counters, as CommandBatcher's ---------------------------------------------------------------------------
@@ -89,8 +88,7 @@ class ClusterBatcher:
 
     def submit(self, *args: EncodableT) -> asyncio.Future[Any]:
         """Queue one command (e.g. "HGET", key, field); the future resolves to its raw reply."""
-        command = pack_command(args)
-        return self._submit(command, _first_key(command))
+        return self._submit(pack_command(args), self._key_of_args(args))
 
     def submit_packed(self, command: bytes) -> asyncio.Future[Any]:
         """Queue one command already in RESP (pack_command); the future resolves to its raw reply."""
@@ -98,7 +96,7 @@ class ClusterBatcher:
 
     async def execute(self, *args: EncodableT) -> Any:
         """Run one command within its master's next pipeline; its raw reply (errors raised)."""
-        return await self.submit(*args)
+        return await self._submit(pack_command(args), self._key_of_args(args))
 
     async def evalsha(self, script: LuaScript, keys: Sequence[str], args: Sequence[EncodableT]) -> Any:
         """Run `script` on the master of its first key; on NOSCRIPT, load it everywhere and retry once."""
@@ -106,8 +104,8 @@ class ClusterBatcher:
 
     async def evalsha_packed(self, script: LuaScript, key_count: int, packed: bytes, count: int) -> Any:
         """evalsha of KEYS then ARGV already packed (pack_args: `count` values, the first `key_count` KEYS)."""
-        command = b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%b\r\n$%d\r\n%d\r\n%b" % (
-            count + 3, script.sha.encode(), len(str(key_count)), key_count, packed)
+        command = b"*%d\r\n%b$%d\r\n%d\r\n%b" % (count + 3, _evalsha_head(script.sha), len(str(key_count)),
+                                                  key_count, packed)
         key = _bulk_at(packed, 0)[0] if key_count > 0 else None
         try:
             return await self._submit(command, key)
@@ -120,8 +118,13 @@ class ClusterBatcher:
     async def close(self) -> None:
         """Send what is queued (redirections included), wait for every answer, refuse new commands, close."""
         self._closed = True
-        while self._outstanding:
-            await asyncio.gather(*self._outstanding, return_exceptions=True)
+        while True:
+            waiting: list[asyncio.Future[Any]] = [*self._redirected, *(f for f, _ in self._unrouted)]
+            for batcher in self._nodes.values():
+                waiting += batcher.unanswered()
+            if not waiting:
+                break
+            await asyncio.gather(*waiting, return_exceptions=True)
         if self._refresh is not None:
             self._refresh.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -131,27 +134,45 @@ class ClusterBatcher:
 
     # Routing ---------------------------------------------------------------------------------------------
 
-    def _submit(self, command: bytes, key: bytes | None) -> asyncio.Future[Any]:
+    def _key_of_args(self, args: Sequence[EncodableT]) -> bytes | None:
+        """_first_key of a command not packed yet: most commands name their key first, after their name."""
+        name: Any = args[0]
+        kind = self._kinds.get(name)
+        if kind is None:
+            upper = (name.encode() if isinstance(name, str) else bytes(name)).upper()
+            kind = _NONE if upper in _NO_KEY else _PARSE if upper in _SCRIPT_CALLS | _STREAM_READS else _FIRST
+            if len(self._kinds) < 1000:  # the names callers pass (e.g. "HGET"): learnt once each
+                self._kinds[name] = kind
+        if kind is _NONE or len(args) < 2:
+            return None
+        if kind is _PARSE:
+            return _first_key(pack_command(args))
+        key = args[1]
+        if isinstance(key, bytes):
+            return key
+        if isinstance(key, str):
+            return key.encode()
+        return _bulk_at(pack_args((key,)), 0)[0]
+
+    def _submit(self, command: bytes, key: bytes | None) -> _Routed:
         if self._closed:
             raise BatcherClosed("the command batcher is closed")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._outstanding.add(future)
-        future.add_done_callback(self._outstanding.discard)
+        future = _Routed(self, command, asyncio.get_running_loop())
         if self._slots is None:
-            self._unrouted.append((command, key, future))
+            self._unrouted.append((future, key))
             self._refresh_map()
         else:
-            self._route(command, key, future)
+            self._route(future, key)
         return future
 
-    def _route(self, command: bytes, key: bytes | None, future: asyncio.Future[Any]) -> None:
+    def _route(self, future: _Routed, key: bytes | None) -> None:
         assert self._slots is not None
         if key is not None:
-            self._send(self._slots[self._slot(key)], command, future, _Redirects())
-        elif _name(command) in _EVERY_MASTER:
-            self._send_everywhere(command, future)
+            self._send(self._slots[self._slot(key)], future)
+        elif _name(future.command) in _EVERY_MASTER:
+            self._send_everywhere(future)
         else:
-            self._send(self._masters[0], command, future, _Redirects())
+            self._send(self._masters[0], future)
 
     def _slot(self, key: bytes) -> int:
         start = key.find(b"{")
@@ -175,68 +196,59 @@ class ClusterBatcher:
                                                             max_in_flight=self._max_in_flight)
         return batcher
 
-    def _send(self, address: Address, command: bytes, future: asyncio.Future[Any], redirects: _Redirects,
-              asking: bool = False) -> None:
+    def _send(self, address: Address, future: _Routed, asking: bool = False) -> None:
         try:
             node = self._node(address)
             if asking:
                 # Adjacent in the node's queue, so in one connection's byte stream: ASKING holds for the next
                 # command of that connection only.
                 node.submit_packed(_ASKING).add_done_callback(_ignore)
-            reply = node.submit_packed(command)
+            node.enqueue(future.command, future)
         except BatcherClosed as exc:
-            future.set_exception(exc)
-            return
-        reply.add_done_callback(functools.partial(self._settle, command, future, redirects))
+            future.settle_error(exc)
 
-    def _settle(self, command: bytes, future: asyncio.Future[Any], redirects: _Redirects,
-                reply: asyncio.Future[Any]) -> None:
-        if future.done():
-            return  # the caller gave up (cancelled)
-        if reply.cancelled():
-            future.cancel()
-            return
-        error = reply.exception()
-        if error is None:
-            future.set_result(reply.result())
-        elif isinstance(error, AskError):  # MovedError included
+    def _redirect(self, future: _Routed, error: Exception) -> bool:
+        """Follow MOVED, ASK or TRYAGAIN (the command did not run); False: give the caller `error`."""
+        redirects = future.redirects
+        if redirects is None:
+            redirects = future.redirects = _Redirects()
+            self._redirected.add(future)
+            future.add_done_callback(self._redirected.discard)
+        if isinstance(error, AskError):  # MovedError included
             redirects.hops += 1
             if redirects.hops > MAX_REDIRECTIONS:
-                future.set_exception(ClusterError(f"more than {MAX_REDIRECTIONS} redirections, last: {error}"))
-                return
+                future.settle_error(ClusterError(f"more than {MAX_REDIRECTIONS} redirections, last: {error}"))
+                return True
             moved = isinstance(error, MovedError)
             if moved and self._slots is not None:
                 self._slots[error.slot_id] = error.node_addr
                 self._refresh_map()
-            self._send(error.node_addr, command, future, redirects, asking=not moved)
-        elif isinstance(error, TryAgainError):
-            loop = asyncio.get_running_loop()
-            if redirects.give_up_at == 0.0:
-                redirects.give_up_at = loop.time() + TRYAGAIN_GIVE_UP_S
-            elif loop.time() >= redirects.give_up_at:
-                future.set_exception(error)
-                return
-            loop.call_later(redirects.delay, self._resend, command, future, redirects)
-            redirects.delay = min(redirects.delay * 2, TRYAGAIN_MAX_S)
-        else:
-            future.set_exception(error)
+            self._send(error.node_addr, future, asking=not moved)
+            return True
+        loop = future.get_loop()
+        if redirects.give_up_at == 0.0:
+            redirects.give_up_at = loop.time() + TRYAGAIN_GIVE_UP_S
+        elif loop.time() >= redirects.give_up_at:
+            return False
+        loop.call_later(redirects.delay, self._resend, future)
+        redirects.delay = min(redirects.delay * 2, TRYAGAIN_MAX_S)
+        return True
 
-    def _resend(self, command: bytes, future: asyncio.Future[Any], redirects: _Redirects) -> None:
+    def _resend(self, future: _Routed) -> None:
         if future.done():
             return
         # From the slot's master again: the migration may have ended (MOVED) or still run (TRYAGAIN).
         assert self._slots is not None
-        key = _first_key(command)
-        address = self._slots[self._slot(key)] if key is not None else self._masters[0]
-        self._send(address, command, future, redirects)
+        key = _first_key(future.command)
+        self._send(self._slots[self._slot(key)] if key is not None else self._masters[0], future)
 
-    def _send_everywhere(self, command: bytes, future: asyncio.Future[Any]) -> None:
+    def _send_everywhere(self, future: _Routed) -> None:
         replies = []
         for address in self._masters:
             try:
-                replies.append(self._node(address).submit_packed(command))
+                replies.append(self._node(address).submit_packed(future.command))
             except BatcherClosed as exc:
-                future.set_exception(exc)
+                future.settle_error(exc)
                 return
         gathered = asyncio.gather(*replies, return_exceptions=True)
 
@@ -246,7 +258,7 @@ class ClusterBatcher:
             results = done.result()
             error = next((r for r in results if isinstance(r, BaseException)), None)
             if error is not None:
-                future.set_exception(error)
+                future.settle_error(error)
             else:
                 future.set_result(results[0])
 
@@ -298,15 +310,37 @@ class ClusterBatcher:
         self._slots = [address for address in slots if address is not None]
         self._masters = masters
         unrouted, self._unrouted = self._unrouted, []
-        for command, key, future in unrouted:
+        for future, key in unrouted:
             if not future.done():
-                self._route(command, key, future)
+                self._route(future, key)
 
     def _fail_unrouted(self, error: Exception) -> None:
         unrouted, self._unrouted = self._unrouted, []
-        for _, _, future in unrouted:
+        for future, _ in unrouted:
             if not future.done():
-                future.set_exception(error)
+                future.settle_error(error)
+
+
+class _Routed(asyncio.Future[Any]):
+    """One command's future: an error reply that is a redirection (MOVED, ASK, TRYAGAIN) is followed by its
+    ClusterBatcher instead of reaching the caller. CommandBatcher settles it as any future, so a command that
+    meets no redirection costs no task, callback or second future."""
+
+    def __init__(self, owner: ClusterBatcher, command: bytes, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop=loop)
+        self.owner = owner
+        self.command = command
+        self.redirects: _Redirects | None = None
+
+    def set_exception(self, exception: type | BaseException) -> None:
+        if isinstance(exception, (AskError, TryAgainError)) and self.owner._redirect(self, exception):
+            return
+        super().set_exception(exception)
+
+    def settle_error(self, exception: BaseException) -> None:
+        """The caller's error, whatever it is (no redirection followed)."""
+        if not self.done():
+            super().set_exception(exception)
 
 
 class _Redirects:
@@ -357,6 +391,10 @@ def _first_key(command: bytes) -> bytes | None:
                 return _bulk_at(command, at)[0]
         return None
     return _bulk_at(command, at)[0]
+
+
+# Where a command's first key is (ClusterBatcher._key_of_args): none, its first argument, or parse the command.
+_NONE, _FIRST, _PARSE = "none", "first", "parse"
 
 
 def make_batcher(redis: AnyRedis, mode: RedisMode) -> CommandBatcher | ClusterBatcher:

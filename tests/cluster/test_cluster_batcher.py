@@ -71,6 +71,17 @@ def test_the_first_key_of_a_packed_command() -> None:
     assert _first_key(pack_command(("script", "load", "return 1"))) is None
 
 
+def test_the_first_key_of_a_command_not_packed_yet(batcher: ClusterBatcher) -> None:
+    for _ in range(2):  # learnt, then from what was learnt
+        assert batcher._key_of_args(("HGET", "a:{X}", "f")) == b"a:{X}"
+        assert batcher._key_of_args((b"ZADD", b"z:{X}", 1, "m")) == b"z:{X}"
+        assert batcher._key_of_args(("EVALSHA", "0" * 40, 1, "k:{X}", "arg")) == b"k:{X}"
+        assert batcher._key_of_args(("XREAD", "COUNT", 1, "STREAMS", "s:{X}", "0")) == b"s:{X}"
+        assert batcher._key_of_args(("GET", 12)) == b"12"
+        assert batcher._key_of_args(("PING",)) is None
+        assert batcher._key_of_args(("SCRIPT", "LOAD", "return 1")) is None
+
+
 async def test_each_command_goes_to_the_master_of_its_slot(redis_cluster: LocalCluster, batcher: ClusterBatcher,
                                                            cluster_symbols: list[str], prefix: str) -> None:
     keys = {symbol: f"{prefix}k:{{{symbol}}}" for symbol in cluster_symbols}
