@@ -156,6 +156,7 @@ async def assert_applied_exactly_once(redis: AnyRedis, instruments: Instruments,
         info = await group_info(redis, keys.orders, MATCHER_GROUP)
         [(last_id, _)] = await redis.xrevrange(keys.orders, count=1)
         assert info is not None and text(info["last-delivered-id"]) == text(last_id), symbol
+        assert text(await redis.hget(keys.meta, "last_id") or b"") == text(last_id), symbol  # applied up to the end
         events, trades = await h.events(), await h.trades()
         assert [int(e.seq) for e in events] == list(range(1, len(events) + 1)), symbol
         assert [int(t.seq) for t in trades] == list(range(1, len(trades) + 1)), symbol
