@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import os
 import random
+import signal
 import statistics
 import time
 from collections import Counter
@@ -60,7 +61,18 @@ class Matchers:
     def kill(self, consumer: str) -> None:
         self.services[consumer].kill()
 
+    def signal(self, consumer: str, sig: signal.Signals) -> None:
+        process = self.services[consumer].process
+        assert process is not None
+        process.send_signal(sig)
+
+    def log(self, consumer: str) -> str:
+        return (self.logs / f"{consumer}.log").read_text()
+
     def stop_all(self) -> None:
+        for service in self.services.values():
+            if service.process is not None and service.process.poll() is None:
+                service.process.send_signal(signal.SIGCONT)  # a paused one could not stop
         for service in self.services.values():
             if service.process is not None and service.process.poll() is None:
                 service.stop()
@@ -131,12 +143,15 @@ async def wait_for(condition: Any, within: float, what: str) -> float:
 
 
 async def kill_holder_and_time_takeover(redis: AnyRedis, prefix: str, matchers: Matchers, flow: Flow,
-                                        symbol: str) -> tuple[str, str, float]:
-    """SIGKILL the holder of `symbol`; the seconds until another matcher applied an order posted just after the
-    kill (the holder's id, the new holder's, the seconds)."""
+                                        symbol: str, pause: bool = False) -> tuple[str, str, float]:
+    """SIGKILL (or with `pause` SIGSTOP) the holder of `symbol`; the seconds until another matcher applied an order
+    posted just after it (the holder's id, the new holder's, the seconds)."""
     victim = await holder(redis, prefix, symbol)
     assert victim is not None and victim in matchers.services, victim
-    matchers.kill(victim)
+    if pause:
+        matchers.signal(victim, signal.SIGSTOP)
+    else:
+        matchers.kill(victim)
     killed = time.monotonic()
     probe = await flow.post(symbol)
     await wait_for(lambda: flow.applied(symbol, probe), TAKEOVER_LIMIT_S + 5, f"{probe} applied after the kill")
@@ -176,8 +191,8 @@ async def assert_applied_exactly_once(redis: AnyRedis, instruments: Instruments,
             assert record.filled_lots == filled[order_id], (order_id, record, filled[order_id])
 
 
-def times_summary(times: list[float]) -> str:
-    return (f"takeover after SIGKILL over {len(times)} kills (MATCHER_LEASE_MS={LEASE_MS}): "
+def times_summary(times: list[float], how: str = "SIGKILL") -> str:
+    return (f"takeover after {how} over {len(times)} tries (MATCHER_LEASE_MS={LEASE_MS}): "
             f"min {min(times):.3f} s, median {statistics.median(times):.3f} s, max {max(times):.3f} s")
 
 
@@ -188,9 +203,10 @@ def matcher_env(redis_url: str, prefix: str, db_url: str, instruments_file: Path
 
 
 async def failover(redis: AnyRedis, redis_url: str, prefix: str, db_url: str, db: AsyncEngine, tmp_path: Path,
-                   kills: int, symbols: list[str], mode: RedisMode = "single") -> list[float]:
+                   kills: int, symbols: list[str], mode: RedisMode = "single", pause: bool = False) -> list[float]:
     """Two matchers, orders flowing on every instrument, `kills` times the holder of the next instrument killed
-    (and started again under its id); then every command applied and persisted exactly once. The takeover times."""
+    (and started again under its id) or, with `pause`, paused past its lease (SIGSTOP) and resumed; then every command
+    applied and persisted exactly once. The takeover times."""
     file = instruments_toml(symbols, tmp_path / "instruments.toml")
     instruments = load_instruments(file)
     matchers = Matchers(matcher_env(redis_url, prefix, db_url, file, REDIS_MODE=mode), tmp_path)
@@ -209,10 +225,20 @@ async def failover(redis: AnyRedis, redis_url: str, prefix: str, db_url: str, db
             await asyncio.sleep(0.5)
             for n in range(kills):
                 victim, successor, took = await kill_holder_and_time_takeover(
-                    redis, prefix, matchers, flow, symbols[n % len(symbols)])
+                    redis, prefix, matchers, flow, symbols[n % len(symbols)], pause)
                 times.append(took)
                 assert took < TAKEOVER_LIMIT_S, (victim, successor, took)
-                await asyncio.to_thread(matchers.start, victim)  # back under its id: takes its instruments back
+                if pause:
+                    # Resumed after its lease was taken: it applies nothing more of it (match.lua: NOLEASE).
+                    lost = matchers.log(victim).count('"lease_lost"')
+                    matchers.signal(victim, signal.SIGCONT)
+
+                    async def noticed(victim: str = victim, lost: int = lost) -> bool:
+                        return matchers.log(victim).count('"lease_lost"') > lost
+
+                    await wait_for(noticed, 5, f"{victim} noticing its lease lost")
+                else:
+                    await asyncio.to_thread(matchers.start, victim)  # back under its id: takes its instruments back
                 await asyncio.sleep(0.3)
             await flow.stop()
 

@@ -27,3 +27,11 @@ async def test_ten_kills_under_flow(redis: Redis, redis_url: str, key_prefix: st
                                     tmp_path: Path) -> None:
     times = await failover(redis, redis_url, key_prefix, db_url, db, tmp_path, 10, SYMBOLS)
     print(times_summary(times))
+
+
+async def test_a_paused_holder_applies_nothing_once_its_lease_is_taken(
+        redis: Redis, redis_url: str, key_prefix: str, db_url: str, db: AsyncEngine, tmp_path: Path) -> None:
+    """SIGSTOP past the lease (a long GC pause, a partition): another matcher takes over; resumed, the paused one
+    finds its lease lost and applies nothing twice."""
+    times = await failover(redis, redis_url, key_prefix, db_url, db, tmp_path, 2, SYMBOLS, pause=True)
+    print(times_summary(times, "SIGSTOP"))
