@@ -7,7 +7,8 @@ Starts its own servers from the runtime's binary (services/runtime/binaries.py):
 (tests/cluster/conftest.py) and one plain server, on free ports, removed afterwards. Each client runs the same
 work: `concurrency` tasks each awaiting SET then GET of keys spread over 3 instruments (3 masters on the
 cluster), until `commands` commands are answered. CPU is this process's (time.process_time), so the servers'
-own work is excluded; µs/command = CPU / commands; the median of --repeat interleaved rounds.
+own work is excluded; uvloop, as the services run. µs/command = CPU / commands, the median of --repeat
+interleaved rounds.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+import uvloop
 
 from services.common.redis_batch import CommandBatcher
 from services.common.redis_cluster_batch import ClusterBatcher
@@ -100,7 +103,7 @@ def main() -> None:
         if not wait_until(redis_answers, f"redis://127.0.0.1:{port}/0", 10):
             raise SystemExit(f"the plain server on {port} did not answer")
         symbols = cluster.spread_symbols()
-        results = asyncio.run(measure(cluster.url, f"redis://127.0.0.1:{port}/0", symbols,
+        results = uvloop.run(measure(cluster.url, f"redis://127.0.0.1:{port}/0", symbols,
                                       f"127.0.0.1:{cluster.master_of(symbols[0])}", options.commands,
                                       options.concurrency, options.repeat))
     finally:
