@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import text as sql
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -30,6 +30,7 @@ from tests.persister.workload import settings_for, wait_until_read
 from tests.processes import Service, free_port
 
 LEASE_MS = 1000
+Stop = Literal["kill", "pause", "term"]
 # Taken over within the lease plus 1 s (the contract), measured from the kill to the first command applied.
 TAKEOVER_LIMIT_S = LEASE_MS / 1000 + 1.0
 MID = {"BTC-USD": 100, "ETH-USD": 100, "SOL-USD": 100}
@@ -65,6 +66,12 @@ class Matchers:
         process = self.services[consumer].process
         assert process is not None
         process.send_signal(sig)
+
+    def wait_exit(self, consumer: str) -> int:
+        """The exit code of a matcher already signalled to stop."""
+        process = self.services[consumer].process
+        assert process is not None
+        return process.wait(15)
 
     def log(self, consumer: str) -> str:
         return (self.logs / f"{consumer}.log").read_text()
@@ -143,15 +150,15 @@ async def wait_for(condition: Any, within: float, what: str) -> float:
 
 
 async def kill_holder_and_time_takeover(redis: AnyRedis, prefix: str, matchers: Matchers, flow: Flow,
-                                        symbol: str, pause: bool = False) -> tuple[str, str, float]:
-    """SIGKILL (or with `pause` SIGSTOP) the holder of `symbol`; the seconds until another matcher applied an order
-    posted just after it (the holder's id, the new holder's, the seconds)."""
+                                        symbol: str, how: Stop = "kill") -> tuple[str, str, float]:
+    """SIGKILL (SIGSTOP: "pause", SIGTERM: "term") the holder of `symbol`; the seconds until another matcher applied
+    an order posted just after it (the holder's id, the new holder's, the seconds)."""
     victim = await holder(redis, prefix, symbol)
     assert victim is not None and victim in matchers.services, victim
-    if pause:
-        matchers.signal(victim, signal.SIGSTOP)
-    else:
+    if how == "kill":
         matchers.kill(victim)
+    else:
+        matchers.signal(victim, signal.SIGSTOP if how == "pause" else signal.SIGTERM)
     killed = time.monotonic()
     probe = await flow.post(symbol)
     await wait_for(lambda: flow.applied(symbol, probe), TAKEOVER_LIMIT_S + 5, f"{probe} applied after the kill")
@@ -203,10 +210,10 @@ def matcher_env(redis_url: str, prefix: str, db_url: str, instruments_file: Path
 
 
 async def failover(redis: AnyRedis, redis_url: str, prefix: str, db_url: str, db: AsyncEngine, tmp_path: Path,
-                   kills: int, symbols: list[str], mode: RedisMode = "single", pause: bool = False) -> list[float]:
+                   kills: int, symbols: list[str], mode: RedisMode = "single", how: Stop = "kill") -> list[float]:
     """Two matchers, orders flowing on every instrument, `kills` times the holder of the next instrument killed
-    (and started again under its id) or, with `pause`, paused past its lease (SIGSTOP) and resumed; then every command
-    applied and persisted exactly once. The takeover times."""
+    (and started again under its id; "term": stopped gracefully, and started again) or ("pause") paused past its
+    lease (SIGSTOP) and resumed; then every command applied and persisted exactly once. The takeover times."""
     file = instruments_toml(symbols, tmp_path / "instruments.toml")
     instruments = load_instruments(file)
     matchers = Matchers(matcher_env(redis_url, prefix, db_url, file, REDIS_MODE=mode), tmp_path)
@@ -225,10 +232,10 @@ async def failover(redis: AnyRedis, redis_url: str, prefix: str, db_url: str, db
             await asyncio.sleep(0.5)
             for n in range(kills):
                 victim, successor, took = await kill_holder_and_time_takeover(
-                    redis, prefix, matchers, flow, symbols[n % len(symbols)], pause)
+                    redis, prefix, matchers, flow, symbols[n % len(symbols)], how)
                 times.append(took)
                 assert took < TAKEOVER_LIMIT_S, (victim, successor, took)
-                if pause:
+                if how == "pause":
                     # Resumed after its lease was taken: it applies nothing more of it (match.lua: NOLEASE).
                     lost = matchers.log(victim).count('"lease_lost"')
                     matchers.signal(victim, signal.SIGCONT)
@@ -238,6 +245,8 @@ async def failover(redis: AnyRedis, redis_url: str, prefix: str, db_url: str, db
 
                     await wait_for(noticed, 5, f"{victim} noticing its lease lost")
                 else:
+                    if how == "term":
+                        assert await asyncio.to_thread(matchers.wait_exit, victim) == 0
                     await asyncio.to_thread(matchers.start, victim)  # back under its id: takes its instruments back
                 await asyncio.sleep(0.3)
             await flow.stop()
