@@ -161,7 +161,12 @@ async def kill_holder_and_time_takeover(redis: AnyRedis, prefix: str, matchers: 
         matchers.signal(victim, signal.SIGSTOP if how == "pause" else signal.SIGTERM)
     killed = time.monotonic()
     probe = await flow.post(symbol)
-    await wait_for(lambda: flow.applied(symbol, probe), TAKEOVER_LIMIT_S + 5, f"{probe} applied after the kill")
+
+    async def taken_over() -> bool:
+        # On SIGTERM the holder may still apply the probe in its last call: the lease must have moved too.
+        return await holder(redis, prefix, symbol) not in (None, victim) and await flow.applied(symbol, probe)
+
+    await wait_for(taken_over, TAKEOVER_LIMIT_S + 5, f"{probe} applied and {symbol} held by another than {victim}")
     took = time.monotonic() - killed
     successor = await holder(redis, prefix, symbol)
     assert successor is not None and successor != victim
