@@ -117,6 +117,7 @@ class BroadcasterContext:
 
     async def stop(self) -> None:
         self.snapshots.close()
+        self.reader.stop()
         for task in (self._reader_task, self._watchdog_task, self._keys_task):
             if task is not None:
                 task.cancel()

@@ -51,6 +51,7 @@ class StreamReader:
         self._reads = ([[k.trades, k.events, k.book] for k in keys.values()] if is_cluster(redis)
                        else [[s for k in keys.values() for s in (k.trades, k.events, k.book)]])
         self._starting = asyncio.Lock()
+        self._stopping = False
         self.last_read = 0.0  # monotonic time of the last XREAD that answered
         self.connected = False
 
@@ -68,8 +69,14 @@ class StreamReader:
         self.last_read = time.monotonic()
         self.connected = True
 
+    def stop(self) -> None:
+        """Make run() return; cancel its task too, to cut a read short."""
+        # A flag, not only Task.cancel(): on Python 3.11 asyncio.wait_for (which redis-py uses for socket
+        # timeouts) swallows a cancel that arrives as the inner await completes, and a loop would read on.
+        self._stopping = True
+
     async def run(self) -> None:
-        """Read until cancelled; survive Redis outages by retrying from the same ids."""
+        """Read until stopped or cancelled; survive Redis outages by retrying from the same ids."""
         if len(self._reads) == 1:
             await self._follow(self._reads[0])
             return
@@ -81,9 +88,9 @@ class StreamReader:
                 loop.cancel()
 
     async def _follow(self, streams: list[str]) -> None:
-        """Read `streams` (one slot's, or all on one server) until cancelled."""
+        """Read `streams` (one slot's, or all on one server) until stopped or cancelled."""
         backoff = 0.05
-        while True:
+        while not self._stopping:
             try:
                 if not self.ids:
                     async with self._starting:  # one loop fixes every stream's start, once
