@@ -6,7 +6,7 @@ RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
 N ?= 2
 
-.PHONY: install install-dev run start stop test lint migrate bench scale-workers settle fixtures clean clean-data \
+.PHONY: install install-dev run start stop test test-slow lint migrate bench scale-workers settle fixtures clean clean-data \
 	redis-cli psql
 
 $(RUN_STAMP): pyproject.toml
@@ -47,8 +47,11 @@ lint: install-dev
 	$(VENV)/bin/ruff check services tests scripts fixtures
 	$(VENV)/bin/mypy
 
-test: lint  ## lint, then every test against real Redis and PostgreSQL
-	$(VENV)/bin/pytest -q
+test: lint  ## lint, then every test against real Redis and PostgreSQL but the slow ones (< 10 min)
+	$(VENV)/bin/pytest -q -m "not slow"
+
+test-slow: install-dev  ## the slow tests: faults, failover, Redis Cluster, the browser (CI runs them after make test)
+	$(VENV)/bin/pytest -q -m slow
 
 settle: install  ## end-of-day settlement of a UTC date: make settle DATE=2026-11-24 (default yesterday)
 	$(RUNTIME) with-postgres $(PY) -m services.analytics.settlement $(if $(DATE),--date $(DATE))

@@ -31,6 +31,8 @@ DOCKERFILE = REPO_ROOT / "Dockerfile"
 PROMETHEUS = REPO_ROOT / "monitoring" / "prometheus.yml"
 DASHBOARD = REPO_ROOT / "monitoring" / "grafana" / "dashboards" / "trading-engine.json"
 ENGINE_SERVICES = ("ingest", "matcher", "persister", "broadcaster")
+# The matchers: compose runs two (leases spread the instruments and fail over, docs/scale-out.md).
+MATCHERS = ("matcher", "matcher-2")
 ONE_SHOT = ("migrate",)
 
 
@@ -71,18 +73,29 @@ def module_exists(module: str) -> bool:
     return 'if __name__ == "__main__":' in Path(spec.origin).read_text()
 
 
-def settings_port(service: str) -> int:
-    """The port a service listens on in a container: its from_env() default (compose sets no *_PORT)."""
+def matcher_settings(environment: dict[str, Any]) -> MatcherSettings:
+    """A matcher's settings in its container: the defaults, plus what compose sets that picks its id and port."""
     with pytest.MonkeyPatch.context() as patch:
-        for name in ("INGEST_PORT", "BROADCASTER_PORT", "MATCHER_METRICS_PORT", "PERSISTER_METRICS_PORT",
+        for name in ("MATCHER_METRICS_PORT", "MATCHER_WORKER_INDEX", "MATCHER_CONSUMER", "INSTRUMENTS_FILE"):
+            patch.delenv(name, raising=False)
+        for name in ("MATCHER_WORKER_INDEX", "MATCHER_CONSUMER"):
+            if name in environment:
+                patch.setenv(name, str(environment[name]))
+        return MatcherSettings.from_env()
+
+
+def settings_port(service: str, environment: dict[str, Any] | None = None) -> int:
+    """The port a service listens on in a container: its from_env() default (compose sets no *_PORT)."""
+    if service in MATCHERS:
+        return matcher_settings(environment or {}).metrics_port
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("INGEST_PORT", "BROADCASTER_PORT", "PERSISTER_METRICS_PORT",
                      "PERSISTER_WORKER_INDEX", "INSTRUMENTS_FILE", "API_KEYS_FILE"):
             patch.delenv(name, raising=False)
         if service == "ingest":
             return IngestSettings.from_env().port
         if service == "broadcaster":
             return BroadcasterSettings.from_env().port
-        if service == "matcher":
-            return MatcherSettings.from_env().metrics_port
         return PersisterSettings.from_env().metrics_port
 
 
@@ -99,7 +112,8 @@ def test_every_command_runs_a_module_of_the_repo(services: dict[str, dict[str, A
         modules = python_modules(words)
         assert len(modules) == 1 and module_exists(modules[0]), (name, modules)
         ran[name] = modules[0]
-    assert ran == {"migrate": "services.common.db", **{s: f"services.{s}" for s in ENGINE_SERVICES}}
+    assert ran == {"migrate": "services.common.db", "matcher-2": "services.matcher",
+                   **{s: f"services.{s}" for s in ENGINE_SERVICES}}
 
 
 def test_every_service_is_supervised(services: dict[str, dict[str, Any]]) -> None:
@@ -113,33 +127,40 @@ def test_every_service_is_supervised(services: dict[str, dict[str, Any]]) -> Non
 
 
 def test_engine_healthchecks_probe_the_right_endpoint(services: dict[str, dict[str, Any]]) -> None:
-    wanted = {"ingest": "/readyz", "broadcaster": "/readyz", "matcher": "/healthz", "persister": "/healthz"}
+    wanted = {"ingest": "/readyz", "broadcaster": "/readyz", "matcher": "/healthz", "matcher-2": "/healthz",
+              "persister": "/healthz"}
     for name, path in wanted.items():
         probe = " ".join(services[name]["healthcheck"]["test"])
-        assert f"http://127.0.0.1:{settings_port(name)}{path}" in probe, name
+        assert f"http://127.0.0.1:{settings_port(name, services[name]['environment'])}{path}" in probe, name
         assert "timeout=" in probe, name  # a hung service must fail the check, not hang it
 
 
 def test_engine_services_listen_beyond_localhost_and_wait_for_their_dependencies(
         services: dict[str, dict[str, Any]]) -> None:
     hosts = {"ingest": "INGEST_HOST", "broadcaster": "BROADCASTER_HOST", "matcher": "MATCHER_METRICS_HOST",
-             "persister": "PERSISTER_METRICS_HOST"}
-    for name in ENGINE_SERVICES:
+             "matcher-2": "MATCHER_METRICS_HOST", "persister": "PERSISTER_METRICS_HOST"}
+    for name in (*ENGINE_SERVICES, "matcher-2"):
         service = services[name]
         env = service["environment"]
         assert env[hosts[name]] == "0.0.0.0", name  # else nothing outside the container reaches it
         assert env["REDIS_URL"].startswith("redis://redis:"), name
         assert service["depends_on"]["redis"]["condition"] == "service_healthy", name
         assert service["image"] == services["migrate"]["image"], name
-    for name in ("ingest", "matcher", "persister"):
+    for name in ("ingest", *MATCHERS, "persister"):
         assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
         assert "@postgres:" in services[name]["environment"]["DATABASE_URL"]
 
 
 def test_published_ports_match_the_settings(services: dict[str, dict[str, Any]]) -> None:
-    for name in ("ingest", "broadcaster", "matcher"):
-        port = settings_port(name)
+    for name in ("ingest", "broadcaster", *MATCHERS):
+        port = settings_port(name, services[name]["environment"])
         assert services[name]["ports"] == [f"127.0.0.1:{port}:{port}"], name
+
+
+def test_the_matchers_hold_leases_under_ids_and_ports_of_their_own(services: dict[str, dict[str, Any]]) -> None:
+    matchers = [matcher_settings(services[name]["environment"]) for name in MATCHERS]
+    assert [m.consumer for m in matchers] == ["matcher-1", "matcher-2"]
+    assert [m.metrics_port for m in matchers] == [9101, 9201]  # CONTRACT.md: MATCHER_METRICS_PORT + 100 x (N - 1)
 
 
 def test_ingest_and_broadcaster_refuse_the_demo_keys_unless_allowed(services: dict[str, dict[str, Any]]) -> None:
@@ -228,7 +249,9 @@ def test_prometheus_scrapes_every_engine_service(services: dict[str, dict[str, A
             assert dns["type"] == "A"
             found.update(f"{name}:{dns['port']}" for name in dns["names"])
         assert job.get("metrics_path", "/metrics") == "/metrics"
-    assert targets == {name: {f"{name}:{settings_port(name)}"} for name in ENGINE_SERVICES}
+    expected = {name: {f"{name}:{settings_port(name)}"} for name in ENGINE_SERVICES}
+    expected["matcher"] = {f"{name}:{settings_port(name, services[name]['environment'])}" for name in MATCHERS}
+    assert targets == expected
 
 
 # Dockerfile ----------------------------------------------------------------------------------------
