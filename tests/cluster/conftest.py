@@ -9,17 +9,20 @@ different masters. `LocalCluster.move_slot` moves an instrument's slot as `--clu
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from redis import Redis as SyncRedis
 from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from services.runtime.binaries import redis_cli, redis_server
 from tests.processes import free_port
@@ -235,3 +238,37 @@ def redis_cluster() -> Iterator[LocalCluster]:
 def cluster_symbols(redis_cluster: LocalCluster) -> list[str]:
     """3 instrument symbols whose slots are on 3 different masters (as the slots are now)."""
     return redis_cluster.spread_symbols()
+
+
+@pytest.fixture
+def cluster_prefix(redis_cluster: LocalCluster) -> Iterator[str]:
+    """A REDIS_KEY_PREFIX of this test's own on the cluster; its keys are deleted from every master afterwards."""
+    prefix = f"test-{uuid.uuid4().hex[:10]}:"
+    yield prefix
+    for port in redis_cluster.nodes:
+        node = redis_cluster.client(port)
+        for key in list(node.scan_iter(match=f"{prefix}*", count=1000)):
+            node.delete(key)
+
+
+async def assert_not_resent(redis_cluster: LocalCluster, counter: str, symbol: str,
+                            incr: Callable[[], Awaitable[Any]]) -> None:
+    """A command the master received but had not run when its connection broke: the caller gets a
+    ConnectionError, the command never runs (it is not sent again), and the next command reconnects."""
+    master = redis_cluster.client(redis_cluster.master_of(symbol))
+    master.set(counter, 0)
+    assert await incr() == 1  # the caller's connection to the master is open
+    master.client_pause(2000, all=False)  # writes wait: INCR is received, not run
+    try:
+        pending = asyncio.ensure_future(incr())
+        await asyncio.sleep(0.2)
+        blocked = [c for c in master.client_list() if "b" in c["flags"]]  # blocked by the pause
+        assert len(blocked) == 1
+        master.client_kill_filter(_id=blocked[0]["id"])
+        with pytest.raises(RedisConnectionError):
+            await pending
+    finally:
+        master.client_unpause()
+    await asyncio.sleep(0.1)
+    assert master.get(counter) == b"1"  # never run, and not sent again
+    assert await incr() == 2  # the next command reconnects

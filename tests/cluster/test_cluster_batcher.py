@@ -10,14 +10,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import RedisCluster
-from redis.exceptions import ConnectionError, TryAgainError
+from redis.exceptions import TryAgainError
 
 from services.common import redis_cluster_batch
 from services.common.lua import LuaScript
 from services.common.redis_batch import BatcherClosed, CommandBatcher
 from services.common.redis_cluster_batch import ClusterBatcher, _first_key, make_batcher
 from services.common.redis_conn import connect
-from tests.cluster.conftest import LocalCluster
+from tests.cluster.conftest import LocalCluster, assert_not_resent
 
 pytestmark = pytest.mark.slow
 
@@ -190,23 +190,7 @@ async def test_nothing_is_resent_after_a_connection_error(redis_cluster: LocalCl
                                                           cluster_symbols: list[str], prefix: str) -> None:
     symbol = cluster_symbols[0]
     counter = f"{prefix}count:{{{symbol}}}"
-    master = redis_cluster.client(redis_cluster.master_of(symbol))
-    assert await batcher.execute("SET", counter, 0) == b"OK"
-    master.client_pause(2000, all=False)  # writes wait: INCR is received, not run
-    try:
-        incr = asyncio.ensure_future(batcher.execute("INCR", counter))
-        await asyncio.sleep(0.2)
-        killed = [c for c in master.client_list() if "b" in c["flags"]]  # blocked by the pause
-        assert len(killed) == 1
-        for client in killed:
-            master.client_kill_filter(_id=client["id"])
-        with pytest.raises(ConnectionError):
-            await incr
-    finally:
-        master.client_unpause()
-    await asyncio.sleep(0.1)
-    assert master.get(counter) == b"0"  # never run, and not sent again
-    assert await batcher.execute("INCR", counter) == 1  # the next command reconnects
+    await assert_not_resent(redis_cluster, counter, symbol, lambda: batcher.execute("INCR", counter))
 
 
 async def test_make_batcher_picks_by_mode(cluster_client: RedisCluster, redis_cluster: LocalCluster) -> None:

@@ -33,17 +33,6 @@ KEYS = {"client-A": "Bearer demo-key-A", "client-B": "Bearer demo-key-B"}
 
 
 @pytest.fixture
-def cluster_prefix(redis_cluster: LocalCluster) -> Iterator[str]:
-    """A REDIS_KEY_PREFIX of this test's own on the cluster; its keys are deleted from every master afterwards."""
-    prefix = f"test-{uuid.uuid4().hex[:10]}:"
-    yield prefix
-    for port in redis_cluster.nodes:
-        node = redis_cluster.client(port)
-        for key in list(node.scan_iter(match=f"{prefix}*", count=1000)):
-            node.delete(key)
-
-
-@pytest.fixture
 async def cluster_db(postgres_server_url: str) -> AsyncIterator[str]:
     """A database that does not exist yet (`make run` creates and migrates it); dropped afterwards."""
     url = with_database(postgres_server_url, f"test_cluster_{uuid.uuid4().hex[:10]}")

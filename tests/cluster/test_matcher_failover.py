@@ -4,8 +4,7 @@ command applied and persisted exactly once (tests/matcher/failover.py)."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,17 +19,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 @pytest.fixture
-def prefix(redis_cluster: LocalCluster) -> Iterator[str]:
-    """A key prefix of this test's own; its keys are deleted from every master afterwards."""
-    prefix = f"test-{uuid.uuid4().hex[:10]}:"
-    yield prefix
-    for port in redis_cluster.nodes:
-        node = redis_cluster.client(port)
-        for key in list(node.scan_iter(match=f"{prefix}*", count=1000)):
-            node.delete(key)
-
-
-@pytest.fixture
 async def client(redis_cluster: LocalCluster) -> AsyncIterator[RedisCluster]:
     cluster = connect(redis_cluster.url, mode="cluster")
     yield cluster
@@ -38,8 +26,9 @@ async def client(redis_cluster: LocalCluster) -> AsyncIterator[RedisCluster]:
 
 
 async def test_a_killed_holder_is_replaced_on_a_cluster(
-        redis_cluster: LocalCluster, cluster_symbols: list[str], prefix: str, client: RedisCluster, db_url: str,
+        redis_cluster: LocalCluster, cluster_symbols: list[str], cluster_prefix: str, client: RedisCluster, db_url: str,
         db: AsyncEngine, tmp_path: Path) -> None:
     assert len({redis_cluster.master_of(s) for s in cluster_symbols}) == 3
-    times = await failover(client, redis_cluster.url, prefix, db_url, db, tmp_path, 3, cluster_symbols, "cluster")
+    times = await failover(client, redis_cluster.url, cluster_prefix, db_url, db, tmp_path, 3, cluster_symbols,
+                           "cluster")
     print(times_summary(times))

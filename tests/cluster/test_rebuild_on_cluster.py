@@ -3,8 +3,7 @@ instruments on its own master, its MULTI, pipelines and SCAN over the client ind
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -30,16 +29,6 @@ async def client(redis_cluster: LocalCluster) -> AsyncIterator[RedisCluster]:
 
 
 @pytest.fixture
-def prefix(redis_cluster: LocalCluster) -> Iterator[str]:
-    prefix = f"test-{uuid.uuid4().hex[:10]}:"
-    yield prefix
-    for port in redis_cluster.nodes:
-        node = redis_cluster.client(port)
-        for key in list(node.scan_iter(match=f"{prefix}*", count=1000)):
-            node.delete(key)
-
-
-@pytest.fixture
 def spread(redis_cluster: LocalCluster, cluster_symbols: list[str], tmp_path: Path) -> Instruments:
     return load_instruments(redis_cluster.instruments_toml(cluster_symbols, tmp_path / "instruments.toml"))
 
@@ -52,9 +41,9 @@ def resting(n: int, client_id: str, side: Side, price_ticks: int) -> OrderRecord
 
 
 async def test_a_rebuilt_book_lands_on_each_instruments_master(
-        client: RedisCluster, redis_cluster: LocalCluster, spread: Instruments, prefix: str) -> None:
+        client: RedisCluster, redis_cluster: LocalCluster, spread: Instruments, cluster_prefix: str) -> None:
     for symbol, instrument in spread.items():
-        keys = instrument_keys(prefix, symbol)
+        keys = instrument_keys(cluster_prefix, symbol)
         records = [resting(1, "client-A", "buy", 9_900), resting(2, "client-B", "buy", 9_900),
                    resting(3, "client-A", "sell", 10_100)]
         await write_book(client, keys, PersistedBook(Sequences(0, 3, 0), records))

@@ -9,10 +9,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import RedisCluster
-from redis.exceptions import ConnectionError
 
 from services.common.redis_conn import connect
-from tests.cluster.conftest import LocalCluster
+from tests.cluster.conftest import LocalCluster, assert_not_resent
 
 pytestmark = pytest.mark.slow
 
@@ -101,23 +100,7 @@ async def test_nothing_is_resent_after_a_connection_error(redis_cluster: LocalCl
                                                           cluster_symbols: list[str], prefix: str) -> None:
     symbol = cluster_symbols[0]
     counter = f"{prefix}count:{{{symbol}}}"
-    master = redis_cluster.client(redis_cluster.master_of(symbol))
-    await client.set(counter, 0)
-    master.client_pause(2000, all=False)  # writes wait: INCR is received, not run
-    try:
-        incr = asyncio.ensure_future(client.incr(counter))
-        await asyncio.sleep(0.2)
-        killed = [c for c in master.client_list() if "b" in c["flags"]]  # blocked by the pause
-        assert len(killed) == 1
-        for found in killed:
-            master.client_kill_filter(_id=found["id"])
-        with pytest.raises(ConnectionError):
-            await incr
-    finally:
-        master.client_unpause()
-    await asyncio.sleep(0.1)
-    assert master.get(counter) == b"0"  # never run, and not sent again
-    assert await client.incr(counter) == 1  # the next command reconnects
+    await assert_not_resent(redis_cluster, counter, symbol, lambda: client.incr(counter))
 
 
 async def test_many_tasks_at_once_on_a_fresh_client(redis_cluster: LocalCluster, cluster_symbols: list[str],
