@@ -15,15 +15,17 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from redis import Redis as SyncRedis
+from redis.asyncio import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from services.common.redis_conn import connect
 from services.runtime.binaries import redis_cli, redis_server
 from tests.processes import free_port
 
@@ -272,3 +274,11 @@ async def assert_not_resent(redis_cluster: LocalCluster, counter: str, symbol: s
     await asyncio.sleep(0.1)
     assert master.get(counter) == b"1"  # never run, and not sent again
     assert await incr() == 2  # the next command reconnects
+
+
+@pytest.fixture
+async def cluster_client(redis_cluster: LocalCluster) -> AsyncIterator[RedisCluster]:
+    """The services' own cluster client (connect(mode="cluster")) on the local cluster."""
+    client = connect(redis_cluster.url, mode="cluster")
+    yield client
+    await client.aclose()

@@ -34,13 +34,6 @@ def _script(source: str) -> LuaScript:
 
 
 @pytest.fixture
-async def cluster_client(redis_cluster: LocalCluster) -> AsyncIterator[RedisCluster]:
-    client = connect(redis_cluster.url, mode="cluster")
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 async def batcher(cluster_client: RedisCluster) -> AsyncIterator[ClusterBatcher]:
     batcher = ClusterBatcher(cluster_client)
     yield batcher

@@ -22,10 +22,9 @@ from redis.asyncio import RedisCluster
 from sqlalchemy.engine import make_url
 
 from services.common.db import drop_database, with_database
-from services.common.keys import MATCHER_GROUP, PERSISTER_GROUP, instrument_keys
-from services.common.redis_conn import connect
+from services.common.keys import instrument_keys
 from tests.cluster.conftest import LocalCluster, slot_of
-from tests.e2e.engine import RunningEngine, engine_env, running_engine
+from tests.e2e.engine import RunningEngine, engine_env, pipeline_drained, running_engine
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -51,14 +50,6 @@ def cluster_engine(redis_cluster: LocalCluster, cluster_symbols: list[str], clus
         yield engine
 
 
-@pytest.fixture
-async def cluster_client(redis_cluster: LocalCluster) -> AsyncIterator[RedisCluster]:
-    """A user's cluster client (the engine's own kind: connect() with mode cluster)."""
-    client = connect(redis_cluster.url, mode="cluster")
-    yield client
-    await client.aclose()
-
-
 def limit(client_id: str, symbol: str, side: str, price: str, quantity: str, key: str | None = None
           ) -> dict[str, str]:
     body = {"client_id": client_id, "instrument": symbol, "side": side, "type": "limit", "price": price,
@@ -75,19 +66,6 @@ async def wait_for(condition: Any, within: float, what: str, interval: float = 0
             return
         await asyncio.sleep(interval)
     raise AssertionError(f"not {what} within {within}s")
-
-
-async def drained(redis: RedisCluster, prefix: str, symbols: list[str]) -> bool:
-    """Every command applied by the matcher, every trade and event written and acknowledged by the persister."""
-    for symbol in symbols:
-        keys = instrument_keys(prefix, symbol)
-        for stream, group in ((keys.orders, MATCHER_GROUP), (keys.trades, PERSISTER_GROUP),
-                              (keys.events, PERSISTER_GROUP)):
-            infos = {info["name"].decode(): info for info in await redis.xinfo_groups(stream)}
-            info = infos.get(group)
-            if info is None or info.get("lag") is None or int(info["lag"]) or int(info["pending"]):
-                return False
-    return True
 
 
 @dataclass
@@ -156,7 +134,7 @@ async def test_three_instruments_on_three_masters_end_to_end(
         holders = [p for p in redis_cluster.nodes if redis_cluster.client(p).cluster("COUNTKEYSINSLOT", slot)]
         assert holders == [redis_cluster.master_of(symbol)], (symbol, holders)
 
-    await wait_for(lambda: drained(cluster_client, cluster_prefix, cluster_symbols), 30, "drained")
+    await wait_for(lambda: pipeline_drained(cluster_client, cluster_prefix, cluster_symbols), 30, "drained")
     in_db = await stored(cluster_db, cluster_symbols)
     assert in_db.orders == Counter(acknowledged)  # every order once, and nothing else
     for symbol in cluster_symbols:
@@ -279,7 +257,7 @@ async def move_under_flow(engine: RunningEngine, redis_cluster: LocalCluster, pr
         await asyncio.gather(*senders)
     after_move = sum(1 for at in flow.acknowledged_at if at > ended)
 
-    await wait_for(lambda: drained(client, prefix, [symbol]), 60, "drained")
+    await wait_for(lambda: pipeline_drained(client, prefix, [symbol]), 60, "drained")
     in_db = await stored(database_url, [symbol])
     keys = instrument_keys(prefix, symbol)
     entries = cast(list[tuple[bytes, dict[bytes, bytes]]], await client.xrange(keys.orders))

@@ -4,28 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import RedisCluster
 
-from services.common.redis_conn import connect
 from services.common.slots import AnyPipeline, is_cluster, transaction
 from tests.cluster.conftest import LocalCluster
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-async def client(redis_cluster: LocalCluster) -> AsyncIterator[RedisCluster]:
-    redis = connect(redis_cluster.url, mode="cluster")
-    yield redis
-    await redis.aclose()
-
-
 async def test_a_transaction_runs_once_on_the_master_of_its_slot(
-        client: RedisCluster, redis_cluster: LocalCluster, cluster_symbols: list[str]) -> None:
-    assert is_cluster(client)
+        cluster_client: RedisCluster, redis_cluster: LocalCluster, cluster_symbols: list[str]) -> None:
+    assert is_cluster(cluster_client)
     for symbol in cluster_symbols:
         key = f"test-{uuid.uuid4().hex[:8]}:h:{{{symbol}}}"
 
@@ -33,19 +24,19 @@ async def test_a_transaction_runs_once_on_the_master_of_its_slot(
             pipe.delete(key)
             pipe.hset(key, mapping={"a": "1", "b": "2"})
 
-        assert await transaction(client, queue) == [0, 2]
+        assert await transaction(cluster_client, queue) == [0, 2]
         assert redis_cluster.client(redis_cluster.master_of(symbol)).hgetall(key) == {b"a": b"1", b"b": b"2"}
-        await client.delete(key)
+        await cluster_client.delete(key)
 
 
 async def test_a_transaction_on_a_moving_slot_waits_for_the_move_and_runs_once(
-        client: RedisCluster, redis_cluster: LocalCluster, cluster_symbols: list[str]) -> None:
+        cluster_client: RedisCluster, redis_cluster: LocalCluster, cluster_symbols: list[str]) -> None:
     symbol = cluster_symbols[0]
     prefix = f"test-{uuid.uuid4().hex[:8]}:"
     stream, dead = f"{prefix}trades:{{{symbol}}}", f"{prefix}deadletter:{{{symbol}}}"
-    entry = await client.xadd(stream, {"n": "1"})
-    await client.xgroup_create(stream, "g", id="0")
-    await client.xreadgroup("g", "c", {stream: ">"})
+    entry = await cluster_client.xadd(stream, {"n": "1"})
+    await cluster_client.xgroup_create(stream, "g", id="0")
+    await cluster_client.xreadgroup("g", "c", {stream: ">"})
     source = redis_cluster.master_of(symbol)
     target = next(p for p in redis_cluster.nodes if p != source)
 
@@ -56,7 +47,7 @@ async def test_a_transaction_on_a_moving_slot_waits_for_the_move_and_runs_once(
 
     move = await asyncio.to_thread(redis_cluster.begin_move, symbol, target)
     try:
-        running = asyncio.create_task(transaction(client, dead_letter))
+        running = asyncio.create_task(transaction(cluster_client, dead_letter))
         await asyncio.sleep(0.5)
         assert not running.done()  # ASK inside the MULTI: aborted, nothing ran, tried again
         await asyncio.to_thread(move.migrate_keys)
@@ -67,9 +58,9 @@ async def test_a_transaction_on_a_moving_slot_waits_for_the_move_and_runs_once(
     try:
         replies = await asyncio.wait_for(running, 10)
         assert replies[1] == 1
-        assert await client.xlen(dead) == 1
-        assert (await client.xpending(stream, "g"))["pending"] == 0
+        assert await cluster_client.xlen(dead) == 1
+        assert (await cluster_client.xpending(stream, "g"))["pending"] == 0
         assert redis_cluster.client(target).exists(dead)
     finally:
         await asyncio.to_thread(redis_cluster.move_slot, symbol, source)
-        await client.delete(stream, dead)
+        await cluster_client.delete(stream, dead)

@@ -12,6 +12,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from services.common.keys import MATCHER_GROUP, PERSISTER_GROUP, instrument_keys
+from services.common.redis_conn import AnyRedis
 from tests.processes import REPO_ROOT, free_port, reserve
 
 
@@ -193,3 +195,16 @@ def engine_env(prefix: str, redis_url: str | None, database_url: str | None, run
         "PERSISTER_METRICS_PORT": str(free_port_block(4)),
         "PERSISTER_SNAPSHOT_INTERVAL_S": "1",
     }
+
+
+async def pipeline_drained(redis: AnyRedis, prefix: str, symbols: list[str]) -> bool:
+    """Every command applied by the matcher, every trade and event written and acknowledged by the persister."""
+    for symbol in symbols:
+        keys = instrument_keys(prefix, symbol)
+        for stream, group in ((keys.orders, MATCHER_GROUP), (keys.trades, PERSISTER_GROUP),
+                              (keys.events, PERSISTER_GROUP)):
+            infos = {info["name"].decode(): info for info in await redis.xinfo_groups(stream)}
+            info = infos.get(group)
+            if info is None or info.get("lag") is None or int(info["lag"]) or int(info["pending"]):
+                return False
+    return True

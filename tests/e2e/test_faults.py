@@ -30,9 +30,9 @@ import pytest
 import websockets
 from redis.asyncio import Redis
 
-from services.common.keys import MATCHER_GROUP, PERSISTER_GROUP, instrument_keys
+from services.common.keys import instrument_keys
 from services.common.redis_conn import connect
-from tests.e2e.engine import RunningEngine, engine_env, http_ok, running_engine
+from tests.e2e.engine import RunningEngine, engine_env, http_ok, pipeline_drained, running_engine
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(200)]
 
@@ -301,18 +301,6 @@ async def postgres_answers(url: str) -> bool:
 # Checks ---------------------------------------------------------------------------------------------
 
 
-async def drained(redis: Redis) -> bool:
-    """The matcher has applied every command, the persister has written and acknowledged every entry."""
-    keys = instrument_keys("", SYMBOL)
-    for stream, group in ((keys.orders, MATCHER_GROUP), (keys.trades, PERSISTER_GROUP),
-                          (keys.events, PERSISTER_GROUP)):
-        infos = {info["name"].decode(): info for info in await redis.xinfo_groups(stream)}
-        info = infos.get(group)
-        if info is None or info.get("lag") is None or int(info["lag"]) or int(info["pending"]):
-            return False
-    return True
-
-
 async def check_stored(servers: OwnServers, redis: Redis, flow: Flow, follower: Follower
                        ) -> tuple[dict[str, int], list[str]]:
     """After the drain: the figures for the summary, and every way the stored state is wrong."""
@@ -405,7 +393,7 @@ async def test_killing_redis_and_postgresql_under_load_loses_and_doubles_nothing
     assert {name: await asyncio.to_thread(engine.pids, name) for name in services} == pids
 
     async with redis_of(servers) as redis:
-        await wait_for(lambda: drained(redis), 60, "drained")
+        await wait_for(lambda: pipeline_drained(redis, "", [SYMBOL]), 60, "drained")
         drain_s = time.monotonic() - stopped
         top = (await redis.xrevrange(instrument_keys("", SYMBOL).trades, count=1))
         top_seq = int(top[0][1][b"seq"]) if top else 0
