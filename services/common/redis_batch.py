@@ -160,14 +160,8 @@ class CommandBatcher:
 
     def submit_packed(self, command: bytes) -> asyncio.Future[Any]:
         """Queue one command already in RESP (pack_command); the future resolves to its raw reply."""
-        if self._closed:
-            raise BatcherClosed("the command batcher is closed")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append((command, future))
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._flush)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.enqueue(command, future)
         return future
 
     def enqueue(self, command: bytes, future: asyncio.Future[Any]) -> None:
@@ -214,7 +208,7 @@ class CommandBatcher:
                 continue
             if self._pending and not self._scheduled:
                 self._flush()
-            unanswered = [*(self._protocol.waiting if self._protocol else ()), *(f for _, f in self._pending)]
+            unanswered = self.unanswered()
             if not unanswered:
                 break
             await asyncio.gather(*unanswered, return_exceptions=True)

@@ -34,13 +34,11 @@ from redis.typing import EncodableT
 
 from services.common.lua import LuaScript
 from services.common.redis_batch import BatcherClosed, CommandBatcher, _evalsha_head, pack_args, pack_command
-from services.common.redis_conn import AnyRedis, RedisMode
+from services.common.redis_conn import SLOT_MOVE_FIRST_WAIT_S, SLOT_MOVE_LONGEST_WAIT_S, AnyRedis, RedisMode
 
 logger = logging.getLogger(__name__)
 
 SLOTS = 16384
-TRYAGAIN_FIRST_S = 0.010
-TRYAGAIN_MAX_S = 0.200
 TRYAGAIN_GIVE_UP_S = 5.0
 MAX_REDIRECTIONS = 16  # MOVED and ASK hops of one command (redis-py's RedisClusterRequestTTL)
 _ASKING = pack_command(("ASKING",))
@@ -231,7 +229,7 @@ class ClusterBatcher:
         elif loop.time() >= redirects.give_up_at:
             return False
         loop.call_later(redirects.delay, self._resend, future)
-        redirects.delay = min(redirects.delay * 2, TRYAGAIN_MAX_S)
+        redirects.delay = min(redirects.delay * 2, SLOT_MOVE_LONGEST_WAIT_S)
         return True
 
     def _resend(self, future: _Routed) -> None:
@@ -350,7 +348,7 @@ class _Redirects:
 
     def __init__(self) -> None:
         self.hops = 0
-        self.delay = TRYAGAIN_FIRST_S
+        self.delay = SLOT_MOVE_FIRST_WAIT_S
         self.give_up_at = 0.0
 
 

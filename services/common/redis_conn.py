@@ -15,6 +15,11 @@ REDIS_SOCKET_TIMEOUT_S = 10.0
 # The longest BLOCK of a blocking read: its reply must be back before the socket times out.
 MAX_BLOCK_MS = int(REDIS_SOCKET_TIMEOUT_S * 1000) - 1000
 
+# While a cluster slot is being migrated, what met it (TRYAGAIN, or ASK inside a MULTI) did not run: try again
+# after this, doubling up to the longest wait (ClusterBatcher, slots.transaction).
+SLOT_MOVE_FIRST_WAIT_S = 0.010
+SLOT_MOVE_LONGEST_WAIT_S = 0.200
+
 RedisMode: TypeAlias = Literal["single", "cluster"]
 REDIS_MODES: tuple[RedisMode, ...] = ("single", "cluster")
 # Every service's client: both have the same commands; a cluster routes each by its first key's slot.

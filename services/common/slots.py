@@ -19,12 +19,10 @@ from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline
 from redis.exceptions import AskError, ClusterDownError, MovedError, TryAgainError
 
-from services.common.redis_conn import AnyRedis
+from services.common.redis_conn import SLOT_MOVE_FIRST_WAIT_S, SLOT_MOVE_LONGEST_WAIT_S, AnyRedis
 
 # A slot move under flow takes a few seconds (the ClusterBatcher waits as long): keep trying a bit longer.
 MOVE_TIMEOUT_S = 10.0
-_FIRST_WAIT_S = 0.01
-_LAST_WAIT_S = 0.2
 # Redirections inside a MULTI (EXECABORT: nothing ran); a cluster without a majority for a moment.
 _NOT_RUN = (AskError, TryAgainError, ClusterDownError)
 
@@ -45,7 +43,7 @@ async def transaction(redis: AnyRedis, queue: Callable[[AnyPipeline], object],
             queue(pipe)
             return await pipe.execute()
     deadline = time.monotonic() + timeout_s
-    wait = _FIRST_WAIT_S
+    wait = SLOT_MOVE_FIRST_WAIT_S
     while True:
         try:
             async with redis.pipeline(transaction=True) as cluster_pipe:
@@ -58,4 +56,4 @@ async def transaction(redis: AnyRedis, queue: Callable[[AnyPipeline], object],
                 # The move has ended: learn who serves the slot now (the pipeline only refreshes every few).
                 await redis.nodes_manager.initialize()
             await asyncio.sleep(wait)
-            wait = min(wait * 2, _LAST_WAIT_S)
+            wait = min(wait * 2, SLOT_MOVE_LONGEST_WAIT_S)
